@@ -1,0 +1,149 @@
+"""zmeshlib's value types, in one place.
+
+All are small frozen attrs classes: safe to share between threads, cheap to
+compare, and never changed after a socket hands them out.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from .identity.spiffe_id import SpiffeId
+
+
+class StatusCode(enum.IntEnum):
+    """The outcome of an operation, named and numbered after gRPC's canonical codes.
+
+    ``APPLICATION`` is zmeshlib's own: the handler raised an application error,
+    whose retriable flag travels with it.
+    """
+
+    OK = 0
+    CANCELLED = 1
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
+    APPLICATION = 100
+
+
+class SocketKind(enum.Enum):
+    """The mesh socket kinds; the value is the kind a peer must have to talk to it."""
+
+    PUB = "SUB"
+    SUB = "PUB"
+    REQ = "REP"
+    REP = "REQ"
+    PUSH = "PULL"
+    PULL = "PUSH"
+
+    @property
+    def counterpart(self) -> SocketKind:
+        return SocketKind[self.value]
+
+
+@attrs.frozen
+class Endpoint:
+    """One bound socket of a workload, as recorded on its card."""
+
+    address: str
+    kind: str  # the bound mesh socket's kind: "PUB", "REP", "PULL", "SUB", "PUSH", "REQ"
+    service: str = ""
+
+
+@attrs.frozen
+class Peer:
+    """Who sent a message, as authenticated at the handshake.
+
+    ``spiffe_id`` is None for an anonymous peer (PERMISSIVE or DISABLE mode).
+    """
+
+    spiffe_id: SpiffeId | None
+    curve_key: bytes | None = None
+    labels: Mapping[str, str] = attrs.field(factory=dict, eq=False)
+
+    @property
+    def authenticated(self) -> bool:
+        return self.spiffe_id is not None
+
+    @property
+    def trust_domain(self) -> str | None:
+        return self.spiffe_id.trust_domain if self.spiffe_id else None
+
+    @property
+    def namespace(self) -> str | None:
+        return self.spiffe_id.namespace if self.spiffe_id else None
+
+    def __str__(self) -> str:
+        return str(self.spiffe_id) if self.spiffe_id else "anonymous"
+
+
+ANONYMOUS = Peer(None)
+
+
+@attrs.frozen
+class TraceContext:
+    """W3C trace context as carried in the envelope (``traceparent`` fields)."""
+
+    trace_id: bytes  # 16 bytes
+    span_id: bytes  # 8 bytes
+    flags: int = 1
+    tracestate: str = ""
+
+    @property
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id.hex()}-{self.span_id.hex()}-{self.flags:02x}"
+
+
+@attrs.frozen
+class Message:
+    """A received mesh message: what was said, by whom, and on which topic or method.
+
+    ``peer`` is always the authenticated sender (never taken from the message
+    itself). On a REP socket, :meth:`reply` answers this request.
+    """
+
+    frames: tuple[bytes, ...]
+    peer: Peer = ANONYMOUS
+    topic: str | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    message_id: int = 0
+    method: str = ""
+    status: StatusCode = StatusCode.OK
+    trace: TraceContext | None = None
+    deadline: float | None = None  # absolute time.time() seconds, None = none
+    attempt: int = 0
+    _replier: Callable[..., Any] | None = attrs.field(default=None, eq=False, repr=False, alias="replier")
+
+    @property
+    def payload(self) -> bytes:
+        """The payload as one bytes object (frames joined when there are several)."""
+        if len(self.frames) == 1:
+            return self.frames[0]
+        return b"".join(self.frames)
+
+    def reply(self, payload: bytes | list[bytes] | tuple[bytes, ...] = b"", *, headers: Mapping[str, str] | None = None) -> None:
+        """Answer this request (REP sockets only)."""
+        if self._replier is None:
+            from ._exceptions import MeshError
+
+            raise MeshError("this message is not a request: only messages received on a REP socket can be replied to")
+        self._replier(self, payload, headers=headers)
+
+    def reply_error(self, status: StatusCode, detail: str = "", *, retriable: bool = False) -> None:
+        """Answer this request with a non-OK status (e.g. NOT_FOUND)."""
+        if self._replier is None:
+            from ._exceptions import MeshError
+
+            raise MeshError("this message is not a request: only messages received on a REP socket can be replied to")
+        self._replier(self, b"", status=status, detail=detail, retriable=retriable)
