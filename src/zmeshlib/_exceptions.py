@@ -67,9 +67,17 @@ class RegistryError(MeshError):
 
 
 class ProtocolError(MeshError):
-    """A frame broke the zmeshlib wire protocol (see docs/protocol.md)."""
+    """A frame broke the zmeshlib wire protocol (see docs/protocol.md).
+
+    ``reason`` is a short stable name (``"truncated"``, ``"version"``,
+    ``"too-large"``...) used as the label of the drop counters.
+    """
 
     status_name = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # -- errors that mirror a status code received from (or sent to) a peer ------
