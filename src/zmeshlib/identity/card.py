@@ -1,0 +1,560 @@
+"""Identity cards: a CURVE public key bound to a SPIFFE ID by the SVID's own key.
+
+A card is self-authenticating. It carries the X.509-SVID chain (leaf first),
+the 32-byte CURVE public key, a validity window, labels and endpoints, and a
+signature made with the SVID's private key over a canonical, domain-separated
+encoding. Anyone may store or forward a card; a forged, altered or stale one
+fails :meth:`Card.verify`. The byte layout is specified in docs/protocol.md,
+section "Identity cards", with test vectors in tests/vectors/cards.json.
+
+Rules this module keeps:
+
+* One byte string per card content: labels are sorted by key, every length is
+  explicit and bounded, times are integer milliseconds, and
+  :meth:`Card.from_bytes` accepts only the canonical form (decode, re-encode,
+  compare), so the stored bytes are exactly the bytes that were signed plus
+  the signature.
+* The signed bytes start with :data:`MAGIC` and the version byte, so a card
+  signature can never be mistaken for a signature over anything else the SVID
+  key signs (TLS handshakes, JWTs, envelopes).
+* The signature algorithm follows from the leaf's key type (table below);
+  nothing in the card names it, so it cannot be downgraded.
+* :meth:`Card.from_bytes` raises only :class:`IdentityError` (``card-malformed``,
+  ``card-too-large``, ``card-version``), whatever the input.
+* Every verification failure names its own rule (``IdentityError.rule``):
+
+  ========================  ===================================================
+  rule                      the card is rejected because
+  ========================  ===================================================
+  ``card-version``          its format version is not one this code knows
+  ``card-malformed``        a field breaks the layout limits
+  ``card-wrong-key``        its CURVE key is not the key it was presented for
+  ``card-signature``        the signature does not verify with the leaf's key
+  ``card-key-type``         the leaf's key type has no card signature algorithm
+  (SVID rules)              the chain fails :func:`verify_chain` at ``now``;
+                            the SVID's own rule is passed through
+  ``card-id-mismatch``      its SPIFFE ID is not the leaf certificate's
+  ``card-outlives-svid``    its window is not inside the chain's validity
+  ``card-not-yet-valid``    ``now`` is before its ``not_before``
+  ``card-expired``          ``now`` is at or after its ``not_after``
+  ========================  ===================================================
+
+Signature algorithms, by the leaf certificate's public key:
+
+=================  ============================================================
+leaf key           card signature
+=================  ============================================================
+Ed25519            Ed25519 (RFC 8032, pure), 64 bytes
+EC P-256           ECDSA with SHA-256, DER-encoded (r, s)
+EC P-384           ECDSA with SHA-384, DER-encoded (r, s)
+RSA (>= 2048 bit)  RSASSA-PSS, SHA-256, MGF1-SHA-256, salt length 32
+=================  ============================================================
+
+Theory of operation: :meth:`Card.sign` clamps the window to the SVID chain's
+and signs :meth:`Card.signed_bytes`; :meth:`Card.to_bytes` appends the
+signature. A verifier checks the cheap things first (version, expected key),
+then the signature, then the chain, then time. Because a valid card's window
+lies inside its chain's, a verdict reached at any instant of the window holds
+for the whole window: a cache (the registry's) may verify once and afterwards
+re-check only :meth:`Card.check_window`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections.abc import Iterable, Mapping
+
+import attrs
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from zmq.utils import z85
+
+from .._exceptions import IdentityError
+from .._models import Endpoint, Peer
+from .spiffe_id import SpiffeId
+from .svid import Bundles, X509Svid, verify_chain
+
+#: Domain-separation prefix of every card encoding (and of the signed bytes).
+MAGIC = b"zmeshlib-card\x00"
+#: The card format version this module writes and reads.
+VERSION = 1
+#: Default bound on an encoded card, in bytes.
+MAX_CARD_SIZE = 64 * 1024
+
+_CURVE_KEY_SIZE = 32
+_MAX_ID = 2048
+_MAX_LABELS = 64
+_MAX_LABEL_KEY = 255
+_MAX_LABEL_VALUE = 1024
+_MAX_ENDPOINTS = 64
+_MAX_ADDRESS = 1024
+_MAX_KIND = 16
+_MAX_SERVICE = 255
+_MAX_CERTS = 8
+_MAX_CERT = 16 * 1024
+_MAX_SIGNATURE = 1024
+_MAX_MS = 2**63 - 1
+
+_RSA_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+_ECDSA_HASH: dict[str, type[hashes.HashAlgorithm]] = {
+    "secp256r1": hashes.SHA256,
+    "secp384r1": hashes.SHA384,
+}
+
+
+def _malformed(why: str) -> IdentityError:
+    return IdentityError(f"malformed identity card: {why}", rule="card-malformed")
+
+
+# -- field conversion (constructor) --------------------------------------------
+
+
+def coerce_curve_key(key: bytes | str) -> bytes:
+    """Accept a CURVE public key raw (32 bytes) or in Z85 (40 characters, as pyzmq returns it)."""
+    if isinstance(key, str):
+        key = key.encode("ascii", "replace")
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        key = bytes(key)
+        if len(key) == 40:
+            try:
+                return z85.decode(key)
+            except (ValueError, KeyError, IndexError, struct.error) as e:
+                raise _malformed("the CURVE key is 40 bytes but not valid Z85") from e
+        return key
+    raise _malformed(f"a CURVE key is bytes or a Z85 str, not {type(key).__name__}")
+
+
+def _labels(value: Mapping[str, str] | None) -> dict[str, str]:
+    items = dict(value or {})
+    return {k: items[k] for k in sorted(items, key=lambda k: str(k).encode("utf-8", "replace"))}
+
+
+def _endpoints(value: Iterable[Endpoint]) -> tuple[Endpoint, ...]:
+    return tuple(value)
+
+
+def _certificates(value: Iterable[x509.Certificate]) -> tuple[x509.Certificate, ...]:
+    return tuple(value)
+
+
+# -- the canonical encoding --------------------------------------------------------
+
+
+class _Writer:
+    """Appends length-prefixed fields, enforcing each field's bound."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def raw(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def uint(self, fmt: str, value: int, what: str) -> None:
+        try:
+            self.parts.append(struct.pack(fmt, value))
+        except struct.error as e:
+            raise _malformed(f"{what} ({value!r}) is out of range") from e
+
+    def blob(self, fmt: str, data: bytes, what: str, lo: int, hi: int) -> None:
+        if not lo <= len(data) <= hi:
+            raise _malformed(f"{what} is {len(data)} bytes, the limit is {lo}..{hi}")
+        self.parts.append(struct.pack(fmt, len(data)))
+        self.parts.append(data)
+
+    def text(self, fmt: str, value: object, what: str, lo: int, hi: int) -> None:
+        if not isinstance(value, str):
+            raise _malformed(f"{what} must be a str, not {type(value).__name__}")
+        self.blob(fmt, value.encode("utf-8"), what, lo, hi)
+
+    def count(self, n: int, what: str, hi: int) -> None:
+        if n > hi:
+            raise _malformed(f"{n} {what}, at most {hi} are allowed")
+        self.parts.append(struct.pack(">B", n))
+
+
+class _Reader:
+    """Reads what :class:`_Writer` wrote; any shortfall is ``card-malformed``."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise _malformed(f"truncated in {what}")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def uint(self, fmt: str, what: str) -> int:
+        (value,) = struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
+        return value
+
+    def blob(self, fmt: str, what: str) -> bytes:
+        return self.take(self.uint(fmt, what), what)
+
+    def text(self, fmt: str, what: str) -> str:
+        try:
+            return self.blob(fmt, what).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _malformed(f"{what} is not UTF-8") from e
+
+
+def _to_ms(t: float, what: str) -> int:
+    if not isinstance(t, (int, float)) or not math.isfinite(t):
+        raise _malformed(f"{what} must be a finite number of epoch seconds")
+    return round(t * 1000)
+
+
+# -- signatures ------------------------------------------------------------------
+
+
+def _sign_with(private_key: object, data: bytes) -> bytes:
+    if isinstance(private_key, ed25519.Ed25519PrivateKey):
+        return private_key.sign(data)
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        digest = _ECDSA_HASH.get(private_key.curve.name)
+        if digest is not None:
+            return private_key.sign(data, ec.ECDSA(digest()))
+    if isinstance(private_key, rsa.RSAPrivateKey) and private_key.key_size >= 2048:
+        return private_key.sign(data, _RSA_PSS, hashes.SHA256())
+    raise IdentityError(
+        f"cannot sign a card with a {type(private_key).__name__}: use an Ed25519, "
+        "EC P-256/P-384 or RSA (>= 2048 bit) SVID key",
+        rule="card-key-type",
+    )
+
+
+def _verify_with(public_key: object, signature: bytes, data: bytes) -> None:
+    """Raise InvalidSignature, or IdentityError(card-key-type) for a key with no algorithm."""
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        public_key.verify(signature, data)
+        return
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        digest = _ECDSA_HASH.get(public_key.curve.name)
+        if digest is not None:
+            public_key.verify(signature, data, ec.ECDSA(digest()))
+            return
+    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size >= 2048:
+        public_key.verify(signature, data, _RSA_PSS, hashes.SHA256())
+        return
+    raise IdentityError(
+        f"the SVID's {type(public_key).__name__} has no card signature algorithm",
+        rule="card-key-type",
+    )
+
+
+def chain_window(certificates: Iterable[x509.Certificate]) -> tuple[float, float]:
+    """The instants (epoch seconds) between which every certificate of the chain is valid."""
+    certs = tuple(certificates)
+    if not certs:
+        raise _malformed("the card carries no certificate")
+    start = max(c.not_valid_before_utc.timestamp() for c in certs)
+    end = min(c.not_valid_after_utc.timestamp() for c in certs)
+    return start, end
+
+
+# -- the card ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Card:
+    """A CURVE public key bound to a SPIFFE ID, signed with the SVID's key.
+
+    Build with :meth:`sign` or :meth:`from_bytes`; trust only what
+    :meth:`verify` returns.
+    """
+
+    spiffe_id: SpiffeId = attrs.field(converter=SpiffeId.coerce)
+    curve_key: bytes = attrs.field(converter=coerce_curve_key)
+    not_before: float
+    not_after: float
+    labels: Mapping[str, str] = attrs.field(converter=_labels, hash=False)
+    endpoints: tuple[Endpoint, ...] = attrs.field(converter=_endpoints)
+    certificates: tuple[x509.Certificate, ...] = attrs.field(converter=_certificates)
+    signature: bytes = attrs.field(converter=bytes)
+    version: int = VERSION
+
+    # -- building --------------------------------------------------------------
+
+    @classmethod
+    def sign(
+        cls,
+        svid: X509Svid,
+        curve_key: bytes | str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        endpoints: Iterable[Endpoint] = (),
+        now: float | None = None,
+        ttl: float | None = None,
+    ) -> Card:
+        """Sign a card valid from ``now`` until ``now + ttl``, cut to the SVID's validity.
+
+        Times are rounded down to whole milliseconds (the encoding's unit), so
+        the card returned equals the card its bytes decode to.
+        """
+        if svid.private_key is None:
+            raise IdentityError(
+                f"cannot sign a card for {svid.spiffe_id}: the SVID has no private key "
+                "(load it with the key PEM)",
+                rule="card-no-private-key",
+            )
+        if now is None:
+            now = time.time()
+        start, end = chain_window(svid.certificates)
+        if ttl is not None:
+            end = min(end, now + ttl)
+        start = max(start, now)
+        not_before = math.floor(start * 1000) / 1000
+        not_after = math.floor(end * 1000) / 1000
+        if not_after <= not_before:
+            raise IdentityError(
+                f"cannot sign a card for {svid.spiffe_id}: the SVID is not valid after "
+                f"{start:.3f} (expired, or ttl is not positive); renew the SVID",
+                rule="card-svid-expired",
+            )
+        unsigned = cls(
+            spiffe_id=svid.spiffe_id,
+            curve_key=curve_key,
+            not_before=not_before,
+            not_after=not_after,
+            labels=labels,
+            endpoints=endpoints,
+            certificates=svid.certificates,
+            signature=b"",
+        )
+        signature = _sign_with(svid.private_key, unsigned.signed_bytes())
+        return attrs.evolve(unsigned, signature=signature)
+
+    # -- encoding --------------------------------------------------------------
+
+    def signed_bytes(self) -> bytes:
+        """The canonical, domain-separated encoding of everything but the signature."""
+        if self.version != VERSION:
+            raise IdentityError(
+                f"identity card version {self.version} is not supported (this zmeshlib "
+                f"reads version {VERSION}); upgrade zmeshlib",
+                rule="card-version",
+            )
+        w = _Writer()
+        w.raw(MAGIC)
+        w.uint(">B", self.version, "version")
+        w.text(">H", str(self.spiffe_id), "spiffe_id", 1, _MAX_ID)
+        if len(self.curve_key) != _CURVE_KEY_SIZE:
+            raise _malformed(f"the CURVE key is {len(self.curve_key)} bytes, not 32")
+        w.raw(self.curve_key)
+        not_before = _to_ms(self.not_before, "not_before")
+        not_after = _to_ms(self.not_after, "not_after")
+        if not 0 <= not_before < not_after <= _MAX_MS:
+            raise _malformed("the window must satisfy 0 <= not_before < not_after")
+        w.uint(">Q", not_before, "not_before")
+        w.uint(">Q", not_after, "not_after")
+        w.count(len(self.labels), "labels", _MAX_LABELS)
+        for key, value in self.labels.items():
+            w.text(">B", key, "label key", 1, _MAX_LABEL_KEY)
+            w.text(">H", value, f"label {key!r}", 0, _MAX_LABEL_VALUE)
+        w.count(len(self.endpoints), "endpoints", _MAX_ENDPOINTS)
+        for ep in self.endpoints:
+            if not isinstance(ep, Endpoint):
+                raise _malformed(f"an endpoint must be an Endpoint, not {type(ep).__name__}")
+            w.text(">H", ep.address, "endpoint address", 1, _MAX_ADDRESS)
+            w.text(">B", ep.kind, "endpoint kind", 1, _MAX_KIND)
+            w.text(">B", ep.service, "endpoint service", 0, _MAX_SERVICE)
+        if not self.certificates:
+            raise _malformed("the card carries no certificate")
+        w.count(len(self.certificates), "certificates", _MAX_CERTS)
+        for cert in self.certificates:
+            w.blob(">H", cert.public_bytes(serialization.Encoding.DER), "certificate", 1, _MAX_CERT)
+        return b"".join(w.parts)
+
+    def to_bytes(self) -> bytes:
+        """The card as stored and sent: :meth:`signed_bytes`, then the signature."""
+        w = _Writer()
+        w.raw(self.signed_bytes())
+        w.blob(">H", self.signature, "signature", 1, _MAX_SIGNATURE)
+        data = b"".join(w.parts)
+        if len(data) > MAX_CARD_SIZE:
+            raise IdentityError(
+                f"the card encodes to {len(data)} bytes, more than {MAX_CARD_SIZE}: "
+                "shorten the chain, labels or endpoints",
+                rule="card-too-large",
+            )
+        return data
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, max_size: int = MAX_CARD_SIZE) -> Card:
+        """Decode a card (no trust decision: call :meth:`verify`)."""
+        try:
+            data = bytes(data)
+        except (TypeError, ValueError) as e:
+            raise _malformed(f"a card is bytes, not {type(data).__name__}") from e
+        if len(data) > max_size:
+            raise IdentityError(
+                f"identity card is {len(data)} bytes, more than the {max_size} allowed",
+                rule="card-too-large",
+            )
+        r = _Reader(data)
+        if r.take(len(MAGIC), "magic") != MAGIC:
+            raise _malformed("it does not start with the zmeshlib card magic")
+        version = r.uint(">B", "version")
+        if version != VERSION:
+            raise IdentityError(
+                f"identity card version {version} is not supported (this zmeshlib reads "
+                f"version {VERSION}); upgrade zmeshlib",
+                rule="card-version",
+            )
+        spiffe_text = r.text(">H", "spiffe_id")
+        curve_key = r.take(_CURVE_KEY_SIZE, "curve key")
+        not_before = r.uint(">Q", "not_before")
+        not_after = r.uint(">Q", "not_after")
+        labels = {}
+        for _ in range(r.uint(">B", "label count")):
+            key = r.text(">B", "label key")
+            labels[key] = r.text(">H", "label value")
+        endpoints = []
+        for _ in range(r.uint(">B", "endpoint count")):
+            address = r.text(">H", "endpoint address")
+            kind = r.text(">B", "endpoint kind")
+            endpoints.append(Endpoint(address, kind, r.text(">B", "endpoint service")))
+        certificates = []
+        for _ in range(r.uint(">B", "certificate count")):
+            der = r.blob(">H", "certificate")
+            try:
+                certificates.append(x509.load_der_x509_certificate(der))
+            except (ValueError, x509.InvalidVersion) as e:
+                raise _malformed(f"certificate {len(certificates)} is not DER X.509: {e}") from e
+        signature = r.blob(">H", "signature")
+        if r.pos != len(data):
+            raise _malformed(f"{len(data) - r.pos} bytes follow the signature")
+        try:
+            card = cls(
+                spiffe_id=SpiffeId.parse(spiffe_text),
+                curve_key=curve_key,
+                not_before=not_before / 1000,
+                not_after=not_after / 1000,
+                labels=labels,
+                endpoints=tuple(endpoints),
+                certificates=tuple(certificates),
+                signature=signature,
+                version=version,
+            )
+            canonical = card.to_bytes()
+        except IdentityError as e:
+            if e.rule.startswith("card-"):
+                raise
+            raise _malformed(f"{e} (rule {e.rule})") from e
+        if canonical != data:
+            raise _malformed("it is not in canonical form (label order, lengths or times)")
+        return card
+
+    # -- verification ------------------------------------------------------------
+
+    def verify(
+        self,
+        bundles: Bundles,
+        now: float | None = None,
+        *,
+        curve_key: bytes | str | None = None,
+    ) -> Peer:
+        """Check every rule of the module docstring's table; return the authenticated peer."""
+        if now is None:
+            now = time.time()
+        signed = self.signed_bytes()  # card-version, card-malformed
+        if curve_key is not None and coerce_curve_key(curve_key) != self.curve_key:
+            raise IdentityError(
+                f"the card of {self.spiffe_id} is for CURVE key {self.key_id}, not for "
+                f"the key {coerce_curve_key(curve_key).hex()} it was presented for",
+                rule="card-wrong-key",
+            )
+        if not self.signature:
+            raise IdentityError(
+                f"the card of {self.spiffe_id} is not signed", rule="card-signature"
+            )
+        try:
+            leaf_key = self.certificates[0].public_key()
+        except (ValueError, UnsupportedAlgorithm) as e:
+            raise IdentityError(
+                f"the leaf certificate of the card claiming {self.spiffe_id} has an unreadable "
+                f"public key: {e}",
+                rule="card-key-type",
+            ) from e
+        try:
+            _verify_with(leaf_key, self.signature, signed)
+        except InvalidSignature:
+            raise IdentityError(
+                f"the card claiming {self.spiffe_id} has a signature that does not verify "
+                "with its SVID's key: it was altered or signed by another key",
+                rule="card-signature",
+            ) from None
+        try:
+            leaf_id = verify_chain(self.certificates, bundles, at=now)
+        except IdentityError as e:
+            raise IdentityError(
+                f"the SVID on the card claiming {self.spiffe_id} is not valid: {e}", rule=e.rule
+            ) from e
+        if leaf_id != self.spiffe_id:
+            raise IdentityError(
+                f"the card claims {self.spiffe_id} but its SVID is {leaf_id}",
+                rule="card-id-mismatch",
+            )
+        start, end = chain_window(self.certificates)
+        if self.not_before < start or self.not_after > end:
+            raise IdentityError(
+                f"the card of {self.spiffe_id} is valid {self.not_before:.3f}..{self.not_after:.3f}, "
+                f"outside its SVID's validity {start:.0f}..{end:.0f}",
+                rule="card-outlives-svid",
+            )
+        self.check_window(now)
+        return self.peer
+
+    def check_window(self, now: float) -> None:
+        """Raise ``card-not-yet-valid`` / ``card-expired`` unless ``not_before <= now < not_after``."""
+        if now < self.not_before:
+            raise IdentityError(
+                f"the card of {self.spiffe_id} is not valid before {self.not_before:.3f} "
+                f"(now {now:.3f}); check the clocks",
+                rule="card-not-yet-valid",
+            )
+        if now >= self.not_after:
+            raise IdentityError(
+                f"the card of {self.spiffe_id} expired at {self.not_after:.3f} (now {now:.3f}); "
+                "its workload must publish a new one",
+                rule="card-expired",
+            )
+
+    # -- views -------------------------------------------------------------------
+
+    @property
+    def curve_key_z85(self) -> str:
+        return z85.encode(self.curve_key).decode("ascii")
+
+    @property
+    def key_id(self) -> str:
+        """The CURVE key in lowercase hex: stable, and safe as a file or key name."""
+        return self.curve_key.hex()
+
+    @property
+    def peer(self) -> Peer:
+        return Peer(self.spiffe_id, self.curve_key, dict(self.labels))
+
+    @property
+    def services(self) -> frozenset[str]:
+        """Every service this card claims: its ``service`` label and its endpoints' services."""
+        claimed = {ep.service or self.labels.get("service", "") for ep in self.endpoints}
+        claimed.add(self.labels.get("service", ""))
+        claimed.discard("")
+        return frozenset(claimed)
+
+    def endpoints_for(self, service: str, kind: str | None = None) -> tuple[Endpoint, ...]:
+        """Endpoints serving ``service`` (an endpoint without a service serves the label's)."""
+        default = self.labels.get("service", "")
+        return tuple(
+            ep
+            for ep in self.endpoints
+            if (ep.service or default) == service and (kind is None or ep.kind == kind)
+        )
