@@ -17,7 +17,7 @@ Sources:
 constructor                 renew() does
 ==========================  ===========================================================
 ``DevCA.issue(id, ttl)``    issues a fresh SVID from the CA (same ttl)
-``Identity.from_pem(...)``  re-reads the files when one changed (mtime, size)
+``Identity.from_pem(...)``  re-reads the files when one changed (inode, mtime, size)
 ``from_workload_api()``     nothing: the SPIFFE Workload API pushes rotations
 ``Identity(svid, b)``       nothing (a fixed identity), unless ``renewer`` is given
 ==========================  ===========================================================
@@ -255,15 +255,18 @@ def _from_x509_context(context: Any) -> tuple[X509Svid, Bundles]:
 
 
 class _PemFiles:
-    """The PEM files of one identity, re-read when their (mtime, size) change."""
+    """The PEM files of one identity, re-read when their (inode, mtime, size) change."""
 
     def __init__(self, cert: Path, key: Path, bundle: Path) -> None:
         self._paths = (cert, key, bundle)
-        self._stamp: tuple[tuple[int, int], ...] | None = None
+        self._stamp: tuple[tuple[int, int, int], ...] | None = None
 
-    def _stat(self) -> tuple[tuple[int, int], ...]:
+    def _stat(self) -> tuple[tuple[int, int, int], ...]:
+        # the inode catches an atomic rename even within one mtime tick
         try:
-            return tuple((s.st_mtime_ns, s.st_size) for s in (p.stat() for p in self._paths))
+            return tuple(
+                (s.st_ino, s.st_mtime_ns, s.st_size) for s in (p.stat() for p in self._paths)
+            )
         except OSError as exc:
             raise IdentityError(
                 f"cannot read identity file {exc.filename}: {exc.strerror}", rule="unreadable"

@@ -1,0 +1,97 @@
+"""``zmesh ca``: a development CA on disk.
+
+``zmesh ca init --trust-domain D --dir P [--intermediate] [--ttl 8760h]`` creates the CA
+(layout in :mod:`zmeshlib.identity.devca`); ``zmesh ca issue ID --dir P [--ttl 1h]
+[--out-dir Q] [--key ec-p256]`` writes ``svid.pem`` (leaf first, then any
+intermediate), ``svid_key.pem`` (mode 0600) and ``bundle.pem`` (the trust bundle),
+which ``Identity.from_pem(svid.pem, svid_key.pem, bundle.pem)`` loads. Files are
+replaced atomically, so re-issuing into the same directory rotates a running
+workload's identity. Errors print one line and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .._exceptions import IdentityError, PolicyError
+from ..identity.devca import KEY_TYPES, DevCA, write_file
+
+SVID_FILE = "svid.pem"
+SVID_KEY_FILE = "svid_key.pem"
+BUNDLE_FILE = "bundle.pem"
+
+
+def _duration(text: str) -> float:
+    """argparse type for ``30s``, ``1h``, ``1h30m``: the policy document's duration syntax."""
+    from ..policy._reader import Reader
+
+    problems: list[str] = []
+    seconds = Reader(problems).duration(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError("; ".join(problems) or f"invalid duration {text!r}")
+    return seconds
+
+
+def register(subparsers: Any) -> None:
+    ca = subparsers.add_parser(
+        "ca", help="a development certificate authority (SPIFFE X.509-SVIDs)"
+    )
+    commands = ca.add_subparsers(dest="ca_command", required=True)
+
+    init = commands.add_parser("init", help="create a dev CA for one trust domain")
+    init.add_argument("--trust-domain", required=True, help="e.g. example.org")
+    init.add_argument("--dir", required=True, type=Path, help="directory to write the CA into")
+    init.add_argument(
+        "--intermediate", action="store_true", help="sign SVIDs with an intermediate CA"
+    )
+    init.add_argument("--ttl", type=_duration, default=365 * 86400.0, help="CA lifetime (8760h)")
+    init.add_argument("--force", action="store_true", help="replace an existing CA in --dir")
+    init.set_defaults(func=_init)
+
+    issue = commands.add_parser("issue", help="issue an X.509-SVID for a SPIFFE ID")
+    issue.add_argument("spiffe_id", metavar="ID", help="spiffe://example.org/ns/shop/sa/orders")
+    issue.add_argument("--dir", required=True, type=Path, help="the CA directory (zmesh ca init)")
+    issue.add_argument("--ttl", type=_duration, default=3600.0, help="SVID lifetime, e.g. 30s, 1h")
+    issue.add_argument("--out-dir", type=Path, help="where to write the SVID (default: current)")
+    issue.add_argument("--key", choices=KEY_TYPES, default="ec-p256", help="leaf key algorithm")
+    issue.set_defaults(func=_issue)
+
+
+def _error(message: str) -> int:
+    print(f"zmesh ca: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _init(args: argparse.Namespace) -> int:
+    if (args.dir / "root_key.pem").exists() and not args.force:
+        return _error(f"a CA already exists in {args.dir}; pass --force to replace it")
+    try:
+        ca = DevCA.create(args.trust_domain, intermediate=args.intermediate, ttl=args.ttl)
+        ca.save(args.dir)
+    except (IdentityError, PolicyError, OSError) as exc:
+        return _error(str(exc))
+    print(f"created dev CA for trust domain {ca.trust_domain} in {args.dir}")
+    print(f"trust bundle: {args.dir / 'root.pem'}")
+    return 0
+
+
+def _issue(args: argparse.Namespace) -> int:
+    out = args.out_dir or Path.cwd()
+    try:
+        ca = DevCA.load(args.dir)
+        svid = ca.issue_svid(args.spiffe_id, args.ttl, key=args.key)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = (
+            write_file(out / SVID_FILE, svid.certs_pem()),
+            write_file(out / SVID_KEY_FILE, svid.key_pem(), private=True),
+            write_file(out / BUNDLE_FILE, ca.bundle.to_pem()),
+        )
+    except (IdentityError, OSError) as exc:
+        return _error(str(exc))
+    print(f"issued {svid.spiffe_id} valid for {args.ttl:g}s")
+    for path in paths:
+        print(path)
+    return 0

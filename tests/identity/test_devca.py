@@ -1,0 +1,156 @@
+"""The development CA: issuing, persistence, and what it refuses."""
+
+from __future__ import annotations
+
+import stat
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from zmeshlib._exceptions import IdentityError
+from zmeshlib.identity import DevCA, Identity, SpiffeId, X509Svid
+
+ORDERS = "spiffe://example.org/ns/shop/sa/orders"
+
+
+@pytest.fixture(scope="module")
+def ca() -> DevCA:
+    return DevCA.create("example.org")
+
+
+@pytest.fixture(scope="module")
+def ca_with_intermediate() -> DevCA:
+    return DevCA.create("example.org", intermediate=True)
+
+
+def test_issued_svid_is_valid_and_follows_the_svid_profile(ca):
+    svid = ca.issue_svid(ORDERS)
+    assert svid.verify(ca.bundles) == SpiffeId.parse(ORDERS)
+    assert svid.certificates == (svid.leaf,)
+    assert isinstance(svid.leaf.public_key(), ec.EllipticCurvePublicKey)  # P-256 by default
+    assert svid.leaf.public_key().curve.name == "secp256r1"
+    eku = svid.leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(eku) == {x509.ExtendedKeyUsageOID.SERVER_AUTH, x509.ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert svid.leaf.extensions.get_extension_for_class(x509.KeyUsage).critical
+    assert ca.bundle.trust_domain == "example.org" and ca.bundle.authorities == (ca.root,)
+
+
+def test_ttl_and_not_before(ca):
+    start = time.time() + 120
+    svid = ca.issue_svid(ORDERS, ttl=90, not_before=start)
+    assert svid.not_before == int(start)
+    assert svid.not_after - svid.not_before == 90
+    with pytest.raises(IdentityError) as exc:
+        svid.verify(ca.bundles)
+    assert exc.value.rule == "not-yet-valid"
+    assert svid.verify(ca.bundles, at=start + 45) == SpiffeId.parse(ORDERS)
+    with pytest.raises(IdentityError) as exc:
+        svid.verify(ca.bundles, at=start + 91)
+    assert exc.value.rule == "expired"
+
+
+def test_fresh_svid_is_valid_at_once_with_a_small_backdate(ca):
+    before = time.time()
+    svid = ca.issue_svid(ORDERS, ttl=20)
+    assert before - 3 <= svid.not_before <= before  # backdated by at most ttl/10 (+ rounding)
+    assert svid.verify(ca.bundles, at=before) == SpiffeId.parse(ORDERS)
+
+
+def test_leaf_never_outlives_its_ca():
+    short = DevCA.create("example.org", ttl=600)
+    svid = short.issue_svid(ORDERS, ttl=86400)
+    assert svid.not_after == pytest.approx(short.root.not_valid_after_utc.timestamp())
+
+
+@pytest.mark.parametrize(
+    ("key", "cls"),
+    [
+        ("ec-p256", ec.EllipticCurvePublicKey),
+        ("ec-p384", ec.EllipticCurvePublicKey),
+        ("rsa-2048", rsa.RSAPublicKey),
+        ("ed25519", ed25519.Ed25519PublicKey),
+    ],
+)
+def test_key_types(ca, key, cls):
+    svid = ca.issue_svid(ORDERS, key=key)
+    assert isinstance(svid.leaf.public_key(), cls)
+    assert svid.verify(ca.bundles) == SpiffeId.parse(ORDERS)
+    assert X509Svid.parse(svid.certs_pem(), svid.key_pem()) == svid
+
+
+def test_intermediate_option(ca_with_intermediate):
+    ca = ca_with_intermediate
+    svid = ca.issue_svid(ORDERS)
+    assert len(svid.certificates) == 2 and svid.certificates[1] == ca.intermediate
+    assert ca.bundle.authorities == (ca.root,)  # the intermediate travels in the chain
+    assert svid.verify(ca.bundles) == SpiffeId.parse(ORDERS)
+    with pytest.raises(IdentityError) as exc:  # the leaf without its intermediate
+        X509Svid.from_certificates([svid.leaf]).verify(ca.bundles)
+    assert exc.value.rule == "untrusted"
+    assert ca.root.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 1
+
+
+@pytest.mark.parametrize(
+    ("spiffe_id", "rule"),
+    [
+        ("spiffe://other.org/ns/shop/sa/orders", "foreign-trust-domain"),
+        ("spiffe://example.org", "leaf-id-no-path"),
+        ("spiffe://example.org/a//b", "path-empty-segment"),
+    ],
+)
+def test_refuses_ids_it_may_not_issue(ca, spiffe_id, rule):
+    with pytest.raises(IdentityError) as exc:
+        ca.issue_svid(spiffe_id)
+    assert exc.value.rule == rule
+
+
+def test_refuses_unknown_key_type_and_bad_ttl(ca):
+    with pytest.raises(IdentityError) as exc:
+        ca.issue_svid(ORDERS, key="dsa-1024")
+    assert exc.value.rule == "unsupported-key"
+    with pytest.raises(IdentityError) as exc:
+        ca.issue_svid(ORDERS, ttl=0)
+    assert exc.value.rule == "bad-ttl"
+
+
+@pytest.mark.parametrize("intermediate", [False, True])
+def test_save_load_round_trip(tmp_path, intermediate):
+    ca = DevCA.create("example.org", intermediate=intermediate)
+    directory = tmp_path / "ca" / "nested"
+    ca.save(directory)
+    names = {"root.pem", "root_key.pem"} | (
+        {"intermediate.pem", "intermediate_key.pem"} if intermediate else set()
+    )
+    assert {p.name for p in directory.iterdir()} == names
+    for name in names:
+        mode = stat.S_IMODE((directory / name).stat().st_mode)
+        assert mode == (0o600 if name.endswith("_key.pem") else 0o644), name
+    loaded = DevCA.load(directory)
+    assert loaded.trust_domain == "example.org"
+    assert loaded.root == ca.root and loaded.intermediate == ca.intermediate
+    assert loaded.bundle == ca.bundle
+    # the loaded CA signs with the same keys: its SVIDs verify against the original bundle
+    assert loaded.issue_svid(ORDERS).verify(ca.bundles) == SpiffeId.parse(ORDERS)
+
+
+def test_load_missing_directory_says_what_to_run(tmp_path):
+    with pytest.raises(IdentityError) as exc:
+        DevCA.load(tmp_path / "nothing")
+    assert exc.value.rule == "ca-unreadable"
+    assert "zmesh ca init" in str(exc.value)
+
+
+def test_issue_gives_a_rotating_identity(ca):
+    ident = ca.issue(ORDERS, ttl=120)
+    assert isinstance(ident, Identity)
+    assert str(ident.spiffe_id) == ORDERS
+    first = ident.svid
+    assert first.not_after - first.not_before == pytest.approx(120, abs=13)
+    seen: list[Identity] = []
+    ident.on_rotate(seen.append)
+    assert ident.renew() is True
+    assert seen == [ident]
+    assert ident.svid != first and ident.svid.spiffe_id == first.spiffe_id
+    assert ident.svid.verify(ident.bundles) == ident.spiffe_id
