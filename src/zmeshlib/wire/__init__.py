@@ -1,0 +1,27 @@
+"""The zmeshlib wire format: the envelope frame of every mesh message (docs/envelope.md)."""
+
+from .envelope import (
+    DEFAULT_LIMITS,
+    FIXED_SIZE,
+    PROTOCOL_VERSION,
+    Envelope,
+    Kind,
+    Limits,
+    decode,
+    encode,
+    encode_minimal,
+    encode_publish,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FIXED_SIZE",
+    "PROTOCOL_VERSION",
+    "Envelope",
+    "Kind",
+    "Limits",
+    "decode",
+    "encode",
+    "encode_minimal",
+    "encode_publish",
+]

@@ -1,0 +1,173 @@
+"""Property tests of the envelope codec: round trips, and any bytes in -> ProtocolError out."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from zmeshlib._exceptions import ProtocolError
+from zmeshlib._models import StatusCode, TraceContext
+from zmeshlib.wire import Envelope, Kind, Limits, decode, encode
+
+# Derandomized: the same examples on every run and every machine.
+PROPERTY = settings(
+    derandomize=True,
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+U64 = 2**64 - 1
+
+
+def utf8_text(max_bytes: int, **kw: int) -> st.SearchStrategy[str]:
+    return st.text(**kw).filter(lambda s: len(s.encode()) <= max_bytes)
+
+
+no_nul = st.text(max_size=30).map(lambda s: s.replace("\0", ""))
+header_names = no_nul.filter(bool)
+traces = st.builds(
+    TraceContext,
+    st.binary(min_size=16, max_size=16),
+    st.binary(min_size=8, max_size=8),
+    st.integers(0, 255),
+    st.text(max_size=40),
+)
+
+
+def maybe(default: object, strategy: st.SearchStrategy) -> st.SearchStrategy:
+    """Each optional field is absent (its default) or random: every combination gets tried."""
+    return st.one_of(st.just(default), strategy)
+
+
+envelopes = st.builds(
+    Envelope,
+    kind=st.sampled_from(Kind),
+    message_id=st.one_of(st.integers(0, U64), st.sampled_from([0, 1, U64])),
+    method=maybe("", utf8_text(255, max_size=100)),
+    status=st.sampled_from(StatusCode),
+    deadline_ms=maybe(0, st.integers(0, U64)),
+    attempt=maybe(0, st.integers(0, 0xFFFF)),
+    trace=maybe(None, traces),
+    headers=maybe({}, st.dictionaries(header_names, no_nul, max_size=8)),
+    detail=maybe("", st.text(max_size=80)),
+    policy=maybe("", st.text(max_size=40)),
+    retriable=st.booleans(),
+)
+
+
+def decode_or_reason(data: bytes, limits: Limits | None = None) -> Envelope | str:
+    """Decode, turning a ProtocolError into its reason; any other exception fails the test."""
+    try:
+        return decode(data) if limits is None else decode(data, limits)
+    except ProtocolError as exc:
+        assert f"[{exc.reason}]" in str(exc)
+        return exc.reason
+
+
+@PROPERTY
+@given(envelopes)
+def test_round_trip(env: Envelope) -> None:
+    data = encode(env)
+    back = decode(data)
+    assert back == env
+    assert encode(back) == data
+    assert decode(memoryview(data)) == env
+    assert decode(bytearray(data)) == env
+
+
+@PROPERTY
+@given(envelopes)
+def test_every_proper_prefix_is_truncated(env: Envelope) -> None:
+    data = encode(env)
+    assert decode_or_reason(b"") == "empty"
+    for n in range(1, len(data)):
+        assert decode_or_reason(data[:n]) == "truncated", n
+
+
+@PROPERTY
+@given(envelopes, st.binary(min_size=1, max_size=8))
+def test_appended_bytes_are_trailing(env: Envelope, extra: bytes) -> None:
+    assert decode_or_reason(encode(env) + extra) == "trailing-bytes"
+
+
+@PROPERTY
+@given(envelopes)
+def test_limits_hold_both_ways(env: Envelope) -> None:
+    data = encode(env)
+    tight = Limits(max_envelope_bytes=len(data) - 1)
+    assert decode_or_reason(data, tight) == "too-large"
+    with pytest.raises(ProtocolError) as info:
+        encode(env, tight)
+    assert info.value.reason == "too-large"
+    assert decode(data, Limits(max_envelope_bytes=len(data))) == env
+
+
+def fixed(kind: int = 1, flags: int = 0, version: int = 1) -> bytes:
+    return struct.pack(">BBHQ", version, kind, flags, 42)
+
+
+# Inputs a fuzzer is unlikely to reach from random bytes alone: a valid fixed part with
+# random flags and body, and small mutations of valid envelopes.
+garbage = st.one_of(
+    st.binary(max_size=64),
+    st.builds(
+        lambda kind, flags, body: fixed(kind, flags) + body,
+        st.integers(0, 6),
+        st.integers(0, 0xFFFF),
+        st.binary(max_size=96),
+    ),
+    st.builds(
+        lambda env, at, byte: (lambda d: d[: at % len(d)] + bytes([byte]) + d[at % len(d) + 1 :])(
+            encode(env)
+        ),
+        envelopes,
+        st.integers(0, 10_000),
+        st.integers(0, 255),
+    ),
+    st.builds(
+        lambda env, at, cut: (lambda d: d[: at % len(d)] + d[at % len(d) + cut :])(encode(env)),
+        envelopes,
+        st.integers(0, 10_000),
+        st.integers(1, 4),
+    ),
+)
+
+
+@settings(PROPERTY, max_examples=2000)
+@given(garbage)
+def test_any_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
+    result = decode_or_reason(data)
+    if isinstance(result, Envelope):
+        # Whatever decodes re-encodes canonically and means the same.
+        assert decode(encode(result)) == result
+
+
+def test_every_combination_of_optional_fields() -> None:
+    # One sample value per optional field, each with the flag bit it must set.
+    samples: dict[str, tuple[object, int]] = {
+        "method": ("charge", 0x0001),
+        "status": (StatusCode.APPLICATION, 0x0002),
+        "deadline_ms": (1_700_000_000_000, 0x0004),
+        "attempt": (2, 0x0008),
+        "trace": (TraceContext(b"\x11" * 16, b"\x22" * 8, 1, "k=v"), 0x0010),
+        "headers": ({"region": "eu"}, 0x0020),
+        "detail": ("out of stock", 0x0040),
+        "policy": ("deny-rogue", 0x0080),
+        "retriable": (True, 0x0100),
+    }
+    names = list(samples)
+    seen = set()
+    for r in range(len(names) + 1):
+        for subset in itertools.combinations(names, r):
+            env = Envelope(Kind.REPLY, 7, **{n: samples[n][0] for n in subset})
+            data = encode(env)
+            flags = struct.unpack_from(">H", data, 2)[0]
+            assert flags == sum(samples[n][1] for n in subset)
+            assert decode(data) == env
+            seen.add(flags)
+    assert len(seen) == 2 ** len(names)
