@@ -1,0 +1,247 @@
+"""Card stores: untrusted places that keep card bytes under their key id.
+
+Rules every store keeps:
+
+* A store holds opaque bytes. It never parses or trusts them; the
+  :class:`~zmeshlib.registry.Registry` verifies every card it reads.
+* Keys are file-safe names (:func:`check_key_id`), so no key can name a path
+  outside the store.
+* ``put`` replaces atomically: a reader sees the old bytes or the new, never
+  a mix. ``delete`` of a missing key is not an error.
+* ``version()`` is a cheap change token: it differs from an earlier token
+  whenever the content may have changed since (a spurious change is allowed,
+  a missed one is not).
+
+==================  ===========================================================
+URL                 store
+==================  ===========================================================
+``memory://``       the process-wide in-memory store (``memory://NAME``: a
+                    named one); every opener in the process shares it
+``dir:///abs/path`` a directory of ``<key_id>.card`` files, shared by every
+``dir://rel/path``  process that can reach it (created when missing)
+==================  ===========================================================
+
+Theory of operation of :class:`DirStore`: a write goes to a hidden temporary
+file in the same directory and is renamed over ``<key_id>.card``
+(``os.replace``, atomic on POSIX), so concurrent writers and readers in any
+number of processes never see a torn file. Every put and delete changes the
+directory's mtime; a token taken while that mtime is too recent to tell two
+changes apart (the file system clock ticks coarsely) is a fresh object, so a
+poller rescans until the directory has been quiet for ``racy_window``
+seconds. This is git's "racy timestamp" rule.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from .._exceptions import RegistryError
+
+_KEY_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+_SUFFIX = ".card"
+_TMP_PREFIX = ".tmp-"
+
+
+def check_key_id(key_id: str) -> str:
+    """Return ``key_id`` if it is a safe store key (letters, digits, ``_ - .``; no leading dot)."""
+    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+        raise RegistryError(
+            f"invalid card key id {key_id!r}: use 1-128 letters, digits, '_', '-' or '.', "
+            "not starting with '.' (Card.key_id is always valid)"
+        )
+    return key_id
+
+
+@runtime_checkable
+class CardStore(Protocol):
+    """Where card bytes live. Implementations must be safe to call from several threads."""
+
+    def put(self, key_id: str, data: bytes) -> None: ...
+
+    def delete(self, key_id: str) -> None: ...
+
+    def get(self, key_id: str) -> bytes | None: ...
+
+    def scan(self) -> Iterator[tuple[str, bytes]]: ...
+
+    def version(self) -> object: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """A dict under a lock, for one process (tests, single-process meshes)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cards: dict[str, bytes] = {}
+        self._version = 0
+
+    def put(self, key_id: str, data: bytes) -> None:
+        check_key_id(key_id)
+        with self._lock:
+            self._cards[key_id] = bytes(data)
+            self._version += 1
+
+    def delete(self, key_id: str) -> None:
+        check_key_id(key_id)
+        with self._lock:
+            if self._cards.pop(key_id, None) is not None:
+                self._version += 1
+
+    def get(self, key_id: str) -> bytes | None:
+        check_key_id(key_id)
+        with self._lock:
+            return self._cards.get(key_id)
+
+    def scan(self) -> Iterator[tuple[str, bytes]]:
+        with self._lock:
+            snapshot = sorted(self._cards.items())
+        return iter(snapshot)
+
+    def version(self) -> object:
+        with self._lock:
+            return self._version
+
+    def close(self) -> None:
+        """Nothing to release: the content lives as long as the process (shared by URL)."""
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({len(self._cards)} cards)"
+
+
+class DirStore:
+    """A directory of ``<key_id>.card`` files, shared by processes on one file system."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_file_size: int = 1 << 20,
+        racy_window: float = 1.0,
+    ) -> None:
+        self.path = Path(path)
+        self.max_file_size = max_file_size
+        self.racy_window_ns = int(racy_window * 1e9)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            pass  # a file is in the way: reported just below
+        except OSError as e:
+            raise RegistryError(
+                f"cannot create the card directory {str(self.path)!r}: {e.strerror}; "
+                "choose a writable path in the registry URL (dir:///path)"
+            ) from e
+        if not self.path.is_dir():
+            raise RegistryError(f"{str(self.path)!r} is not a directory; fix the registry URL")
+
+    def _file(self, key_id: str) -> Path:
+        return self.path / (check_key_id(key_id) + _SUFFIX)
+
+    def put(self, key_id: str, data: bytes) -> None:
+        target = self._file(key_id)
+        tmp = self.path / f"{_TMP_PREFIX}{key_id}-{os.getpid()}-{secrets.token_hex(6)}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except OSError as e:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise RegistryError(
+                f"cannot write card {key_id} to {str(self.path)!r}: {e.strerror}; "
+                "check the directory's permissions and free space"
+            ) from e
+
+    def delete(self, key_id: str) -> None:
+        try:
+            self._file(key_id).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise RegistryError(
+                f"cannot delete card {key_id} from {str(self.path)!r}: {e.strerror}"
+            ) from e
+
+    def _read(self, path: Path) -> bytes | None:
+        """The file's bytes (at most ``max_file_size + 1``: an oversized card stays rejectable)."""
+        try:
+            with open(path, "rb") as f:
+                return f.read(self.max_file_size + 1)
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        except OSError as e:
+            raise RegistryError(f"cannot read card file {str(path)!r}: {e.strerror}") from e
+
+    def get(self, key_id: str) -> bytes | None:
+        return self._read(self._file(key_id))
+
+    def scan(self) -> Iterator[tuple[str, bytes]]:
+        try:
+            names = sorted(os.listdir(self.path))
+        except OSError as e:
+            raise RegistryError(
+                f"cannot list the card directory {str(self.path)!r}: {e.strerror}"
+            ) from e
+        for name in names:
+            if not name.endswith(_SUFFIX) or name.startswith("."):
+                continue
+            key_id = name[: -len(_SUFFIX)]
+            if not _KEY_ID.fullmatch(key_id):
+                continue
+            data = self._read(self.path / name)
+            if data is not None:  # removed since listing
+                yield key_id, data
+
+    def version(self) -> object:
+        try:
+            st = os.stat(self.path)
+        except OSError as e:
+            raise RegistryError(
+                f"cannot stat the card directory {str(self.path)!r}: {e.strerror}"
+            ) from e
+        if time.time_ns() - st.st_mtime_ns < self.racy_window_ns:
+            return object()  # too recent to tell two changes apart: always "changed"
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+    def close(self) -> None:
+        """Nothing to release: every call opens and closes its own files."""
+
+    def __repr__(self) -> str:
+        return f"DirStore({str(self.path)!r})"
+
+
+_MEMORY: dict[str, MemoryStore] = {}
+_MEMORY_LOCK = threading.Lock()
+
+
+def open_store(url: str) -> CardStore:
+    """Open the store a registry URL names (see the module docstring's table)."""
+    if not isinstance(url, str):
+        raise RegistryError(f"a registry URL is a str, not {type(url).__name__}")
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme == "memory":
+        with _MEMORY_LOCK:
+            return _MEMORY.setdefault(rest, MemoryStore())
+    if sep and scheme == "dir":
+        if not rest:
+            raise RegistryError(
+                f"registry URL {url!r} names no directory: write dir:///absolute/path "
+                "or dir://relative/path"
+            )
+        return DirStore(rest)
+    raise RegistryError(
+        f"unsupported registry URL {url!r}: use 'dir:///absolute/path' (a directory shared "
+        "by the processes of one host), 'dir://relative/path', or 'memory://' (one process)"
+    )
