@@ -2,25 +2,26 @@
 
 Rules (each rejection names one, in ``IdentityError.rule``):
 
-=======================  ==================================================
-rule                     what it requires
-=======================  ==================================================
-``empty``                the ID is not the empty string
-``too-long``             at most 2048 bytes in all
-``scheme``               starts with the lowercase scheme ``spiffe://``
-``trust-domain-missing`` a trust domain follows the scheme
-``trust-domain-too-long`` the trust domain is at most 255 characters
-``userinfo``             no ``user@`` before the trust domain
-``port``                 no ``:port`` after the trust domain
-``trust-domain-charset`` trust domain only ``a-z 0-9 . - _`` (lowercase)
-``query``                no ``?query``
-``fragment``             no ``#fragment``
-``percent-encoding``     no ``%`` escapes anywhere
-``path-trailing-slash``  the path does not end with ``/``
-``path-empty-segment``   no ``//`` in the path
-``path-dot-segment``     no ``.`` or ``..`` segment
-``path-charset``         path segments only ``a-z A-Z 0-9 . - _``
-=======================  ==================================================
+=========================  ===============================================
+rule                       what it requires
+=========================  ===============================================
+``empty``                  the ID is not the empty string
+``too-long``               at most 2048 bytes in all
+``scheme``                 starts with the lowercase scheme ``spiffe://``
+``trust-domain-missing``   a trust domain follows the scheme
+``trust-domain-too-long``  the trust domain is at most 255 characters
+``userinfo``               no ``user@`` before the trust domain
+``port``                   no ``:port`` after the trust domain
+``trust-domain-charset``   trust domain only ``a-z 0-9 . - _`` (lowercase)
+``query``                  no ``?query``
+``fragment``               no ``#fragment``
+``percent-encoding``       no ``%`` escapes anywhere
+``path-trailing-slash``    the path does not end with ``/``
+``path-empty-segment``     no ``//`` in the path
+``path-dot-segment``       no ``.`` or ``..`` segment
+``path-charset``           path segments only ``a-z A-Z 0-9 . - _``
+``type``                   the value is a ``str``
+=========================  ===============================================
 
 Istio's convention ``/ns/<namespace>/sa/<service-account>`` is read by
 :attr:`SpiffeId.namespace` and :attr:`SpiffeId.service_account`.
@@ -51,7 +52,11 @@ def validate_trust_domain(td: str, *, context: str = "") -> str:
     if not td:
         raise _fail(shown, "trust-domain-missing", "the trust domain is empty")
     if len(td) > _MAX_TD:
-        raise _fail(shown, "trust-domain-too-long", f"the trust domain is {len(td)} characters, at most {_MAX_TD} are allowed")
+        raise _fail(
+            shown,
+            "trust-domain-too-long",
+            f"the trust domain is {len(td)} characters, at most {_MAX_TD} are allowed",
+        )
     if "@" in td:
         raise _fail(shown, "userinfo", "a SPIFFE ID may not carry user info ('user@')")
     if ":" in td:
@@ -73,9 +78,13 @@ def _validate_path(value: str, path: str) -> None:
         raise _fail(value, "path-trailing-slash", "the path may not end with '/'")
     for segment in path[1:].split("/"):
         if segment == "":
-            raise _fail(value, "path-empty-segment", "the path may not contain empty segments ('//')")
+            raise _fail(
+                value, "path-empty-segment", "the path may not contain empty segments ('//')"
+            )
         if segment in (".", ".."):
-            raise _fail(value, "path-dot-segment", f"the path may not contain a {segment!r} segment")
+            raise _fail(
+                value, "path-dot-segment", f"the path may not contain a {segment!r} segment"
+            )
         if not _SEGMENT_CHARS.fullmatch(segment):
             raise _fail(
                 value,
@@ -94,7 +103,9 @@ class SpiffeId:
     @classmethod
     def parse(cls, value: str) -> SpiffeId:
         if not isinstance(value, str):
-            raise IdentityError(f"a SPIFFE ID must be a str, not {type(value).__name__}", rule="type")
+            raise IdentityError(
+                f"a SPIFFE ID must be a str, not {type(value).__name__}", rule="type"
+            )
         if value == "":
             raise _fail(value, "empty", "the ID is empty")
         if len(value.encode()) > _MAX_ID:

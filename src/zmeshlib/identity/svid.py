@@ -14,41 +14,53 @@ Rules this module keeps:
 
 Shape rules (``parse`` and ``verify``):
 
-================================  ==================================================
-rule                              what it requires
-================================  ==================================================
-``no-certificates``               at least one certificate
-``malformed-pem``                 PEM blocks decode (certificates and keys)
-``encrypted-key``                 the private key is not encrypted
-``no-private-key``                a key was asked for (``key_pem`` given) and found
-``key-mismatch``                  the private key belongs to the leaf
-``no-uri-san``                    the leaf has a URI SAN
-``multiple-uri-sans``             the leaf has exactly one URI SAN
-(SpiffeId rules)                  that URI is a valid SPIFFE ID
-``leaf-is-ca``                    the leaf's basicConstraints say cA=false
-``leaf-id-no-path``               the leaf's SPIFFE ID has a path (spec 3.1, 5.2)
-``leaf-missing-digital-signature`` the leaf has keyUsage with digitalSignature
-``leaf-has-key-cert-sign``        the leaf's keyUsage lacks keyCertSign
-``leaf-has-crl-sign``             the leaf's keyUsage lacks cRLSign
-``signer-not-ca``                 every other certificate (and authority) is cA=true
-``signer-missing-key-cert-sign``  ... and has keyUsage with keyCertSign
-``signer-id-has-path``            a signer's SPIFFE ID, if any, has no path (spec 3.2)
-``unsupported-key``               keys are ECDSA P-256/P-384, RSA or Ed25519
-``weak-key``                      RSA keys have at least 2048 bits
-``unknown-critical-extension``    no critical extension this module cannot judge
-``id-mismatch``                   an X509Svid's ``spiffe_id`` is its leaf's
-================================  ==================================================
+==================================  ======================================================
+rule                                what it requires
+==================================  ======================================================
+``no-certificates``                 at least one certificate
+``malformed-pem``                   PEM blocks decode (certificates and keys)
+``encrypted-key``                   the private key is not encrypted
+``no-private-key``                  a key was asked for (``key_pem`` given) and found
+``key-mismatch``                    the private key belongs to the leaf
+``no-uri-san``                      the leaf has a URI SAN
+``multiple-uri-sans``               the leaf has exactly one URI SAN
+(SpiffeId's rules)                  that URI is a valid SPIFFE ID
+``leaf-is-ca``                      the leaf's basicConstraints say cA=false
+``leaf-id-no-path``                 the leaf's SPIFFE ID has a path (spec 3.1, 5.2)
+``leaf-missing-digital-signature``  the leaf has keyUsage with digitalSignature
+``leaf-has-key-cert-sign``          the leaf's keyUsage lacks keyCertSign
+``leaf-has-crl-sign``               the leaf's keyUsage lacks cRLSign
+``signer-not-ca``                   every other certificate (and authority) is cA=true
+``signer-missing-key-cert-sign``    ... and has keyUsage with keyCertSign
+``signer-id-has-path``              a signer's SPIFFE ID, if any, has no path (spec 3.2)
+``unsupported-key``                 keys are ECDSA P-256/P-384, RSA or Ed25519
+``weak-key``                        RSA keys have at least 2048 bits
+``unknown-critical-extension``      no critical extension this module cannot judge
+``id-mismatch``                     an X509Svid's ``spiffe_id`` is its leaf's
+==================================  ======================================================
 
 Trust rules (``verify`` only):
 
-================================  ==================================================
-``no-bundle-for-trust-domain``    a bundle exists for the leaf's trust domain
-``untrusted``                     signatures chain the leaf to one of its authorities
-``path-length``                   no signer's pathLenConstraint is exceeded
-``expired``                       no certificate on the path ended before ``at``
-``not-yet-valid``                 no certificate on the path starts after ``at``
-``empty-bundle``                  (bundles) a trust bundle has an authority
-================================  ==================================================
+==================================  ======================================================
+rule                                what it requires
+==================================  ======================================================
+``no-bundle-for-trust-domain``      a bundle exists for the leaf's trust domain
+``untrusted``                       signatures chain the leaf to one of its authorities
+``path-length``                     no signer's pathLenConstraint is exceeded
+``expired``                         no certificate on the path ended before ``at``
+``not-yet-valid``                   no certificate on the path starts after ``at``
+==================================  ======================================================
+
+Bundle rules (``TrustBundle``, ``Bundles``):
+
+==================================  ======================================================
+rule                                what it requires
+==================================  ======================================================
+``empty-bundle``                    a trust bundle has at least one authority
+``trust-domain-has-path``           a bundle's trust domain is not a SPIFFE ID with a path
+``duplicate-bundle``                one bundle per trust domain in a Bundles
+``type``                            values have the expected types
+==================================  ======================================================
 
 Theory of operation: the leaf's SPIFFE ID picks the one bundle that may vouch for
 it, so an authority of a federated domain can never vouch for a local ID. Path
