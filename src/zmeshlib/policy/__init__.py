@@ -1,0 +1,79 @@
+"""The mesh policy: one validated document, and the authorization engine compiled from it.
+
+``Policy`` is the document (peer authentication, services and secure naming,
+authorization, traffic, telemetry); ``Policy.authorizer()`` is the compiled
+``Authorizer`` the sockets ask on every operation; ``PolicyWatcher`` reloads a
+policy file live. See docs/policy.md and docs/authorization.md.
+"""
+
+from __future__ import annotations
+
+from .authz import (
+    ACTIONS,
+    Authorizer,
+    AuthzRequest,
+    Decision,
+    register_provider,
+    unregister_provider,
+)
+from .model import (
+    AbortFault,
+    AccessLogSpec,
+    AuthorizationPolicy,
+    Backoff,
+    Condition,
+    DelayFault,
+    FaultSpec,
+    MetricsSpec,
+    MirrorSpec,
+    Operation,
+    OutlierDetection,
+    PeerAuthentication,
+    Policy,
+    PoolSpec,
+    RetryBudget,
+    RetryPolicy,
+    Rule,
+    ServiceSpec,
+    Source,
+    SplitDestination,
+    Subset,
+    TelemetrySpec,
+    TracingSpec,
+    TrafficSpec,
+)
+from .watcher import PolicyWatcher
+
+__all__ = [
+    "ACTIONS",
+    "AbortFault",
+    "AccessLogSpec",
+    "AuthorizationPolicy",
+    "Authorizer",
+    "AuthzRequest",
+    "Backoff",
+    "Condition",
+    "Decision",
+    "DelayFault",
+    "FaultSpec",
+    "MetricsSpec",
+    "MirrorSpec",
+    "Operation",
+    "OutlierDetection",
+    "PeerAuthentication",
+    "Policy",
+    "PolicyWatcher",
+    "PoolSpec",
+    "RetryBudget",
+    "RetryPolicy",
+    "Rule",
+    "ServiceSpec",
+    "Source",
+    "SplitDestination",
+    "Subset",
+    "TelemetrySpec",
+    "TracingSpec",
+    "TrafficSpec",
+    "register_provider",
+    "unregister_provider",
+]

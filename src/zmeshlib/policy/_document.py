@@ -1,0 +1,793 @@
+"""From a policy document (YAML, TOML, JSON or a dict) to a validated :class:`Policy`.
+
+Rules this module keeps:
+
+* One pass collects every problem, each with its path; any problem means
+  one :class:`~zmeshlib.PolicyError` whose ``problems`` lists them all.
+* Unknown keys are problems. So are empty lists (an empty ``principals``
+  would match nothing, which is never what was meant), except ``rules: []``,
+  which is Istio's "allow nothing".
+* Cross-references are checked once the sections are read: unique policy
+  names, a subset named by ``split`` or ``mirror`` exists, split weights sum
+  to 100, a per-try timeout fits inside the overall one.
+* Principals are kept in Istio form (``td/path``, no ``spiffe://``), which is
+  what the authorizer matches against.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+from collections.abc import Mapping
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from .._exceptions import IdentityError, PolicyError
+from .._models import Endpoint
+from ..identity.spiffe_id import SpiffeId, validate_trust_domain
+from ._patterns import EXACT, PREFIX, parse_pattern
+from ._reader import Reader
+from .model import (
+    ACTIONS,
+    LOAD_BALANCERS,
+    PEER_AUTHENTICATION_MODES,
+    RETRY_CONDITIONS,
+    STATUS_BY_KEY,
+    AbortFault,
+    AccessLogSpec,
+    AuthorizationPolicy,
+    Backoff,
+    Condition,
+    DelayFault,
+    FaultSpec,
+    MetricsSpec,
+    MirrorSpec,
+    Operation,
+    OutlierDetection,
+    PeerAuthentication,
+    Policy,
+    PoolSpec,
+    RetryBudget,
+    RetryPolicy,
+    Rule,
+    ServiceSpec,
+    Source,
+    SplitDestination,
+    Subset,
+    TelemetrySpec,
+    TracingSpec,
+    TrafficSpec,
+)
+
+_TOP = (
+    "version",
+    "peer_authentication",
+    "trust_domains",
+    "services",
+    "authorization",
+    "traffic",
+    "telemetry",
+)
+_SCHEME = "spiffe://"
+_SEGMENT = re.compile(r"[a-zA-Z0-9._-]*")
+_ADDRESS = re.compile(r"(tcp://[^\s:]+:\d+|ipc://\S+|inproc://\S+)")
+_KINDS = ("PUB", "SUB", "REQ", "REP", "PUSH", "PULL")
+_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
+
+
+def load_policy(path: str | PathLike[str], *, data: bytes | None = None) -> Policy:
+    """Load ``path``, or parse ``data`` as its content (the watcher hashes what it parses)."""
+    path = Path(path)
+    fmt = _SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise PolicyError(
+            f"cannot load policy {str(path)!r}: unknown file type {path.suffix!r}",
+            problems=(f"{path}: name the file .yaml, .yml, .toml or .json",),
+        )
+    try:
+        text = (path.read_bytes() if data is None else data).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(
+            f"cannot read policy {str(path)!r}", problems=(f"{path}: {exc}",)
+        ) from exc
+    return parse_policy_text(text, fmt, source=str(path))
+
+
+def parse_policy_text(text: str, fmt: str, *, source: str = "<policy>") -> Policy:
+    """Parse ``text`` in ``fmt`` (``yaml``, ``toml`` or ``json``) and validate it."""
+    try:
+        document = _parse(text, fmt)
+    except ValueError as exc:
+        raise PolicyError(
+            f"policy {source!r} is not valid {fmt.upper()}", problems=(f"{source}: {exc}",)
+        ) from exc
+    return build_policy(document, source=source)
+
+
+def _parse(text: str, fmt: str) -> Any:
+    if fmt == "json":
+        return json.loads(text)
+    if fmt == "toml":
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover
+            import tomli as tomllib
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(str(exc)) from exc
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_strict_loader())  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc).replace("\n", " ")) from exc
+
+
+@functools.cache
+def _strict_loader() -> type:
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        """A SafeLoader that refuses duplicate keys (plain YAML keeps the last one, silently)."""
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
+def build_policy(document: Mapping[str, Any], *, source: str = "") -> Policy:
+    problems: list[str] = []
+    root = Reader(problems)
+    doc = root.mapping(document, _TOP)
+    if doc is None:
+        raise PolicyError("the policy document must be a mapping", problems=tuple(problems))
+    kwargs: dict[str, Any] = {}
+    if "version" in doc:
+        version = root.key("version").integer(doc["version"])
+        if version is not None and version != 1:
+            root.key("version").problem(
+                f"unsupported version {version}; this zmeshlib reads version 1"
+            )
+    if "peer_authentication" in doc:
+        kwargs["peer_authentication"] = _peer_authentication(
+            root.key("peer_authentication"), doc["peer_authentication"]
+        )
+    if "trust_domains" in doc:
+        kwargs["trust_domains"] = root.key("trust_domains").list_of(
+            doc["trust_domains"], _trust_domain
+        )
+    services: dict[str, ServiceSpec] = {}
+    if "services" in doc:
+        services = _named(root.key("services"), doc["services"], _service)
+        kwargs["services"] = services
+    if "authorization" in doc:
+        kwargs["authorization"] = _authorization(root.key("authorization"), doc["authorization"])
+    if "traffic" in doc:
+        kwargs["traffic"] = _named(
+            root.key("traffic"),
+            doc["traffic"],
+            lambda r, name, value: _traffic(r, name, value, services),
+        )
+    if "telemetry" in doc:
+        kwargs["telemetry"] = _telemetry(root.key("telemetry"), doc["telemetry"])
+    if problems:
+        n = len(problems)
+        where = f"{source}: " if source else ""
+        raise PolicyError(
+            f"{where}invalid policy: {n} problem{'s' if n != 1 else ''}", problems=tuple(problems)
+        )
+    return Policy(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _named(r: Reader, value: Any, read: Any) -> dict[str, Any]:
+    """A mapping of name -> section, each read with ``read(reader, name, value)``."""
+    out: dict[str, Any] = {}
+    body = r.mapping(value)
+    for name, item in (body or {}).items():
+        if not name:
+            r.problem("a name must not be empty")
+            continue
+        spec = read(r.key(name), name, item)
+        if spec is not None:
+            out[name] = spec
+    return out
+
+
+# -- peer authentication, trust domains, services ------------------------------
+
+
+def _peer_authentication(r: Reader, value: Any) -> PeerAuthentication | None:
+    body = r.mapping(value, ("mode",))
+    if body is None:
+        return None
+    mode = r.key("mode").choice(body.get("mode", "STRICT"), PEER_AUTHENTICATION_MODES)
+    return PeerAuthentication(mode) if mode else None
+
+
+def _trust_domain(r: Reader, value: Any) -> str | None:
+    text = r.string(value)
+    if text is None:
+        return None
+    try:
+        return validate_trust_domain(text)
+    except IdentityError as exc:
+        r.problem(str(exc))
+        return None
+
+
+def _service(r: Reader, name: str, value: Any) -> ServiceSpec | None:
+    body = r.mapping(value, ("identities", "endpoints", "subsets"))
+    if body is None:
+        return None
+    kwargs: dict[str, Any] = {}
+    if "identities" in body:
+        kwargs["identities"] = r.key("identities").list_of(body["identities"], _principal_pattern)
+    if "endpoints" in body:
+        kwargs["endpoints"] = r.key("endpoints").list_of(
+            body["endpoints"], lambda er, ev: _endpoint(er, ev, name)
+        )
+    if "subsets" in body:
+        subsets = r.key("subsets").list_of(body["subsets"], _subset)
+        if subsets is not None:
+            by_name: dict[str, Subset] = {}
+            for i, subset in enumerate(subsets):
+                if subset.name in by_name:
+                    r.key("subsets").index(i).key("name").problem(
+                        f"duplicate subset name {subset.name!r}"
+                    )
+                by_name[subset.name] = subset
+            kwargs["subsets"] = by_name
+    if any(v is None for v in kwargs.values()):
+        return None
+    return ServiceSpec(**kwargs)
+
+
+def _endpoint(r: Reader, value: Any, service: str) -> Endpoint | None:
+    if isinstance(value, str):
+        address, kind = value, ""
+    else:
+        body = r.mapping(value, ("address", "kind"), required=("address",))
+        if body is None or "address" not in body:
+            return None
+        address = body["address"]
+        kind = r.key("kind").choice(body["kind"], _KINDS) if "kind" in body else ""
+        if kind is None:
+            return None
+        r = r.key("address")
+    text = r.string(address)
+    if text is None:
+        return None
+    if not _ADDRESS.fullmatch(text):
+        r.problem(
+            f"{text!r} is not an endpoint address: write tcp://host:port, ipc://path or inproc://name"
+        )
+        return None
+    return Endpoint(text, kind, service)
+
+
+def _subset(r: Reader, value: Any) -> Subset | None:
+    body = r.mapping(value, ("name", "labels"), required=("name", "labels"))
+    if body is None or "name" not in body or "labels" not in body:
+        return None
+    name = r.key("name").string(body["name"])
+    lr = r.key("labels")
+    labels = lr.mapping(body["labels"])
+    if labels is not None:
+        for k, v in labels.items():
+            if lr.key(k).string(v, non_empty=False) is None:
+                labels = None
+                break
+    if name is None or labels is None:
+        return None
+    return Subset(name, labels)
+
+
+# -- patterns ----------------------------------------------------------------------
+
+
+def _principal_pattern(r: Reader, value: Any) -> str | None:
+    """A principal pattern, returned in Istio form (no ``spiffe://``)."""
+    text = r.string(value)
+    if text is None:
+        return None
+    if text.startswith(_SCHEME):
+        text = text[len(_SCHEME) :]
+    elif "://" in text:
+        r.problem(
+            f"{value!r}: a principal is a SPIFFE ID, written with 'spiffe://' or without a scheme"
+        )
+        return None
+    pattern = parse_pattern(text)
+    if isinstance(pattern, str):
+        r.problem(pattern)
+        return None
+    if pattern.kind == EXACT:
+        try:
+            SpiffeId.coerce(text)
+        except IdentityError as exc:
+            r.problem(str(exc))
+            return None
+    elif pattern.kind == PREFIX:
+        td = pattern.literal.partition("/")[0]
+        if "/" in pattern.literal or td:
+            try:
+                if "/" in pattern.literal:
+                    validate_trust_domain(td)
+                elif not re.fullmatch(r"[a-z0-9._-]*", td):
+                    raise IdentityError(
+                        f"trust domain prefix {td!r} may only use lowercase letters, digits, '.', '-' and '_'",
+                        rule="trust-domain-charset",
+                    )
+            except IdentityError as exc:
+                r.problem(f"{value!r}: {exc}")
+                return None
+    return text
+
+
+def _segment_pattern(r: Reader, value: Any) -> str | None:
+    """A namespace pattern: one SPIFFE path segment, with the usual wildcards."""
+    text = r.string(value)
+    if text is None:
+        return None
+    pattern = parse_pattern(text)
+    if isinstance(pattern, str):
+        r.problem(pattern)
+        return None
+    if not _SEGMENT.fullmatch(pattern.literal):
+        r.problem(f"{text!r}: a namespace is one path segment: letters, digits, '.', '-' and '_'")
+        return None
+    return text
+
+
+def _trust_domain_pattern(r: Reader, value: Any) -> str | None:
+    text = r.string(value)
+    if text is None:
+        return None
+    pattern = parse_pattern(text)
+    if isinstance(pattern, str):
+        r.problem(pattern)
+        return None
+    if pattern.kind == EXACT:
+        return _trust_domain(r, text)
+    if not re.fullmatch(r"[a-z0-9._-]*", pattern.literal):
+        r.problem(
+            f"{text!r}: a trust domain may only use lowercase letters, digits, '.', '-' and '_'"
+        )
+        return None
+    return text
+
+
+def _plain_pattern(r: Reader, value: Any) -> str | None:
+    """A method or header-value pattern: exact, ``prefix*``, ``*suffix`` or ``*``."""
+    text = r.string(value)
+    if text is None:
+        return None
+    pattern = parse_pattern(text)
+    if isinstance(pattern, str):
+        r.problem(pattern)
+        return None
+    return text
+
+
+def _topic_pattern(r: Reader, value: Any) -> str | None:
+    text = r.string(value)
+    if text is None:
+        return None
+    pattern = parse_pattern(text, suffix_allowed=False)
+    if isinstance(pattern, str):
+        r.problem(pattern)
+        return None
+    return text
+
+
+def _subscription_pattern(r: Reader, value: Any) -> str | None:
+    """A subscribe pattern: ``prefix*`` or ``*`` only, since a subscription is a prefix."""
+    text = _topic_pattern(r, value)
+    if text is not None and parse_pattern(text).kind == EXACT:  # type: ignore[union-attr]
+        r.problem(
+            f"{text!r}: a ZeroMQ subscription is a prefix, so an exact topic cannot be enforced "
+            f"at subscribe time (it would also deliver {text + '.x'!r}); write {text + '*'!r}"
+        )
+        return None
+    return text
+
+
+# -- authorization -------------------------------------------------------------------
+
+_SOURCE_FIELDS = {
+    "principals": _principal_pattern,
+    "not_principals": _principal_pattern,
+    "namespaces": _segment_pattern,
+    "not_namespaces": _segment_pattern,
+    "trust_domains": _trust_domain_pattern,
+    "not_trust_domains": _trust_domain_pattern,
+}
+_OPERATION_FIELDS = {
+    "publish": _topic_pattern,
+    "subscribe": _subscription_pattern,
+    "call": _plain_pattern,
+}
+
+
+def _authorization(r: Reader, value: Any) -> tuple[AuthorizationPolicy, ...] | None:
+    policies = r.list_of(value, _authorization_policy, allow_empty=True)
+    seen: dict[str, int] = {}
+    for i, item in enumerate(value if isinstance(value, list | tuple) else ()):
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            r.index(i).key("name").problem(
+                f"duplicate policy name {name!r} (also authorization[{seen[name]}]); "
+                "names identify the deciding policy in denials and logs"
+            )
+        seen.setdefault(name, i)
+    return policies
+
+
+def _authorization_policy(r: Reader, value: Any) -> AuthorizationPolicy | None:
+    body = r.mapping(value, ("name", "selector", "action", "provider", "rules"), required=("name",))
+    if body is None:
+        return None
+    before = len(r.problems)
+    name = r.key("name").string(body["name"]) if "name" in body else None
+    action = r.key("action").choice(body.get("action", "ALLOW"), ACTIONS)
+    provider = None
+    if "provider" in body:
+        provider = r.key("provider").string(body["provider"])
+        if action is not None and action != "CUSTOM":
+            r.key("provider").problem(
+                f"only a CUSTOM policy names a provider (this one is {action})"
+            )
+    elif action == "CUSTOM":
+        r.problem(
+            "a CUSTOM policy needs 'provider: NAME' (a callable registered with register_provider)"
+        )
+    selector = None
+    if "selector" in body:
+        sr = r.key("selector")
+        sel = sr.mapping(body["selector"], ("services",), required=("services",))
+        if sel is not None and "services" in sel:
+            selector = sr.key("services").list_of(sel["services"], lambda rr, v: rr.string(v))
+    rules: tuple[Rule, ...] | None = ()
+    if "rules" in body:
+        rules = r.key("rules").list_of(body["rules"], _rule, allow_empty=True)
+    if len(r.problems) != before or name is None or action is None or rules is None:
+        return None
+    return AuthorizationPolicy(
+        name=name, action=action, rules=rules, selector=selector, provider=provider
+    )
+
+
+def _rule(r: Reader, value: Any) -> Rule | None:
+    body = r.mapping(value, ("from", "to", "when"))
+    if body is None:
+        return None
+    before = len(r.problems)
+    source = operation = None
+    when: tuple[Condition, ...] | None = ()
+    if "from" in body:
+        fields = _pattern_fields(r.key("from"), body["from"], _SOURCE_FIELDS)
+        source = Source(**fields) if fields is not None else None
+    if "to" in body:
+        fields = _pattern_fields(r.key("to"), body["to"], _OPERATION_FIELDS)
+        operation = Operation(**fields) if fields is not None else None
+    if "when" in body:
+        when = r.key("when").list_of(body["when"], _condition)
+    if len(r.problems) != before or when is None:
+        return None
+    return Rule(from_=source, to=operation, when=when)
+
+
+def _pattern_fields(
+    r: Reader, value: Any, readers: Mapping[str, Any]
+) -> dict[str, tuple[str, ...]] | None:
+    body = r.mapping(value, tuple(readers))
+    if body is None:
+        return None
+    if not body:
+        r.problem(f"names no field (one of: {', '.join(readers)}); omit it to match everything")
+        return None
+    out = {k: r.key(k).list_of(v, readers[k]) for k, v in body.items()}
+    if any(v is None for v in out.values()):
+        return None
+    return out  # type: ignore[return-value]
+
+
+def _condition(r: Reader, value: Any) -> Condition | None:
+    body = r.mapping(value, ("key", "values", "not_values"), required=("key",))
+    if body is None or "key" not in body:
+        return None
+    key = r.key("key").string(body["key"])
+    if key is not None and (not key.startswith("header:") or key == "header:"):
+        r.key("key").problem(f"{key!r}: a condition key is 'header:<name>' (a message header)")
+        key = None
+    if "values" not in body and "not_values" not in body:
+        r.problem("a condition needs 'values', 'not_values' or both")
+        return None
+    values = r.key("values").list_of(body["values"], _plain_pattern) if "values" in body else ()
+    not_values = (
+        r.key("not_values").list_of(body["not_values"], _plain_pattern)
+        if "not_values" in body
+        else ()
+    )
+    if key is None or values is None or not_values is None:
+        return None
+    return Condition(key, values or None, not_values or None)
+
+
+# -- traffic -----------------------------------------------------------------------
+
+
+def _traffic(
+    r: Reader, name: str, value: Any, services: Mapping[str, ServiceSpec]
+) -> TrafficSpec | None:
+    keys = (
+        "timeout",
+        "retries",
+        "load_balancer",
+        "outlier_detection",
+        "pool",
+        "faults",
+        "split",
+        "mirror",
+    )
+    body = r.mapping(value, keys)
+    if body is None:
+        return None
+    before = len(r.problems)
+    kw: dict[str, Any] = {}
+    if "timeout" in body:
+        kw["timeout"] = r.key("timeout").duration(body["timeout"])
+    if "retries" in body:
+        kw["retries"] = _retries(r.key("retries"), body["retries"])
+    if "load_balancer" in body:
+        kw["load_balancer"] = r.key("load_balancer").choice(body["load_balancer"], LOAD_BALANCERS)
+    if "outlier_detection" in body:
+        kw["outlier_detection"] = _outlier(r.key("outlier_detection"), body["outlier_detection"])
+    if "pool" in body:
+        kw["pool"] = _pool(r.key("pool"), body["pool"])
+    if "faults" in body:
+        kw["faults"] = _faults(r.key("faults"), body["faults"])
+    if "split" in body:
+        kw["split"] = _split(r.key("split"), body["split"], name, services)
+    if "mirror" in body:
+        kw["mirror"] = _mirror(r.key("mirror"), body["mirror"], name, services)
+    timeout, retries = kw.get("timeout"), kw.get("retries")
+    per_try = retries.per_try_timeout if retries is not None else None
+    if timeout is not None and per_try is not None and per_try > timeout:
+        r.key("retries").key("per_try_timeout").problem(
+            f"{per_try:g}s exceeds the overall timeout ({timeout:g}s), so it can never fire"
+        )
+    if len(r.problems) != before:
+        return None
+    return TrafficSpec(**kw)
+
+
+def _split(
+    r: Reader, value: Any, service: str, services: Mapping[str, ServiceSpec]
+) -> tuple[SplitDestination, ...] | None:
+    before = len(r.problems)
+    destinations = []
+    for dr, item in r.items(value):
+        dest = _split_destination(dr, item)
+        if dest is not None:
+            _check_subset(dr.key("subset"), service, dest.subset, services)
+            destinations.append(dest)
+    total = sum(d.weight for d in destinations)
+    complete = isinstance(value, list | tuple) and len(destinations) == len(value)
+    if complete and total != 100:
+        r.problem(f"weights sum to {total}, they must sum to 100")
+    names = [d.subset for d in destinations]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        r.problem(f"subset {dup!r} appears more than once")
+    return tuple(destinations) if len(r.problems) == before else None
+
+
+def _check_subset(
+    r: Reader, service: str, subset: str, services: Mapping[str, ServiceSpec]
+) -> None:
+    spec = services.get(service)
+    if spec is None or subset not in spec.subsets:
+        where = f"services.{service}.subsets" if spec else f"services ({service!r} is not listed)"
+        r.problem(f"subset {subset!r} of service {service!r} is not defined in {where}")
+
+
+def _retries(r: Reader, value: Any) -> RetryPolicy | None:
+    body = r.mapping(value, ("attempts", "per_try_timeout", "retry_on", "backoff", "budget"))
+    if body is None:
+        return None
+    kw: dict[str, Any] = {}
+    if "attempts" in body:
+        kw["attempts"] = r.key("attempts").integer(body["attempts"], minimum=0, maximum=10)
+    if "per_try_timeout" in body:
+        kw["per_try_timeout"] = r.key("per_try_timeout").duration(body["per_try_timeout"])
+    if "retry_on" in body:
+        allowed = (*RETRY_CONDITIONS, *STATUS_BY_KEY)
+        kw["retry_on"] = r.key("retry_on").list_of(
+            body["retry_on"], lambda rr, v: rr.choice(v, allowed)
+        )
+    if "backoff" in body:
+        br = r.key("backoff")
+        b = br.mapping(body["backoff"], ("base_interval", "max_interval"))
+        if b is None:
+            kw["backoff"] = None
+        else:
+            bkw = {k: br.key(k).duration(v) for k, v in b.items()}
+            backoff = None if None in bkw.values() else Backoff(**bkw)
+            if backoff is not None and backoff.max_interval < backoff.base_interval:
+                br.key("max_interval").problem("must not be below base_interval")
+            kw["backoff"] = backoff
+    if "budget" in body:
+        br = r.key("budget")
+        b = br.mapping(body["budget"], ("percent", "min_concurrency"))
+        if b is None:
+            kw["budget"] = None
+        else:
+            bkw = {}
+            if "percent" in b:
+                bkw["percent"] = br.key("percent").percentage(b["percent"])
+            if "min_concurrency" in b:
+                bkw["min_concurrency"] = br.key("min_concurrency").integer(
+                    b["min_concurrency"], minimum=0
+                )
+            kw["budget"] = None if None in bkw.values() else RetryBudget(**bkw)
+    if None in kw.values():
+        return None
+    return RetryPolicy(**kw)
+
+
+def _status(r: Reader, value: Any) -> Any:
+    key = r.choice(value, tuple(STATUS_BY_KEY))
+    return STATUS_BY_KEY[key] if key is not None else None
+
+
+def _outlier(r: Reader, value: Any) -> OutlierDetection | None:
+    keys = (
+        "consecutive_errors",
+        "interval",
+        "base_ejection_time",
+        "max_ejection_percent",
+        "error_codes",
+    )
+    body = r.mapping(value, keys)
+    if body is None:
+        return None
+    kw: dict[str, Any] = {}
+    if "consecutive_errors" in body:
+        kw["consecutive_errors"] = r.key("consecutive_errors").integer(
+            body["consecutive_errors"], minimum=1
+        )
+    for k in ("interval", "base_ejection_time"):
+        if k in body:
+            kw[k] = r.key(k).duration(body[k])
+    if "max_ejection_percent" in body:
+        kw["max_ejection_percent"] = r.key("max_ejection_percent").percentage(
+            body["max_ejection_percent"]
+        )
+    if "error_codes" in body:
+        codes = r.key("error_codes").list_of(body["error_codes"], _status)
+        kw["error_codes"] = frozenset(codes) if codes is not None else None
+    if None in kw.values():
+        return None
+    return OutlierDetection(**kw)
+
+
+def _pool(r: Reader, value: Any) -> PoolSpec | None:
+    counts = ("max_connections", "max_requests", "max_pending")
+    times = ("connect_timeout", "idle_timeout")
+    body = r.mapping(value, counts + times)
+    if body is None:
+        return None
+    kw: dict[str, Any] = {}
+    for k, v in body.items():
+        kw[k] = r.key(k).integer(v, minimum=1) if k in counts else r.key(k).duration(v)
+    if None in kw.values():
+        return None
+    return PoolSpec(**kw)
+
+
+def _faults(r: Reader, value: Any) -> FaultSpec | None:
+    body = r.mapping(value, ("delay", "abort"))
+    if body is None:
+        return None
+    if not body:
+        r.problem("names no fault (delay, abort); omit it instead")
+        return None
+    delay = abort = None
+    ok = True
+    if "delay" in body:
+        dr = r.key("delay")
+        d = dr.mapping(body["delay"], ("fixed_delay", "percentage"), required=("fixed_delay",))
+        fixed = (
+            dr.key("fixed_delay").duration(d["fixed_delay"]) if d and "fixed_delay" in d else None
+        )
+        pct = dr.key("percentage").percentage(d["percentage"]) if d and "percentage" in d else 100.0
+        delay = DelayFault(fixed, pct) if fixed is not None and pct is not None else None
+        ok = delay is not None
+    if "abort" in body:
+        ar = r.key("abort")
+        a = ar.mapping(body["abort"], ("status", "percentage"), required=("status",))
+        status = _status(ar.key("status"), a["status"]) if a and "status" in a else None
+        pct = ar.key("percentage").percentage(a["percentage"]) if a and "percentage" in a else 100.0
+        abort = AbortFault(status, pct) if status is not None and pct is not None else None
+        ok = ok and abort is not None
+    return FaultSpec(delay, abort) if ok else None
+
+
+def _split_destination(r: Reader, value: Any) -> SplitDestination | None:
+    body = r.mapping(value, ("subset", "weight"), required=("subset", "weight"))
+    if body is None or "subset" not in body or "weight" not in body:
+        return None
+    subset = r.key("subset").string(body["subset"])
+    weight = r.key("weight").integer(body["weight"], minimum=0, maximum=100)
+    return SplitDestination(subset, weight) if subset is not None and weight is not None else None
+
+
+def _mirror(
+    r: Reader, value: Any, service: str, services: Mapping[str, ServiceSpec]
+) -> MirrorSpec | None:
+    body = r.mapping(value, ("service", "subset", "percentage"))
+    if body is None:
+        return None
+    if not body:
+        r.problem("names neither a service nor a subset to mirror to")
+        return None
+    target = r.key("service").string(body["service"]) if "service" in body else service
+    subset = r.key("subset").string(body["subset"]) if "subset" in body else None
+    pct = r.key("percentage").percentage(body["percentage"]) if "percentage" in body else 100.0
+    if target is None or pct is None or ("subset" in body and subset is None):
+        return None
+    if target == service and subset is None:
+        r.problem("mirrors the service to itself; name another service or a subset")
+        return None
+    if subset is not None:
+        _check_subset(r.key("subset"), target, subset, services)
+    return MirrorSpec(target, subset, pct)
+
+
+# -- telemetry ---------------------------------------------------------------------
+
+
+def _telemetry(r: Reader, value: Any) -> TelemetrySpec | None:
+    body = r.mapping(value, ("tracing", "metrics", "access_log"))
+    if body is None:
+        return None
+    kw: dict[str, Any] = {}
+    if "tracing" in body:
+        tr = r.key("tracing")
+        t = tr.mapping(body["tracing"], ("enabled", "sampling"))
+        if t is None:
+            kw["tracing"] = None
+        else:
+            tkw: dict[str, Any] = {}
+            if "enabled" in t:
+                tkw["enabled"] = tr.key("enabled").boolean(t["enabled"])
+            if "sampling" in t:
+                tkw["sampling"] = tr.key("sampling").percentage(t["sampling"])
+            kw["tracing"] = None if None in tkw.values() else TracingSpec(**tkw)
+    for k, cls in (("metrics", MetricsSpec), ("access_log", AccessLogSpec)):
+        if k in body:
+            sr = r.key(k)
+            s = sr.mapping(body[k], ("enabled",))
+            if s is None or "enabled" not in s:
+                kw[k] = None if s is None else cls()
+            else:
+                enabled = sr.key("enabled").boolean(s["enabled"])
+                kw[k] = None if enabled is None else cls(enabled)
+    if None in kw.values():
+        return None
+    return TelemetrySpec(**kw)

@@ -1,0 +1,421 @@
+"""The policy object: one frozen, validated value that configures the whole mesh.
+
+Rules this module keeps:
+
+* Every class here is a small frozen attrs value; mappings are read-only
+  views. A policy is never changed: a new document makes a new
+  :class:`Policy`, and sockets swap the whole object (hot reload).
+* Constructing these classes directly does no validation; documents come in
+  through :meth:`Policy.from_dict` / :meth:`Policy.load`, which report every
+  problem at once (see :mod:`zmeshlib.policy._document`).
+* Durations are float seconds, percentages are floats from 0 to 100, status
+  codes are :class:`~zmeshlib.StatusCode` members.
+* Work derived from a policy (its revision, its compiled authorizer) is done
+  once, lazily, and kept on the object under a lock.
+
+Theory of operation: ``Policy.from_dict`` walks the document with a
+problem-collecting reader and builds these values; ``Policy.authorizer()``
+compiles the ``authorization`` section once into bit-mask indexes
+(:mod:`zmeshlib.policy.authz`); everything else is read as plain attributes
+by the sockets and the resilience code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Mapping
+from enum import Enum
+from os import PathLike
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .._models import Endpoint, StatusCode
+from ._patterns import parse_pattern
+
+if TYPE_CHECKING:
+    from ..identity.spiffe_id import SpiffeId
+    from .authz import Authorizer, AuthzRequest
+
+PEER_AUTHENTICATION_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
+LOAD_BALANCERS = ("round_robin", "least_request", "random")
+#: ``retry_on`` values besides status names: the request never reached a
+#: verified server, or the server's handler flagged its error retriable.
+RETRY_CONDITIONS = ("connect-failure", "retriable")
+
+
+def status_key(code: StatusCode) -> str:
+    """The document's spelling of a status code: ``DEADLINE_EXCEEDED`` -> ``deadline-exceeded``."""
+    return code.name.lower().replace("_", "-")
+
+
+#: Every non-OK status code, by its document spelling.
+STATUS_BY_KEY: Mapping[str, StatusCode] = MappingProxyType(
+    {status_key(c): c for c in StatusCode if c is not StatusCode.OK}
+)
+
+
+def _frozen_map(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    return value if isinstance(value, MappingProxyType) else MappingProxyType(dict(value))
+
+
+def _map_field() -> Any:
+    return attrs.field(factory=dict, converter=_frozen_map, hash=False)
+
+
+def istio_form(spiffe_id: SpiffeId) -> str:
+    """The principal as Istio writes it, ``td/path`` without the scheme: what patterns match."""
+    return f"{spiffe_id.trust_domain}{spiffe_id.path}"
+
+
+# -- peer authentication and services -----------------------------------------
+
+
+@attrs.frozen
+class PeerAuthentication:
+    """How peers must authenticate: ``STRICT`` (a verified card, always), ``PERMISSIVE``
+    (anonymous peers accepted as principal None), ``DISABLE`` (no CURVE at all)."""
+
+    mode: str = "STRICT"
+
+
+@attrs.frozen
+class Subset:
+    """A named group of a service's servers, selected by the labels on their cards."""
+
+    name: str
+    labels: Mapping[str, str] = _map_field()
+
+    def selects(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.labels.items())
+
+
+@attrs.frozen
+class ServiceSpec:
+    """What the mesh knows about one service without asking the registry.
+
+    ``identities`` are principal patterns (Istio form) allowed to serve it:
+    secure naming. Empty means any verified identity may.
+    """
+
+    identities: tuple[str, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+    subsets: Mapping[str, Subset] = _map_field()
+
+    def may_serve(self, spiffe_id: SpiffeId) -> bool:
+        if not self.identities:
+            return True
+        principal = istio_form(spiffe_id)
+        for text in self.identities:
+            pattern = parse_pattern(text)
+            if not isinstance(pattern, str) and pattern.matches(principal):
+                return True
+        return False
+
+
+# -- authorization -------------------------------------------------------------
+
+
+@attrs.frozen
+class Source:
+    """``from``: who the request comes from. Fields AND together, values OR.
+
+    ``None`` means unconstrained. A ``not_*`` field is met when the peer's
+    value is absent or matches none of its patterns.
+    """
+
+    principals: tuple[str, ...] | None = None
+    not_principals: tuple[str, ...] | None = None
+    namespaces: tuple[str, ...] | None = None
+    not_namespaces: tuple[str, ...] | None = None
+    trust_domains: tuple[str, ...] | None = None
+    not_trust_domains: tuple[str, ...] | None = None
+
+
+@attrs.frozen
+class Operation:
+    """``to``: which operations. A request matches the list of its own action only."""
+
+    publish: tuple[str, ...] | None = None
+    subscribe: tuple[str, ...] | None = None
+    call: tuple[str, ...] | None = None
+
+    def patterns_for(self, action: str) -> tuple[str, ...] | None:
+        return getattr(self, action)
+
+
+@attrs.frozen
+class Condition:
+    """One ``when`` entry: a message header must (not) match one of the patterns."""
+
+    key: str
+    values: tuple[str, ...] | None = None
+    not_values: tuple[str, ...] | None = None
+
+    @property
+    def header(self) -> str:
+        return self.key.removeprefix("header:")
+
+
+@attrs.frozen
+class Rule:
+    """``from`` AND ``to`` AND every ``when``; an omitted part matches everything."""
+
+    from_: Source | None = None
+    to: Operation | None = None
+    when: tuple[Condition, ...] = ()
+
+
+@attrs.frozen
+class AuthorizationPolicy:
+    """One named policy. ``selector`` None = mesh-wide; ``provider`` names a CUSTOM callable."""
+
+    name: str
+    action: str = "ALLOW"
+    rules: tuple[Rule, ...] = ()
+    selector: tuple[str, ...] | None = None
+    provider: str | None = None
+
+    def selects(self, service: str) -> bool:
+        return self.selector is None or service in self.selector
+
+
+# -- traffic -------------------------------------------------------------------
+
+
+@attrs.frozen
+class Backoff:
+    """Jittered exponential backoff between attempts."""
+
+    base_interval: float = 0.025
+    max_interval: float = 0.25
+
+
+@attrs.frozen
+class RetryBudget:
+    """At most ``percent`` of active requests may be retries, but always ``min_concurrency``."""
+
+    percent: float = 20.0
+    min_concurrency: int = 3
+
+
+@attrs.frozen
+class RetryPolicy:
+    """``attempts`` = retries after the first try (Istio's meaning)."""
+
+    attempts: int = 2
+    per_try_timeout: float | None = None
+    retry_on: tuple[str, ...] = ("connect-failure", "unavailable")
+    backoff: Backoff = Backoff()
+    budget: RetryBudget | None = None
+
+    @property
+    def statuses(self) -> frozenset[StatusCode]:
+        """The reply status codes that trigger a retry."""
+        return frozenset(STATUS_BY_KEY[k] for k in self.retry_on if k in STATUS_BY_KEY)
+
+    @property
+    def on_connect_failure(self) -> bool:
+        return "connect-failure" in self.retry_on
+
+    @property
+    def on_retriable(self) -> bool:
+        return "retriable" in self.retry_on
+
+
+@attrs.frozen
+class OutlierDetection:
+    """Eject an endpoint after ``consecutive_errors`` replies whose status is in ``error_codes``."""
+
+    consecutive_errors: int = 5
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: float = 10.0
+    error_codes: frozenset[StatusCode] = frozenset(
+        {StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED, StatusCode.INTERNAL}
+    )
+
+
+@attrs.frozen
+class PoolSpec:
+    """Limits on upstream use; ``None`` = unlimited."""
+
+    max_connections: int | None = None
+    max_requests: int | None = None
+    max_pending: int | None = None
+    connect_timeout: float | None = None
+    idle_timeout: float | None = None
+
+
+@attrs.frozen
+class DelayFault:
+    fixed_delay: float
+    percentage: float = 100.0
+
+
+@attrs.frozen
+class AbortFault:
+    status: StatusCode
+    percentage: float = 100.0
+
+
+@attrs.frozen
+class FaultSpec:
+    """Injected on the client side, before sending: a delay, an abort, or both."""
+
+    delay: DelayFault | None = None
+    abort: AbortFault | None = None
+
+
+@attrs.frozen
+class SplitDestination:
+    subset: str
+    weight: int
+
+
+@attrs.frozen
+class MirrorSpec:
+    """Send a copy of ``percentage`` of requests to ``service`` (or its ``subset``); replies ignored."""
+
+    service: str
+    subset: str | None = None
+    percentage: float = 100.0
+
+
+@attrs.frozen
+class TrafficSpec:
+    """Resilience settings for requests to one destination service."""
+
+    timeout: float | None = None
+    retries: RetryPolicy = RetryPolicy()
+    load_balancer: str = "least_request"
+    outlier_detection: OutlierDetection | None = None
+    pool: PoolSpec = PoolSpec()
+    faults: FaultSpec | None = None
+    split: tuple[SplitDestination, ...] = ()
+    mirror: MirrorSpec | None = None
+
+
+# -- telemetry -------------------------------------------------------------------
+
+
+@attrs.frozen
+class TracingSpec:
+    """``sampling``: percentage of new root traces recorded (a sampled parent is always followed)."""
+
+    enabled: bool = True
+    sampling: float = 100.0
+
+
+@attrs.frozen
+class MetricsSpec:
+    enabled: bool = True
+
+
+@attrs.frozen
+class AccessLogSpec:
+    enabled: bool = False
+
+
+@attrs.frozen
+class TelemetrySpec:
+    tracing: TracingSpec = TracingSpec()
+    metrics: MetricsSpec = MetricsSpec()
+    access_log: AccessLogSpec = AccessLogSpec()
+
+
+# -- the policy ------------------------------------------------------------------
+
+_DEFAULT_TRAFFIC = TrafficSpec()
+_COMPILE_LOCK = threading.Lock()
+
+
+@attrs.frozen
+class Policy:
+    """The mesh policy. ``Policy()`` is STRICT, with no services and no authorization
+    (everything allowed to authenticated peers)."""
+
+    version: int = 1
+    peer_authentication: PeerAuthentication = PeerAuthentication()
+    trust_domains: tuple[str, ...] = ()
+    services: Mapping[str, ServiceSpec] = _map_field()
+    authorization: tuple[AuthorizationPolicy, ...] = ()
+    traffic: Mapping[str, TrafficSpec] = _map_field()
+    telemetry: TelemetrySpec = TelemetrySpec()
+    _memo: dict[str, Any] = attrs.field(factory=dict, init=False, eq=False, hash=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> Policy:
+        """Validate and build; :class:`~zmeshlib.PolicyError` lists every problem with its path."""
+        from ._document import build_policy
+
+        return build_policy(document)
+
+    @classmethod
+    def load(cls, path: str | PathLike[str]) -> Policy:
+        """Read a ``.yaml``/``.yml``/``.toml``/``.json`` file (by suffix) and validate it."""
+        from ._document import load_policy
+
+        return load_policy(path)
+
+    def may_serve(self, service: str, spiffe_id: SpiffeId) -> bool:
+        """Secure naming: may this identity serve ``service``? An unlisted service: yes."""
+        spec = self.services.get(service)
+        return True if spec is None else spec.may_serve(spiffe_id)
+
+    def traffic_for(self, service: str) -> TrafficSpec:
+        return self.traffic.get(service, _DEFAULT_TRAFFIC)
+
+    @property
+    def revision(self) -> str:
+        """A short content hash of the normalized policy: the "policy version" in logs and metrics."""
+        rev = self._memo.get("revision")
+        if rev is None:
+            canonical = json.dumps(_canonical(self), sort_keys=True, separators=(",", ":"))
+            rev = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+            self._memo["revision"] = rev
+        return rev
+
+    def authorizer(
+        self, providers: Mapping[str, Callable[[AuthzRequest], bool]] | None = None
+    ) -> Authorizer:
+        """The compiled authorizer, built once per policy and shared by every caller.
+
+        ``providers`` adds CUSTOM providers for this authorizer only (consulted
+        before the ones registered with :func:`register_provider`); it shares the
+        compiled tables but has its own decision cache.
+        """
+        from .authz import Authorizer, CompiledPolicy
+
+        default = self._memo.get("authorizer")
+        if default is None:
+            with _COMPILE_LOCK:
+                default = self._memo.get("authorizer")
+                if default is None:
+                    default = Authorizer(CompiledPolicy(self.authorization), self.revision)
+                    self._memo["authorizer"] = default
+        if not providers:
+            return default
+        return Authorizer(default.compiled, self.revision, providers=providers)
+
+
+def _canonical(value: Any) -> Any:
+    if attrs.has(type(value)):
+        return {
+            f.name: _canonical(getattr(value, f.name))
+            for f in attrs.fields(type(value))
+            if not f.name.startswith("_")
+        }
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, frozenset):
+        return sorted(_canonical(v) for v in value)
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Enum):
+        return value.name
+    return value
