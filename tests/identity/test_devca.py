@@ -154,3 +154,20 @@ def test_issue_gives_a_rotating_identity(ca):
     assert seen == [ident]
     assert ident.svid != first and ident.svid.spiffe_id == first.spiffe_id
     assert ident.svid.verify(ident.bundles) == ident.spiffe_id
+
+
+def test_load_refuses_a_damaged_ca(tmp_path):
+    first, second = DevCA.create("example.org"), DevCA.create("example.org")
+    first.save(tmp_path / "a")
+    second.save(tmp_path / "b")
+    (tmp_path / "a" / "root_key.pem").write_bytes((tmp_path / "b" / "root_key.pem").read_bytes())
+    with pytest.raises(IdentityError) as exc:
+        DevCA.load(tmp_path / "a")
+    assert exc.value.rule == "ca-invalid"
+    assert "root_key.pem" in str(exc.value)
+    (tmp_path / "b" / "root.pem").write_bytes(
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    )
+    with pytest.raises(IdentityError) as exc:
+        DevCA.load(tmp_path / "b")
+    assert exc.value.rule == "ca-invalid"

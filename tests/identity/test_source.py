@@ -261,3 +261,12 @@ def test_workload_api_without_the_spiffe_package(monkeypatch):
         Identity.from_workload_api("/nonexistent.sock")
     assert exc.value.rule == "spiffe-not-installed"
     assert "pip install 'zmeshlib[spiffe]'" in str(exc.value)
+
+
+def test_workload_api_unreachable(tmp_path):
+    # the real spiffe package, pointed at a socket no agent listens on
+    for address in (str(tmp_path / "agent.sock"), f"unix://{tmp_path}/agent.sock"):
+        with pytest.raises(IdentityError) as exc:
+            Identity.from_workload_api(address, timeout=2.0)
+        assert exc.value.rule == "workload-api-unavailable"
+        assert "agent.sock" in str(exc.value)

@@ -171,6 +171,41 @@ def _read(directory: Path, name: str) -> bytes:
         ) from exc
 
 
+def _load_pair(
+    directory: Path, cert_name: str, key_name: str
+) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
+    """A CA certificate and its key, checked to belong together."""
+    try:
+        cert = x509.load_pem_x509_certificate(_read(directory, cert_name))
+        key = serialization.load_pem_private_key(_read(directory, key_name), None)
+    except (ValueError, TypeError) as exc:
+        raise IdentityError(
+            f"the dev CA in {directory} is damaged: {cert_name} or {key_name} does not decode "
+            f"({exc})",
+            rule="ca-invalid",
+        ) from exc
+    der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*der) != cert.public_key().public_bytes(*der):
+        raise IdentityError(
+            f"the dev CA in {directory} is damaged: {key_name} is not the key of {cert_name}",
+            rule="ca-invalid",
+        )
+    return cert, key  # type: ignore[return-value]
+
+
+def _root_trust_domain(directory: Path, root: x509.Certificate) -> str:
+    try:
+        san = root.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return SpiffeId.parse(
+            san.get_values_for_type(x509.UniformResourceIdentifier)[0]
+        ).trust_domain
+    except (x509.ExtensionNotFound, IndexError) as exc:
+        raise IdentityError(
+            f"the dev CA root in {directory} has no spiffe:// URI SAN naming its trust domain",
+            rule="ca-invalid",
+        ) from exc
+
+
 class DevCA:
     """A development CA for one trust domain. Not for production: keys live in files."""
 
@@ -209,18 +244,13 @@ class DevCA:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> DevCA:
         directory = Path(directory)
-        root = x509.load_pem_x509_certificate(_read(directory, ROOT_FILE))
-        root_key = serialization.load_pem_private_key(_read(directory, ROOT_KEY_FILE), None)
-        uris = root.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        ).value.get_values_for_type(x509.UniformResourceIdentifier)
-        trust_domain = SpiffeId.parse(uris[0]).trust_domain
+        root, root_key = _load_pair(directory, ROOT_FILE, ROOT_KEY_FILE)
         chain = None
         if (directory / INTERMEDIATE_FILE).exists():
-            cert = x509.load_pem_x509_certificate(_read(directory, INTERMEDIATE_FILE))
-            key = serialization.load_pem_private_key(_read(directory, INTERMEDIATE_KEY_FILE), None)
-            chain = (cert, key)
-        return cls(trust_domain, root, root_key, chain)  # type: ignore[arg-type]
+            chain = _load_pair(directory, INTERMEDIATE_FILE, INTERMEDIATE_KEY_FILE)
+        # the root names the trust domain; TrustBundle checks it is a usable authority
+        bundle = TrustBundle(_root_trust_domain(directory, root), (root,))
+        return cls(bundle.trust_domain, root, root_key, chain)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         directory = Path(directory)

@@ -198,9 +198,12 @@ class Identity:
     ) -> Identity:
         """Follow the SPIFFE Workload API (e.g. a SPIRE agent) through the ``spiffe`` package.
 
-        ``socket_path`` defaults to ``$SPIFFE_ENDPOINT_SOCKET``. Rotations pushed by
-        the agent rotate this identity; close() ends the stream.
+        ``socket_path`` (``unix:///run/spire/agent.sock``, or a bare absolute path)
+        defaults to ``$SPIFFE_ENDPOINT_SOCKET``. Rotations pushed by the agent rotate
+        this identity; close() ends the stream.
         """
+        if socket_path and socket_path.startswith("/"):
+            socket_path = "unix://" + socket_path
         try:
             import spiffe
         except ImportError as exc:
