@@ -19,8 +19,9 @@ Rules this module keeps:
   against the frame and the :class:`Limits`.
 * :func:`encode` checks our own sends against the same limits, so what we send
   a peer with the same limits will accept.
-* Integers are big-endian. Text is UTF-8. Header order on the wire is the
-  sender's; a header name appears at most once.
+* Integers are big-endian. Text is UTF-8. Headers travel as one UTF-8 block
+  of NUL-terminated names and values (one decode and one split, not a loop);
+  their order is the sender's and a name appears at most once.
 
 Theory of operation. Decoding a minimal envelope is one
 ``Struct.unpack_from``, one tuple index for the kind and one test that the
@@ -41,7 +42,7 @@ type's high bit (``0x8000``, *critical*) says it must refuse the frame
 version byte.
 
 =====================  ===============================================================
-``ProtocolError.reason``  when
+reason                 when (``ProtocolError.reason``)
 =====================  ===============================================================
 ``empty``              the frame has no bytes
 ``too-large``          the frame exceeds ``max_envelope_bytes`` (or, encoding, a field
@@ -56,6 +57,8 @@ version byte.
 ``header-too-large``   one header's name + value exceed ``max_header_bytes``
 ``header-name``        a header name is empty
 ``duplicate-header``   a header name appears twice
+``header-block``       the header block is not ``count`` NUL-terminated name/value pairs
+                       (encoding: a header name or value contains NUL)
 ``extension``          an extension the decoder does not know is marked critical
 ``trailing-bytes``     bytes follow the last part and the extension flag is not set
 ``range``              encoding only: an integer does not fit its field, or a trace or
