@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import struct
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -171,3 +172,22 @@ def test_every_combination_of_optional_fields() -> None:
             assert decode(data) == env
             seen.add(flags)
     assert len(seen) == 2 ** len(names)
+
+
+odd_values = st.sampled_from(
+    [None, -1, 2**70, 1.5, "x", "\ud800", b"x", "", 0, True, [], {}, {"k": None}, {"": "v"}]
+)
+
+
+@PROPERTY
+@given(envelopes, st.sampled_from([a.name for a in attrs.fields(Envelope)]), odd_values)
+def test_encode_of_any_field_value_succeeds_or_raises_protocol_error(
+    env: Envelope, field: str, value: object
+) -> None:
+    odd = attrs.evolve(env, **{field: value})
+    try:
+        data = encode(odd)
+    except ProtocolError as exc:
+        assert f"[{exc.reason}]" in str(exc)
+    else:
+        assert encode(decode(data)) == data
