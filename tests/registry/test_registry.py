@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import attrs
 import pytest
 import zmq
@@ -11,6 +13,7 @@ from zmeshlib._models import Endpoint
 from zmeshlib.identity.card import Card
 from zmeshlib.identity.devca import DevCA
 from zmeshlib.identity.spiffe_id import SpiffeId
+from zmeshlib.policy import Policy
 from zmeshlib.registry import COUNTERS, MemoryStore, Registry
 
 ORDERS = "spiffe://example.org/ns/shop/sa/orders"
@@ -219,3 +222,44 @@ def test_a_registry_opened_from_a_url_and_closed(ca, make_card, tmp_path):
     registry.close()
     with pytest.raises(RegistryError, match="closed"):
         registry.by_service("orders")
+
+
+def test_secure_naming_from_a_real_policy_document(store, ca, make_card):
+    policy = Policy.from_dict(
+        {"version": 1, "services": {"orders": {"identities": ["example.org/ns/shop/sa/orders"]}}}
+    )
+    good = orders_card(make_card)
+    rogue = make_card(ROGUE, labels={"service": "orders"})
+    store.put(rogue.key_id, rogue.to_bytes())
+    with Registry(store, bundles=ca.bundles, may_serve=policy.may_serve) as registry:
+        registry.publish(good)
+        assert registry.by_service("orders") == [good]
+        assert registry.stats["misnamed"] == 1
+
+
+def test_threads_publishing_and_looking_up_at_once(registry, make_card):
+    cards = [orders_card(make_card, 8000 + i) for i in range(40)]
+    failures: list[BaseException] = []
+
+    def publisher(part: list[Card]) -> None:
+        for card in part:
+            registry.publish(card)
+
+    def reader() -> None:
+        try:
+            for _ in range(100):
+                for card in registry.by_service("orders"):
+                    assert registry.by_key(card.curve_key) == card
+                registry.changed_since(None)
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=publisher, args=(cards[i::4],)) for i in range(4)]
+    threads += [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert registry.by_service("orders") == sorted(cards, key=lambda c: c.key_id)
+    assert registry.stats["published"] == 40
