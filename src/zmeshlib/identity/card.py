@@ -28,6 +28,7 @@ Rules this module keeps:
   ========================  ===================================================
   ``card-version``          its format version is not one this code knows
   ``card-malformed``        a field breaks the layout limits
+  ``card-too-large``        it encodes to more than :data:`MAX_CARD_SIZE` bytes
   ``card-wrong-key``        its CURVE key is not the key it was presented for
   ``card-signature``        the signature does not verify with the leaf's key
   ``card-key-type``         the leaf's key type has no card signature algorithm
@@ -38,6 +39,9 @@ Rules this module keeps:
   ``card-not-yet-valid``    ``now`` is before its ``not_before``
   ``card-expired``          ``now`` is at or after its ``not_after``
   ========================  ===================================================
+
+  Signing refuses with ``card-no-private-key`` (a peer's SVID),
+  ``card-svid-expired`` (an empty window) or ``card-key-type``.
 
 Signature algorithms, by the leaf certificate's public key:
 
