@@ -191,7 +191,12 @@ _ADVICE: dict[str, str] = {
 
 
 def error_for_status(
-    status: StatusCode, detail: str = "", *, policy: str = "", retriable: bool = False, what: str = ""
+    status: StatusCode,
+    detail: str = "",
+    *,
+    policy: str = "",
+    retriable: bool = False,
+    what: str = "",
 ) -> RemoteError:
     """Build the exception a client raises for a non-OK status from a peer."""
     cls = _BY_STATUS.get(status.name, InternalError)

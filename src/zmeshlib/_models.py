@@ -123,7 +123,9 @@ class Message:
     trace: TraceContext | None = None
     deadline: float | None = None  # absolute time.time() seconds, None = none
     attempt: int = 0
-    _replier: Callable[..., Any] | None = attrs.field(default=None, eq=False, repr=False, alias="replier")
+    _replier: Callable[..., Any] | None = attrs.field(
+        default=None, eq=False, repr=False, alias="replier"
+    )
 
     @property
     def payload(self) -> bytes:
@@ -132,12 +134,19 @@ class Message:
             return self.frames[0]
         return b"".join(self.frames)
 
-    def reply(self, payload: bytes | list[bytes] | tuple[bytes, ...] = b"", *, headers: Mapping[str, str] | None = None) -> None:
+    def reply(
+        self,
+        payload: bytes | list[bytes] | tuple[bytes, ...] = b"",
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """Answer this request (REP sockets only)."""
         if self._replier is None:
             from ._exceptions import MeshError
 
-            raise MeshError("this message is not a request: only messages received on a REP socket can be replied to")
+            raise MeshError(
+                "this message is not a request: only messages received on a REP socket can be replied to"
+            )
         self._replier(self, payload, headers=headers)
 
     def reply_error(self, status: StatusCode, detail: str = "", *, retriable: bool = False) -> None:
@@ -145,5 +154,7 @@ class Message:
         if self._replier is None:
             from ._exceptions import MeshError
 
-            raise MeshError("this message is not a request: only messages received on a REP socket can be replied to")
+            raise MeshError(
+                "this message is not a request: only messages received on a REP socket can be replied to"
+            )
         self._replier(self, b"", status=status, detail=detail, retriable=retriable)

@@ -161,6 +161,25 @@ class Registry:
                     found.append(card)
             return found
 
+    def misnamed(self, service: str, kind: str | None = None) -> list[Card]:
+        """Verified cards that claim ``service`` although secure naming forbids it.
+
+        What :meth:`by_service` leaves out, so a client can say why it found nothing.
+        """
+        with self._lock:
+            self._refresh()
+            now = self._clock()
+            found = []
+            for key_id, entry in self._index:
+                card = self._usable(key_id, entry, now)
+                if card is None or service not in card.services:
+                    continue
+                if kind is not None and not card.endpoints_for(service, kind):
+                    continue
+                if not self._allowed(service, card):
+                    found.append(card)
+            return found
+
     def by_endpoint(self, address: str) -> Card | None:
         """The verified card that lists ``address`` (exact string); the newest one if several do."""
         with self._lock:

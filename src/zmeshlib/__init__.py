@@ -1,0 +1,74 @@
+"""zmeshlib: service-mesh semantics inside ZeroMQ sockets.
+
+SPIFFE identity bound to CURVE keys, authorization per topic and method,
+and one live-reloadable policy for the whole mesh. See docs/.
+"""
+
+from ._exceptions import (
+    ApplicationError,
+    Cancelled,
+    IdentityError,
+    InternalError,
+    InvalidArgument,
+    MeshError,
+    NotFound,
+    PermissionDenied,
+    PolicyError,
+    ProtocolError,
+    RegistryError,
+    RemoteError,
+    ResourceExhausted,
+    Timeout,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from ._models import ANONYMOUS, Endpoint, Message, Peer, SocketKind, StatusCode, TraceContext
+from .identity import Bundles, DevCA, Identity, SpiffeId, TrustBundle, X509Svid, verify_chain
+from .identity.card import Card
+from .policy import Policy, PolicyWatcher
+from .registry import Registry
+from .sockets import Mesh
+from .wire.envelope import Limits
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ANONYMOUS",
+    "ApplicationError",
+    "Bundles",
+    "Cancelled",
+    "Card",
+    "DevCA",
+    "Endpoint",
+    "IdentityError",
+    "Identity",
+    "InternalError",
+    "InvalidArgument",
+    "Limits",
+    "Mesh",
+    "MeshError",
+    "Message",
+    "NotFound",
+    "Peer",
+    "PermissionDenied",
+    "Policy",
+    "PolicyError",
+    "PolicyWatcher",
+    "ProtocolError",
+    "Registry",
+    "RegistryError",
+    "RemoteError",
+    "ResourceExhausted",
+    "SocketKind",
+    "SpiffeId",
+    "StatusCode",
+    "Timeout",
+    "TraceContext",
+    "TrustBundle",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "X509Svid",
+    "verify_chain",
+]

@@ -1,0 +1,604 @@
+"""The sans-I/O cores of the mesh sockets: what a message means, not how it moves.
+
+Rules this module keeps:
+
+* No sockets, no threads, no clock of its own: every function takes the
+  frames it judges and the time it judges them at, and returns frames to
+  send or a :class:`~zmeshlib.Message` (or a reason to drop). The sync and
+  asyncio shells (``sockets/shell.py``) only move frames.
+* The sender of a message is who the handshake said it is: the User-Id of a
+  bound socket's connection, or the verified card of the endpoint a
+  connected socket dialled. Nothing in a message can claim otherwise.
+* A malformed frame from the network is dropped and counted (``drops``,
+  labelled by reason), never raised to the application.
+* Authorization is asked of the current policy's compiled authorizer; what
+  is cached here is cached per policy object, so a new policy takes effect
+  at the next message.
+
+Theory of operation. Each socket kind has a core:
+
+================  ==========================================================
+core              decides
+================  ==========================================================
+PublisherCore     the frames of a publication; which prefixes to apply for
+                  each subscription request (XPUB_MANUAL); what to redo when
+                  the policy changes
+SubscriberCore    whether the subscriber may ask for a prefix; which received
+                  publications to deliver (the sender may publish the topic)
+PushCore/PullCore the same for pipelines (no topic: the "publish" resource
+                  is the service name)
+ClientCore        request ids, deadlines, matching replies, dropping late and
+                  duplicate ones, turning a status into an exception
+ServerCore        decoding requests, call authorization, expired deadlines,
+                  building replies (errors included)
+================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .._exceptions import PermissionDenied, ProtocolError, RemoteError, error_for_status
+from .._models import ANONYMOUS, Message, Peer, StatusCode, TraceContext
+from ..identity.spiffe_id import SpiffeId
+from ..wire.envelope import Envelope, Kind, Limits, decode, encode, encode_minimal
+
+if TYPE_CHECKING:
+    from ..policy import Policy
+
+log = logging.getLogger("zmeshlib.sockets")
+
+Frames = Sequence[bytes]
+Payload = bytes | Sequence[bytes]
+
+
+def payload_frames(payload: Payload, limits: Limits) -> list[bytes]:
+    """Normalise a payload argument (bytes or a list of frames) and check its size."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        frames = [bytes(payload)] if not isinstance(payload, bytes) else [payload]
+    else:
+        frames = [bytes(f) for f in payload]
+    size = sum(len(f) for f in frames)
+    if size > limits.max_message_bytes:
+        raise ProtocolError(
+            f"payload of {size} bytes exceeds max_message_bytes={limits.max_message_bytes}: "
+            "split it, or raise the limit on both sides (Mesh(limits=...))",
+            reason="too-large",
+        )
+    return frames
+
+
+def new_message_ids() -> Callable[[], int]:
+    """Message ids: a random 32-bit process prefix and a counter, so ids from two senders rarely meet."""
+    start = int.from_bytes(os.urandom(4), "big") << 32
+    return itertools.count(start).__next__
+
+
+class PeerBook:
+    """User-Id (the SPIFFE ID string the handshake set) -> Peer, parsed once per peer."""
+
+    def __init__(self) -> None:
+        self._peers: dict[str, Peer] = {"": ANONYMOUS}
+
+    def get(self, user_id: str) -> Peer:
+        peer = self._peers.get(user_id)
+        if peer is None:
+            try:
+                peer = Peer(SpiffeId.parse(user_id))
+            except Exception:
+                peer = ANONYMOUS
+            if len(self._peers) > 65536:
+                self._peers = {"": ANONYMOUS}
+            self._peers[user_id] = peer
+        return peer
+
+
+class Drops:
+    """Counters of what a socket dropped and why; shared by every core of one socket."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._last_log = 0.0
+
+    def drop(self, reason: str, detail: str = "") -> None:
+        self.counts[reason] += 1
+        now = time.monotonic()
+        if now - self._last_log >= 1.0:  # at most one line a second: a flood must not flood the log
+            self._last_log = now
+            log.warning("dropped a message (%s)%s", reason, f": {detail}" if detail else "")
+
+
+class _PolicyBound:
+    """A core whose caches live as long as one policy object."""
+
+    def __init__(self, policy: Callable[[], Policy], service: str) -> None:
+        self._policy_fn = policy
+        self.service = service
+        self._policy: Policy | None = None
+        self._authz: Any = None
+        self._cache: dict[Any, bool] = {}
+
+    def _authorizer(self) -> Any:
+        policy = self._policy_fn()
+        if policy is not self._policy:
+            self._policy = policy
+            self._authz = policy.authorizer()
+            self._cache = {}
+            self.policy_changed()
+        return self._authz
+
+    def policy_changed(self) -> None:
+        """Hook for cores that must redo something when the policy changes."""
+
+    def may_publish(self, principal: SpiffeId | None, topic: str) -> bool:
+        """Cached per (principal, topic) for header-free decisions; cheap on the hot path."""
+        authz = self._authorizer()
+        key = (principal, topic)
+        allowed = self._cache.get(key)
+        if allowed is None:
+            allowed = authz.check(principal, "publish", self.service, topic).allowed
+            if len(self._cache) > 65536:
+                self._cache = {}
+            self._cache[key] = allowed
+        return allowed
+
+
+# -- publish / subscribe ---------------------------------------------------------
+
+
+@attrs.frozen
+class SubscriptionChange:
+    """What the publisher must apply for one subscription message: ("subscribe"|"unsubscribe", prefixes)."""
+
+    action: str
+    prefixes: tuple[bytes, ...]
+
+
+class PublisherCore(_PolicyBound):
+    """Publication frames, and subscription authorization at the publisher.
+
+    Remembers what each peer asked for, so a new policy can be re-applied:
+    ``needs_restart`` turns true when a remembered request would now be
+    granted differently (XPUB cannot withdraw one peer's subscription, so
+    the shell rebinds and every subscriber re-sends; see docs/authorization.md).
+    """
+
+    def __init__(
+        self,
+        policy: Callable[[], Policy],
+        service: str,
+        self_id: Callable[[], SpiffeId | None],
+        limits: Limits,
+        drops: Drops,
+    ) -> None:
+        super().__init__(policy, service)
+        self._self_id = self_id
+        self.limits = limits
+        self.drops = drops
+        self.next_id = new_message_ids()
+        # (User-Id, asked prefix) -> (principal, granted prefixes): what each peer asked for
+        self.requests: dict[tuple[str, bytes], tuple[SpiffeId | None, tuple[bytes, ...]]] = {}
+        self.needs_restart = False
+        self._own: dict[str, bool] = {}
+        self.counts: Counter[str] = Counter()
+
+    def policy_changed(self) -> None:
+        self._own = {}
+        if self._policy is None:
+            return
+        authz = self._authz
+        for (user_id, asked), (principal, granted) in self.requests.items():
+            again = self._grant(authz, principal, asked)
+            if again != granted:
+                self.needs_restart = True
+                log.info(
+                    "policy %s changes the subscription %r of %s: %r -> %r",
+                    self._policy.revision, asked, user_id or "anonymous", granted, again,
+                )  # fmt: skip
+                break
+
+    def forget_all(self) -> None:
+        """After a restart every subscriber re-sends: start the book afresh."""
+        self.requests.clear()
+        self.needs_restart = False
+
+    def _grant(self, authz: Any, principal: SpiffeId | None, asked: bytes) -> tuple[bytes, ...]:
+        try:
+            prefix = asked.decode("utf-8")
+        except UnicodeDecodeError:
+            return ()
+        return tuple(
+            p.encode() for p in authz.allowed_subscription(principal, self.service, prefix)
+        )
+
+    def on_subscription(self, data: bytes, user_id: str, peer: Peer) -> SubscriptionChange | None:
+        """Judge one XPUB subscription message (``\\x01prefix`` / ``\\x00prefix``)."""
+        authz = self._authorizer()
+        if not data or data[0] not in (0, 1):
+            self.drops.drop("subscription-malformed")
+            return None
+        asked = data[1:]
+        key = (user_id, asked)
+        if data[0] == 0:
+            _, granted = self.requests.pop(key, (None, ()))
+            return SubscriptionChange("unsubscribe", granted) if granted else None
+        granted = self._grant(authz, peer.spiffe_id, asked)
+        self.requests[key] = (peer.spiffe_id, granted)
+        if not granted:
+            self.counts["subscriptions_denied"] += 1
+            log.warning(
+                "subscription %r by %s denied (policy %s)",
+                asked,
+                peer,
+                self._policy.revision,  # type: ignore[union-attr]
+            )
+            return None
+        if granted != (asked,):
+            self.counts["subscriptions_narrowed"] += 1
+            log.info("subscription %r by %s narrowed to %r", asked, peer, granted)
+        else:
+            self.counts["subscriptions_allowed"] += 1
+        return SubscriptionChange("subscribe", granted)
+
+    def publication(
+        self,
+        topic: str,
+        payload: Payload,
+        headers: Mapping[str, str] | None,
+        trace: TraceContext | None,
+    ) -> list[bytes]:
+        """Frames for one publication; PermissionDenied if this workload may not publish ``topic``."""
+        authz = self._authorizer()
+        allowed = self._own.get(topic)
+        if allowed is None or headers:
+            decision = authz.check(self._self_id(), "publish", self.service, topic, headers)
+            if not decision.allowed:
+                raise PermissionDenied(
+                    f"publishing on {topic!r} in service {self.service!r} is denied "
+                    f"(policy {decision.policy or 'default'}): {decision.reason}",
+                    policy=decision.policy,
+                    detail=decision.reason,
+                )
+            allowed = True
+            if not headers:
+                self._own[topic] = True
+        frames = payload_frames(payload, self.limits)
+        mid = self.next_id()
+        if headers or trace:
+            env = encode(
+                Envelope(Kind.PUBLISH, mid, headers=headers or {}, trace=trace), self.limits
+            )
+        else:
+            env = encode_minimal(Kind.PUBLISH, mid)
+        return [topic.encode(), env, *frames]
+
+
+class SubscriberCore(_PolicyBound):
+    """Which publications a subscriber delivers, and which prefixes it may ask for."""
+
+    def __init__(
+        self,
+        policy: Callable[[], Policy],
+        service: str,
+        self_id: Callable[[], SpiffeId | None],
+        limits: Limits,
+        drops: Drops,
+        kind: Kind = Kind.PUBLISH,
+    ) -> None:
+        super().__init__(policy, service)
+        self._self_id = self_id
+        self.limits = limits
+        self.drops = drops
+        self.kind = kind
+
+    def check_subscribe(self, prefix: str) -> None:
+        """The subscriber's own check against the shared policy (the publisher checks again)."""
+        authz = self._authorizer()
+        if not authz.allowed_subscription(self._self_id(), self.service, prefix):
+            decision = authz.check(self._self_id(), "subscribe", self.service, prefix)
+            raise PermissionDenied(
+                f"subscribing to {prefix!r} of service {self.service!r} is denied for "
+                f"{self._self_id() or 'anonymous'} (policy {decision.policy or 'default'}): "
+                f"{decision.reason}",
+                policy=decision.policy,
+                detail=decision.reason,
+            )
+
+    def message(self, frames: Frames, peer: Peer) -> Message | None:
+        """A received publication ``[topic, envelope, payload...]`` -> Message, or None (dropped)."""
+        if self.kind is Kind.PUBLISH:
+            if len(frames) < 2:
+                self.drops.drop("malformed", "fewer than 2 frames")
+                return None
+            topic_b, env_b, payload = frames[0], frames[1], frames[2:]
+        else:
+            if len(frames) < 1:
+                self.drops.drop("malformed", "no frames")
+                return None
+            topic_b, env_b, payload = b"", frames[0], frames[1:]
+        try:
+            env = decode(env_b, self.limits)
+            topic = topic_b.decode("utf-8")
+        except ProtocolError as e:
+            self.drops.drop(e.reason, str(e))
+            return None
+        except UnicodeDecodeError:
+            self.drops.drop("utf8", "topic is not UTF-8")
+            return None
+        if env.kind is not self.kind:
+            self.drops.drop("kind", f"{env.kind.name} on a {self.kind.name} socket")
+            return None
+        if sum(len(f) for f in payload) > self.limits.max_message_bytes:
+            self.drops.drop("too-large")
+            return None
+        resource = topic if self.kind is Kind.PUBLISH else self.service
+        if env.headers:
+            allowed = (
+                self._authorizer()
+                .check(peer.spiffe_id, "publish", self.service, resource, env.headers)
+                .allowed
+            )
+        else:
+            allowed = self.may_publish(peer.spiffe_id, resource)
+        if not allowed:
+            self.drops.drop("unauthorized", f"{peer} may not publish {resource!r}")
+            return None
+        return Message(
+            frames=tuple(payload),
+            peer=peer,
+            topic=topic if self.kind is Kind.PUBLISH else None,
+            headers=env.headers,
+            message_id=env.message_id,
+            trace=env.trace,
+        )
+
+
+class PushCore(_PolicyBound):
+    """Frames of a pipeline message; the sender's own publish check (resource = service)."""
+
+    def __init__(
+        self,
+        policy: Callable[[], Policy],
+        service: str,
+        self_id: Callable[[], SpiffeId | None],
+        limits: Limits,
+    ) -> None:
+        super().__init__(policy, service)
+        self._self_id = self_id
+        self.limits = limits
+        self.next_id = new_message_ids()
+
+    def frames(
+        self, payload: Payload, headers: Mapping[str, str] | None, trace: TraceContext | None
+    ) -> list[bytes]:
+        if headers:
+            d = self._authorizer().check(
+                self._self_id(), "publish", self.service, self.service, headers
+            )
+            allowed, policy, reason = d.allowed, d.policy, d.reason
+        else:
+            allowed = self.may_publish(self._self_id(), self.service)
+            policy = reason = ""
+        if not allowed:
+            raise PermissionDenied(
+                f"pushing to service {self.service!r} is denied (policy {policy or 'default'}) {reason}",
+                policy=policy,
+                detail=reason,
+            )
+        body = payload_frames(payload, self.limits)
+        mid = self.next_id()
+        if headers or trace:
+            env = encode(Envelope(Kind.PUSH, mid, headers=headers or {}, trace=trace), self.limits)
+        else:
+            env = encode_minimal(Kind.PUSH, mid)
+        return [env, *body]
+
+
+# -- request / reply -------------------------------------------------------------
+
+
+@attrs.define
+class Pending:
+    message_id: int
+    deadline: float  # monotonic seconds
+    method: str
+    endpoint: str
+
+
+class ClientCore:
+    """Request ids, deadlines and reply matching for a REQ socket."""
+
+    def __init__(self, service: str, limits: Limits, drops: Drops) -> None:
+        self.service = service
+        self.limits = limits
+        self.drops = drops
+        self.next_id = new_message_ids()
+        self.pending: dict[int, Pending] = {}
+        self.counts: Counter[str] = Counter()
+
+    def request(
+        self,
+        payload: Payload,
+        *,
+        method: str,
+        timeout: float,
+        now: float,
+        wall: float,
+        endpoint: str,
+        headers: Mapping[str, str] | None = None,
+        trace: TraceContext | None = None,
+        attempt: int = 0,
+    ) -> tuple[Pending, list[bytes]]:
+        """Frames ``[envelope, payload...]`` for one request, and its pending record."""
+        body = payload_frames(payload, self.limits)
+        mid = self.next_id()
+        env = Envelope(
+            Kind.REQUEST,
+            mid,
+            method=method,
+            deadline_ms=int((wall + timeout) * 1000),
+            attempt=attempt,
+            headers=headers or {},
+            trace=trace,
+        )
+        pending = Pending(mid, now + timeout, method, endpoint)
+        self.pending[mid] = pending
+        return pending, [encode(env, self.limits), *body]
+
+    def forget(self, pending: Pending) -> None:
+        self.pending.pop(pending.message_id, None)
+
+    def reply(self, frames: Frames, peer: Peer) -> tuple[int, Message | RemoteError] | None:
+        """A received ``[envelope, payload...]`` -> (request id, reply or the error it stands for).
+
+        None when the frames were dropped (malformed, or a late or duplicate reply).
+        """
+        if not frames:
+            self.drops.drop("malformed", "empty reply")
+            return None
+        try:
+            env = decode(frames[0], self.limits)
+        except ProtocolError as e:
+            self.drops.drop(e.reason, str(e))
+            return None
+        if env.kind is not Kind.REPLY:
+            self.drops.drop("kind", f"{env.kind.name} where a REPLY was expected")
+            return None
+        if env.message_id not in self.pending:
+            self.counts["late_replies"] += 1
+            return None
+        pending = self.pending.pop(env.message_id)
+        if env.status is not StatusCode.OK:
+            return env.message_id, error_for_status(
+                env.status,
+                env.detail,
+                policy=env.policy,
+                retriable=env.retriable,
+                what=f"{pending.method or 'request'} on {self.service or pending.endpoint} via {peer}",
+            )
+        return env.message_id, Message(
+            frames=tuple(frames[1:]),
+            peer=peer,
+            headers=env.headers,
+            message_id=env.message_id,
+            method="",
+            status=env.status,
+            trace=env.trace,
+            attempt=env.attempt,
+        )
+
+
+class ServerCore(_PolicyBound):
+    """Requests in, replies out, for a REP socket (over ROUTER)."""
+
+    def __init__(
+        self, policy: Callable[[], Policy], service: str, limits: Limits, drops: Drops
+    ) -> None:
+        super().__init__(policy, service)
+        self.limits = limits
+        self.drops = drops
+        self.counts: Counter[str] = Counter()
+
+    def request(
+        self,
+        frames: Frames,
+        peer: Peer,
+        wall: float,
+        replier: Callable[[bytes], Callable[..., Any]],
+    ) -> tuple[Message | None, list[bytes] | None]:
+        """``[routing id, envelope, payload...]`` -> (request to deliver, or an immediate reply)."""
+        if len(frames) < 2:
+            self.drops.drop("malformed", "request without an envelope")
+            return None, None
+        route, env_b, payload = frames[0], frames[1], frames[2:]
+        try:
+            env = decode(env_b, self.limits)
+        except ProtocolError as e:
+            self.drops.drop(e.reason, str(e))
+            bad = Envelope(
+                Kind.REPLY, 0, status=StatusCode.INVALID_ARGUMENT, detail=f"protocol error: {e}"
+            )
+            return None, [route, encode(bad, self.limits)]
+        if env.kind is not Kind.REQUEST:
+            self.drops.drop("kind", f"{env.kind.name} on a REP socket")
+            return None, None
+        if sum(len(f) for f in payload) > self.limits.max_message_bytes:
+            self.drops.drop("too-large")
+            return None, self.error_frames(
+                route, env.message_id, StatusCode.RESOURCE_EXHAUSTED, "request too large"
+            )
+        if env.deadline_ms and env.deadline_ms < wall * 1000:
+            self.counts["expired"] += 1  # the client has given up: do not spend work on it
+            return None, None
+        authz = self._authorizer()
+        decision = authz.check(peer.spiffe_id, "call", self.service, env.method, env.headers)
+        if not decision.allowed:
+            self.counts["calls_denied"] += 1
+            log.warning(
+                "call %r by %s denied by policy %s", env.method, peer, decision.policy or "default"
+            )
+            reply = Envelope(
+                Kind.REPLY,
+                env.message_id,
+                status=StatusCode.PERMISSION_DENIED,
+                detail=f"{peer} may not call {env.method!r} on {self.service!r}: {decision.reason}",
+                policy=decision.policy,
+            )
+            return None, [route, encode(reply, self.limits)]
+        self.counts["requests"] += 1
+        return (
+            Message(
+                frames=tuple(payload),
+                peer=peer,
+                headers=env.headers,
+                message_id=env.message_id,
+                method=env.method,
+                trace=env.trace,
+                deadline=env.deadline_ms / 1000 if env.deadline_ms else None,
+                attempt=env.attempt,
+                replier=replier(route),
+            ),
+            None,
+        )
+
+    def reply_frames(
+        self,
+        route: bytes,
+        message_id: int,
+        payload: Payload,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[bytes]:
+        body = payload_frames(payload, self.limits)
+        if headers:
+            env = encode(Envelope(Kind.REPLY, message_id, headers=headers), self.limits)
+        else:
+            env = encode_minimal(Kind.REPLY, message_id)
+        return [route, env, *body]
+
+    def error_frames(
+        self,
+        route: bytes,
+        message_id: int,
+        status: StatusCode,
+        detail: str = "",
+        *,
+        retriable: bool = False,
+        policy: str = "",
+    ) -> list[bytes]:
+        env = Envelope(
+            Kind.REPLY,
+            message_id,
+            status=status,
+            detail=detail[:4000],
+            retriable=retriable,
+            policy=policy,
+        )
+        return [route, encode(env, self.limits)]

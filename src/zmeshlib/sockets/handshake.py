@@ -1,0 +1,178 @@
+"""Handshake authentication: the ZAP handler that turns a CURVE key into a SPIFFE ID.
+
+Rules this module keeps:
+
+* Identity is decided once per connection, here, and never per message:
+  libzmq attaches the User-Id we return to every message of the connection,
+  so sockets read the peer from the first frame of a message.
+* The registry is untrusted: a key is accepted only when its card verifies
+  against the current trust bundles (the registry does that).
+* A refusal is logged and counted, and the refused peer's socket never
+  completes the handshake: the application sees nothing of it.
+* Anonymous peers get an empty User-Id; nothing else does.
+
+Theory of operation: libzmq asks the handler of its context (the socket
+bound at ``inproc://zeromq.zap.01``) about every new connection to a server
+socket with a ``zap_domain``. :func:`decide` is the pure decision;
+:class:`ZapHandler` is the thread that speaks the ZAP protocol (RFC 27)
+around it. The decision table:
+
+===========  ==========  ============  ==================================
+mode         mechanism   card          outcome
+===========  ==========  ============  ==================================
+STRICT       CURVE       valid         accept, User-Id = SPIFFE ID
+STRICT       CURVE       missing/bad   refuse
+PERMISSIVE   CURVE       valid         accept, User-Id = SPIFFE ID
+PERMISSIVE   CURVE       missing/bad   accept as anonymous
+DISABLE      NULL        (none)        accept as anonymous
+any other combination                  refuse (mechanism not allowed)
+===========  ==========  ============  ==================================
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+
+import attrs
+import zmq
+
+from .._exceptions import IdentityError
+from ..identity.card import Card
+
+log = logging.getLogger("zmeshlib.handshake")
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ZAP_DOMAIN = b"zmeshlib"
+
+
+@attrs.frozen
+class HandshakeDecision:
+    accepted: bool
+    user_id: str  # the SPIFFE ID, "" for anonymous
+    reason: str  # one word for counters: "verified", "anonymous", "unknown-key", ...
+    detail: str = ""
+
+
+def decide(
+    mode: str,
+    mechanism: str,
+    curve_key: bytes | None,
+    lookup: Callable[[bytes], Card | None],
+) -> HandshakeDecision:
+    """The decision table of the module docstring. ``lookup`` returns a verified card or None."""
+    if mode == "DISABLE":
+        if mechanism == "NULL":
+            return HandshakeDecision(True, "", "anonymous")
+        return HandshakeDecision(False, "", "mechanism", f"{mechanism} handshake in DISABLE mode")
+    if mechanism != "CURVE" or curve_key is None:
+        return HandshakeDecision(
+            False, "", "mechanism", f"{mode} mode requires CURVE, got {mechanism}"
+        )
+    try:
+        card = lookup(curve_key)
+        detail = "" if card else "no valid card for this CURVE key in the registry"
+    except IdentityError as e:  # a registry that cannot verify is a refusal, not a crash
+        card, detail = None, str(e)
+    if card is not None:
+        return HandshakeDecision(True, str(card.spiffe_id), "verified")
+    if mode == "PERMISSIVE":
+        return HandshakeDecision(True, "", "anonymous", detail)
+    return HandshakeDecision(False, "", "unknown-key", detail)
+
+
+class ZapHandler:
+    """The ZAP thread of one zmq.Context. At most one per context (libzmq's rule)."""
+
+    def __init__(
+        self,
+        context: zmq.Context,
+        mode: Callable[[], str],
+        lookup: Callable[[bytes], Card | None],
+    ) -> None:
+        self._context = context
+        self._mode = mode
+        self._lookup = lookup
+        self.counters: Counter[str] = Counter()
+        self._sock = context.socket(zmq.ROUTER)
+        self._sock.linger = 0
+        try:
+            self._sock.bind(ZAP_ENDPOINT)
+        except zmq.ZMQError as e:
+            self._sock.close()
+            raise IdentityError(
+                "this zmq.Context already has a ZAP handler (another Mesh or zmq.auth "
+                "authenticator uses it): give each Mesh its own context",
+                rule="zap-in-use",
+            ) from e
+        self._stop_r, self._stop_w = _pipe_pair(context)
+        self._thread = threading.Thread(target=self._run, name="zmeshlib-zap", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._stop_r, zmq.POLLIN)
+        try:
+            while True:
+                events = dict(poller.poll())
+                if self._stop_r in events:
+                    return
+                if self._sock in events:
+                    self._handle(self._sock.recv_multipart())
+        finally:
+            self._sock.close(linger=0)
+            self._stop_r.close(linger=0)
+
+    def _handle(self, msg: list[bytes]) -> None:
+        # [envelope..., b"", version, request_id, domain, address, identity, mechanism, *credentials]
+        try:
+            split = msg.index(b"")
+            route, body = msg[: split + 1], msg[split + 1 :]
+            version, request_id, _domain, address, _routing, mechanism, *creds = body
+        except ValueError:
+            self.counters["malformed"] += 1
+            log.warning("dropped a malformed ZAP request (%d frames)", len(msg))
+            return
+        if version != b"1.0":
+            self._sock.send_multipart(
+                [*route, b"1.0", request_id, b"400", b"bad version", b"", b""]
+            )
+            return
+        key = creds[0] if mechanism == b"CURVE" and creds else None
+        try:
+            d = decide(self._mode(), mechanism.decode("ascii", "replace"), key, self._lookup)
+        except Exception:  # never let a bug kill the handler: refuse and say why
+            log.exception("handshake decision failed; refusing the connection")
+            d = HandshakeDecision(False, "", "error")
+        self.counters[d.reason] += 1
+        peer = address.decode("ascii", "replace")
+        if d.accepted:
+            log.debug("handshake from %s accepted: %s", peer, d.user_id or "anonymous")
+            status, text = b"200", b"OK"
+        else:
+            log.warning("handshake from %s refused: %s %s", peer, d.reason, d.detail)
+            self.counters["refused"] += 1
+            status, text = b"400", d.reason.encode()
+        self._sock.send_multipart(
+            [*route, b"1.0", request_id, status, text, d.user_id.encode(), b""]
+        )
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._stop_w.send(b"")
+            self._thread.join(5)
+        self._stop_w.close(linger=0)
+
+
+def _pipe_pair(context: zmq.Context) -> tuple[zmq.Socket, zmq.Socket]:
+    """An inproc PAIR pair used to wake and stop a thread blocked in poll."""
+    a = context.socket(zmq.PAIR)
+    b = context.socket(zmq.PAIR)
+    a.linger = b.linger = 0
+    address = f"inproc://zmeshlib-stop-{id(a):x}"
+    a.bind(address)
+    b.connect(address)
+    return a, b

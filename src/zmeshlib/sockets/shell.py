@@ -1,0 +1,875 @@
+"""The mesh sockets: thin shells that move frames between libzmq and the cores.
+
+Rules this module keeps:
+
+* One shell, two drivers. Every operation that may wait is a generator that
+  yields a :class:`Wait` (which underlying sockets, which events, how long)
+  and is resumed with the events that happened. The sync classes drive it
+  with a blocking ``zmq.Poller``; the asyncio classes (``zmeshlib.asyncio``)
+  with an awaited one. Nothing else differs, so no logic is written twice.
+* A mesh socket is used from one thread (or one event loop), as a zmq socket
+  is. Other threads talk to it only through the Mesh's policy and registry,
+  which the socket reads at its next operation.
+* Each upstream endpoint has its own underlying socket, connected with the
+  server key from its verified card: the peer of whatever arrives on it is
+  that card's identity. A bound socket learns the peer from the User-Id the
+  handshake set.
+* While waiting, a socket wakes at least every ``REFRESH_INTERVAL`` seconds to
+  pick up registry changes (endpoints that appeared, servers that restarted
+  with a new key) and policy changes.
+
+Underlying sockets per mesh kind:
+
+=====  ===============  ==================  ===============================
+kind   bound            connected           connects to (card endpoint kind)
+=====  ===============  ==================  ===============================
+PUB    XPUB (manual)    XPUB (manual)       SUB
+SUB    SUB              SUB                 PUB
+REQ    (not bindable)   DEALER              REP
+REP    ROUTER           (not connectable)   REQ
+PUSH   PUSH             PUSH                PULL
+PULL   PULL             PULL                PUSH
+=====  ===============  ==================  ===============================
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Generator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import zmq
+
+from .._exceptions import IdentityError, MeshError, RemoteError, Timeout, Unavailable
+from .._models import ANONYMOUS, Message, Peer, SocketKind, StatusCode, TraceContext
+from ..identity.card import Card
+from ..wire.envelope import Kind
+from .core import (
+    ClientCore,
+    Drops,
+    Payload,
+    PeerBook,
+    PublisherCore,
+    PushCore,
+    ServerCore,
+    SubscriberCore,
+)
+from .handshake import ZAP_DOMAIN
+
+if TYPE_CHECKING:
+    from .mesh import Mesh
+
+log = logging.getLogger("zmeshlib.sockets")
+
+REFRESH_INTERVAL = 0.1  # seconds between registry/policy checks while waiting or sending
+DRAIN_INTERVAL = 0.002  # seconds between reads of a publisher's subscription messages
+
+_UNDERLYING = {
+    SocketKind.PUB: (zmq.XPUB, zmq.XPUB),
+    SocketKind.SUB: (zmq.SUB, zmq.SUB),
+    SocketKind.REQ: (None, zmq.DEALER),
+    SocketKind.REP: (zmq.ROUTER, None),
+    SocketKind.PUSH: (zmq.PUSH, zmq.PUSH),
+    SocketKind.PULL: (zmq.PULL, zmq.PULL),
+}
+
+
+@attrs.frozen
+class Wait:
+    """What an operation waits for: events on some underlying sockets, for at most ``timeout`` s."""
+
+    sockets: tuple[zmq.Socket, ...]
+    events: int
+    timeout: float
+
+
+Op = Generator[Wait, dict, Any]
+
+
+@attrs.define(eq=False)
+class Upstream:
+    """One connected endpoint: its own underlying socket and the verified card it was dialled with."""
+
+    address: str
+    sock: zmq.Socket
+    card: Card | None
+    peer: Peer
+
+    @property
+    def key(self) -> bytes | None:
+        return self.card.curve_key if self.card else None
+
+
+class MeshSocket:
+    """What every mesh socket kind shares: bind, connect, upstreams, housekeeping, waiting."""
+
+    kind: SocketKind
+
+    def __init__(self, mesh: Mesh, kind: SocketKind) -> None:
+        self._mesh = mesh
+        self.kind = kind
+        self.service = ""
+        self.drops = Drops()
+        self._peers = PeerBook()
+        self._server: zmq.Socket | None = None
+        self._bound: list[str] = []
+        self._upstreams: dict[str, Upstream] = {}
+        self._targets: list[tuple[str, str]] = []  # ("service", name) or ("address", addr)
+        self._registry_token: object = None
+        self._policy_seen: object = None
+        self._next_refresh = 0.0
+        self._rr = 0
+        self._closed = False
+        self.counts: Counter[str] = Counter()
+
+    # -- public surface ------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The addresses this socket is bound to (resolved: no port 0)."""
+        return list(self._bound)
+
+    @property
+    def upstreams(self) -> list[str]:
+        """The addresses of the endpoints this socket is connected to now."""
+        return list(self._upstreams)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: drops by reason (``drop.<reason>``) and per-kind counts."""
+        out = {f"drop.{k}": v for k, v in self.drops.counts.items()}
+        out.update(self.counts)
+        for core in self._cores():
+            out.update(getattr(core, "counts", {}))
+        return out
+
+    def bind(self, address: str, *, service: str = "") -> str:
+        """Bind and add the endpoint to this workload's card; returns the resolved address."""
+        self._check_open()
+        server_type = _UNDERLYING[self.kind][0]
+        if server_type is None:
+            raise MeshError(
+                f"a {self.kind.name} socket cannot bind: connect it (service= or address)"
+            )
+        self._set_service(service)
+        if self._server is None:
+            self._server = self._new_socket(server_type, server=True)
+        self._server.bind(address)
+        resolved = self._server.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._bound.append(resolved)
+        self._mesh._add_endpoint(resolved, self.kind.name, self.service)
+        return resolved
+
+    def connect(self, address: str | None = None, *, service: str | None = None) -> None:
+        """Connect to a service's verified endpoints (``service=``) or to one address.
+
+        Endpoints found later in the registry are connected as they appear.
+        """
+        self._check_open()
+        if _UNDERLYING[self.kind][1] is None:
+            raise MeshError(f"a {self.kind.name} socket cannot connect: bind it")
+        if (address is None) == (service is None):
+            raise MeshError("connect() takes an address or service=..., exactly one of them")
+        if service is not None:
+            self._set_service(service)
+            self._targets.append(("service", service))
+        else:
+            self._targets.append(("address", str(address)))
+        self._refresh(force=True)
+        if service is not None and not self._upstreams:
+            self._explain_empty(service)
+
+    def close(self, linger: int = 0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for up in self._upstreams.values():
+            up.sock.close(linger=linger)
+        self._upstreams.clear()
+        if self._server is not None:
+            self._server.close(linger=linger)
+            self._server = None
+        self._mesh._forget_socket(self)
+
+    def __enter__(self) -> MeshSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def underlying(self) -> list[zmq.Socket]:
+        """The libzmq sockets behind this mesh socket (for monitoring; do not send on them)."""
+        socks = [self._server] if self._server is not None else []
+        return socks + [u.sock for u in self._upstreams.values()]
+
+    # -- internals: sockets ------------------------------------------------------------
+
+    def _cores(self) -> Iterable[Any]:
+        return ()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MeshError(f"this {self.kind.name} socket is closed")
+
+    def _set_service(self, service: str) -> None:
+        if service and self.service and service != self.service:
+            raise MeshError(
+                f"this socket already serves {self.service!r}: use one socket per service ({service!r})"
+            )
+        if service:
+            self.service = service
+            for core in self._cores():
+                core.service = service
+
+    def _new_socket(
+        self, socket_type: int, *, server: bool, server_key: bytes | None = None
+    ) -> zmq.Socket:
+        mesh = self._mesh
+        sock = mesh._zmq_context.socket(socket_type)
+        sock.linger = 0
+        secure = mesh.mode != "DISABLE"
+        if server:
+            sock.zap_domain = ZAP_DOMAIN
+            if secure:
+                sock.curve_server = True
+                sock.curve_secretkey = mesh._curve_secret
+                sock.curve_publickey = mesh.curve_public
+        elif secure or server_key is not None:
+            if server_key is None:
+                raise IdentityError("no server key to connect with", rule="no-card")
+            sock.curve_serverkey = server_key
+            sock.curve_secretkey = mesh._curve_secret
+            sock.curve_publickey = mesh.curve_public
+        sock.setsockopt(zmq.RECONNECT_IVL, 10)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self._configure(sock, server)
+        return sock
+
+    def _configure(self, sock: zmq.Socket, server: bool) -> None:
+        """Kind-specific socket options (XPUB_MANUAL, subscriptions...)."""
+
+    # -- internals: upstream resolution ------------------------------------------------
+
+    def _wanted(self) -> dict[str, Card | None]:
+        """The endpoints the connect targets resolve to now: address -> verified card."""
+        registry = self._mesh.registry
+        want_kind = self.kind.counterpart.name
+        wanted: dict[str, Card | None] = {}
+        for how, name in self._targets:
+            if how == "service":
+                for card in registry.by_service(name, kind=want_kind):
+                    for ep in card.endpoints_for(name, want_kind):
+                        old = wanted.get(ep.address)
+                        if old is None or card.not_before > old.not_before:
+                            wanted[ep.address] = card
+            else:
+                card = registry.by_endpoint(name)
+                if card is not None or self._mesh.mode == "DISABLE":
+                    wanted[name] = card
+        return wanted
+
+    def _refresh(self, *, force: bool = False) -> None:
+        """Re-resolve the connect targets when the registry or the policy changed."""
+        now = time.monotonic()
+        if not force and now < self._next_refresh:
+            return
+        self._next_refresh = now + REFRESH_INTERVAL
+        self._housekeeping()
+        if not self._targets:
+            return
+        changed, self._registry_token = self._mesh.registry.changed_since(self._registry_token)
+        policy = self._mesh.policy
+        if not (changed or force or policy is not self._policy_seen):
+            return
+        self._policy_seen = policy
+        wanted = self._wanted()
+        for address in list(self._upstreams):
+            up = self._upstreams[address]
+            card = wanted.get(address, "gone")
+            if card == "gone" or (card is not None and card.curve_key != up.key):
+                log.info("disconnecting %s (%s)", address, "gone" if card == "gone" else "new key")
+                up.sock.close(linger=0)
+                del self._upstreams[address]
+                self._upstream_removed(up)
+        client_type = _UNDERLYING[self.kind][1]
+        for address, card in wanted.items():
+            if address in self._upstreams:
+                if card is not None:
+                    self._upstreams[address].card = card
+                continue
+            sock = self._new_socket(
+                client_type, server=False, server_key=card.curve_key if card else None
+            )
+            sock.connect(address)
+            up = Upstream(address, sock, card, card.peer if card else ANONYMOUS)
+            self._upstreams[address] = up
+            log.info("connected %s to %s (%s)", self.kind.name, address, up.peer)
+            self._upstream_added(up)
+
+    def _explain_empty(self, service: str) -> None:
+        misnamed = self._mesh.registry.misnamed(service, kind=self.kind.counterpart.name)
+        if misnamed:
+            who = ", ".join(sorted({str(c.spiffe_id) for c in misnamed}))
+            raise IdentityError(
+                f"refusing to connect to service {service!r}: its only cards are signed for "
+                f"{who}, which the policy does not allow to serve {service!r} (secure naming); "
+                f"add the identity to services.{service}.identities if it is legitimate",
+                rule="secure-naming",
+            )
+
+    def _upstream_added(self, up: Upstream) -> None:
+        """Hook: a new upstream socket is connected."""
+
+    def _upstream_removed(self, up: Upstream) -> None:
+        """Hook: an upstream socket was closed."""
+
+    def _housekeeping(self) -> None:
+        """Hook run at most every REFRESH_INTERVAL from the socket's own thread."""
+
+    # -- internals: receiving ------------------------------------------------------------
+
+    def _recv_server(self, sock: zmq.Socket) -> tuple[list[bytes], Peer] | None:
+        """One message from a bound socket with its authenticated peer (User-Id), or None."""
+        try:
+            first = sock.recv(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+        try:
+            peer = self._peers.get(first.get("User-Id"))
+        except zmq.ZMQError:
+            peer = ANONYMOUS
+        frames = [first.bytes]
+        if first.more:
+            frames.extend(sock.recv_multipart())
+        return frames, peer
+
+    def _poll_sockets(self) -> tuple[zmq.Socket, ...]:
+        return tuple(self.underlying())
+
+    def _wait(self, deadline: float | None, events: int = zmq.POLLIN) -> Wait:
+        """A Wait until ``deadline`` (monotonic) capped so housekeeping keeps running."""
+        timeout = REFRESH_INTERVAL
+        if deadline is not None:
+            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+        return Wait(self._poll_sockets(), events, timeout)
+
+    def _recv_any(self) -> tuple[list[bytes], Peer] | None:
+        """Fair-queue one message from the bound socket and the upstreams."""
+        sources: list[Any] = []
+        if self._server is not None:
+            sources.append(None)
+        sources.extend(self._upstreams.values())
+        n = len(sources)
+        for i in range(n):
+            src = sources[(self._rr + i) % n]
+            if src is None:
+                got = self._recv_server(self._server)  # type: ignore[arg-type]
+            else:
+                try:
+                    got = (src.sock.recv_multipart(zmq.NOBLOCK), src.peer)
+                except zmq.Again:
+                    got = None
+            if got is not None:
+                self._rr = (self._rr + i + 1) % n
+                return got
+        return None
+
+    def _receive_op(self, timeout: float | None, judge: Callable[[list[bytes], Peer], Any]) -> Op:
+        """Wait for the next message that ``judge`` turns into a result (None = dropped, keep waiting)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._refresh()
+            got = self._recv_any()
+            while got is not None:
+                result = judge(*got)
+                if result is not None:
+                    return result
+                got = self._recv_any()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(
+                    f"nothing received on this {self.kind.name} socket within {timeout}s; "
+                    "raise the timeout or check that a peer is sending"
+                )
+            yield self._wait(deadline)
+
+    def poll(self, timeout: float | None = None) -> bool:
+        """True if a message may be received without waiting (it may still be dropped as invalid)."""
+        self._refresh()
+        poller = zmq.Poller()
+        for s in self._poll_sockets():
+            poller.register(s, zmq.POLLIN)
+        return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
+
+
+# -- drivers -------------------------------------------------------------------------
+
+
+def drive(op: Op) -> Any:
+    """Run an operation to completion, blocking in zmq.Poller between steps."""
+    try:
+        wait = next(op)
+        while True:
+            poller = zmq.Poller()
+            for s in wait.sockets:
+                poller.register(s, wait.events)
+            events = dict(poller.poll(int(wait.timeout * 1000)))
+            wait = op.send(events)
+    except StopIteration as stop:
+        return stop.value
+
+
+# -- the kinds -----------------------------------------------------------------------
+
+
+class PubSocket(MeshSocket):
+    """PUB over XPUB with XPUB_MANUAL: every subscription is authorized before it applies."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        super().__init__(mesh, SocketKind.PUB)
+        self.core = PublisherCore(
+            lambda: mesh.policy, "", lambda: mesh.spiffe_id, mesh.limits, self.drops
+        )
+        self._next_drain = 0.0
+
+    def _cores(self) -> Iterable[Any]:
+        return (self.core,)
+
+    def _configure(self, sock: zmq.Socket, server: bool) -> None:
+        sock.setsockopt(zmq.XPUB_MANUAL, 1)
+
+    def send(
+        self,
+        payload: Payload,
+        *,
+        topic: str,
+        headers: Mapping[str, str] | None = None,
+        trace: TraceContext | None = None,
+    ) -> None:
+        """Publish on ``topic``. Never blocks: like zmq.PUB, drops for slow subscribers at the HWM."""
+        now = time.monotonic()
+        if now >= self._next_drain:
+            self._next_drain = now + DRAIN_INTERVAL
+            self._refresh()
+            self._drain()
+        frames = self.core.publication(topic, payload, headers, trace)
+        if self._server is not None:
+            self._server.send_multipart(frames, zmq.NOBLOCK)
+        for up in self._upstreams.values():
+            try:
+                up.sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                self.drops.drop("hwm")
+
+    def _housekeeping(self) -> None:
+        self.core._authorizer()  # notices a new policy, which may set needs_restart
+        self._drain()
+        if self.core.needs_restart:
+            self._restart()
+
+    def _drain(self) -> None:
+        """Apply (or refuse) the subscription messages that arrived since the last call."""
+        if self._server is not None:
+            while True:
+                try:
+                    f = self._server.recv(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                try:
+                    user_id = f.get("User-Id")
+                except zmq.ZMQError:
+                    # an unsubscription libzmq generates when a subscriber's connection ends:
+                    # it has already removed that pipe's subscriptions itself
+                    continue
+                self._apply(self._server, f.bytes, user_id, self._peers.get(user_id))
+        for up in list(self._upstreams.values()):
+            while True:
+                try:
+                    data = up.sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._apply(up.sock, data, str(up.peer.spiffe_id or ""), up.peer)
+
+    def _apply(self, sock: zmq.Socket, data: bytes, user_id: str, peer: Peer) -> None:
+        change = self.core.on_subscription(data, user_id, peer)
+        if change is None:
+            return
+        opt = zmq.SUBSCRIBE if change.action == "subscribe" else zmq.UNSUBSCRIBE
+        for prefix in change.prefixes:  # applies to the pipe of the message just read
+            sock.setsockopt(opt, prefix)
+
+    def _restart(self) -> None:
+        """Rebind the XPUB so every subscriber re-sends, and each request is judged afresh.
+
+        XPUB cannot take back one peer's subscription: see docs/authorization.md.
+        """
+        self.counts["restarts"] += 1
+        log.info(
+            "re-binding %s to apply policy %s to subscriptions",
+            self._bound,
+            self._mesh.policy.revision,
+        )
+        if self._server is not None:
+            self._server.close(linger=0)
+            self._server = self._new_socket(zmq.XPUB, server=True)
+            for address in self._bound:
+                _bind_retrying(self._server, address)
+        for address, up in list(self._upstreams.items()):
+            up.sock.close(linger=0)
+            up.sock = self._new_socket(zmq.XPUB, server=False, server_key=up.key)
+            up.sock.connect(address)
+        self.core.forget_all()
+
+
+class SubSocket(MeshSocket):
+    """SUB: delivers publications whose sender may publish their topic."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        super().__init__(mesh, SocketKind.SUB)
+        self.core = SubscriberCore(
+            lambda: mesh.policy, "", lambda: mesh.spiffe_id, mesh.limits, self.drops
+        )
+        self._prefixes: list[bytes] = []
+
+    def _cores(self) -> Iterable[Any]:
+        return (self.core,)
+
+    def _configure(self, sock: zmq.Socket, server: bool) -> None:
+        for p in self._prefixes:
+            sock.setsockopt(zmq.SUBSCRIBE, p)
+
+    def subscribe(self, prefix: str | bytes = "") -> None:
+        """Ask for topics starting with ``prefix``; PermissionDenied if the policy forbids it all."""
+        text = prefix.decode() if isinstance(prefix, bytes) else prefix
+        self.core.check_subscribe(text)
+        raw = text.encode()
+        if raw in self._prefixes:
+            return
+        self._prefixes.append(raw)
+        for s in self.underlying():
+            s.setsockopt(zmq.SUBSCRIBE, raw)
+
+    def unsubscribe(self, prefix: str | bytes = "") -> None:
+        raw = prefix.encode() if isinstance(prefix, str) else prefix
+        if raw in self._prefixes:
+            self._prefixes.remove(raw)
+            for s in self.underlying():
+                s.setsockopt(zmq.UNSUBSCRIBE, raw)
+
+    def _recv_op(self, timeout: float | None) -> Op:
+        return self._receive_op(timeout, self.core.message)
+
+    def recv(self, timeout: float | None = None) -> Message:
+        return drive(self._recv_op(timeout))
+
+
+class PullSocket(MeshSocket):
+    """PULL: delivers pipeline messages whose sender may push to this service."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        super().__init__(mesh, SocketKind.PULL)
+        self.core = SubscriberCore(
+            lambda: mesh.policy, "", lambda: mesh.spiffe_id, mesh.limits, self.drops, kind=Kind.PUSH
+        )
+
+    def _cores(self) -> Iterable[Any]:
+        return (self.core,)
+
+    def _recv_op(self, timeout: float | None) -> Op:
+        return self._receive_op(timeout, self.core.message)
+
+    def recv(self, timeout: float | None = None) -> Message:
+        return drive(self._recv_op(timeout))
+
+
+class PushSocket(MeshSocket):
+    """PUSH: round-robin over the connected PULL endpoints (or the bound socket's peers)."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        super().__init__(mesh, SocketKind.PUSH)
+        self.core = PushCore(lambda: mesh.policy, "", lambda: mesh.spiffe_id, mesh.limits)
+
+    def _cores(self) -> Iterable[Any]:
+        return (self.core,)
+
+    def _send_op(
+        self,
+        payload: Payload,
+        headers: Mapping[str, str] | None,
+        trace: TraceContext | None,
+        timeout: float | None,
+    ) -> Op:
+        self._refresh()
+        frames = self.core.frames(payload, headers, trace)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            targets = self.underlying()
+            n = len(targets)
+            for i in range(n):
+                sock = targets[(self._rr + i) % n]
+                try:
+                    sock.send_multipart(frames, zmq.NOBLOCK)
+                except zmq.Again:
+                    continue
+                self._rr = (self._rr + i + 1) % n
+                return None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(
+                    f"no PULL peer of {self.service or 'this socket'} could take a message within "
+                    f"{timeout}s (none connected, or all at their high-water mark)"
+                )
+            yield self._wait(deadline, zmq.POLLOUT)
+            self._refresh()
+
+    def send(
+        self,
+        payload: Payload,
+        *,
+        headers: Mapping[str, str] | None = None,
+        trace: TraceContext | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Send to one PULL peer; waits (up to ``timeout``) while none can take it, as zmq.PUSH does."""
+        drive(self._send_op(payload, headers, trace, timeout))
+
+
+class ReqSocket(MeshSocket):
+    """REQ: a client over one DEALER per upstream endpoint. Never locks up.
+
+    Unlike zmq.REQ, a lost reply costs one Timeout, not the socket: replies
+    carry the request id, and late or duplicate ones are dropped and counted.
+    """
+
+    def __init__(self, mesh: Mesh) -> None:
+        super().__init__(mesh, SocketKind.REQ)
+        self.core = ClientCore("", mesh.limits, self.drops)
+        self.default_timeout = 5.0
+
+    def _cores(self) -> Iterable[Any]:
+        return (self.core,)
+
+    def _pick(self) -> Upstream | None:
+        ups = list(self._upstreams.values())
+        if not ups:
+            return None
+        self._rr = (self._rr + 1) % len(ups)
+        return ups[self._rr]
+
+    def _request_op(
+        self,
+        payload: Payload,
+        method: str,
+        timeout: float | None,
+        headers: Mapping[str, str] | None,
+        trace: TraceContext | None,
+    ) -> Op:
+        timeout = self.default_timeout if timeout is None else timeout
+        start = time.monotonic()
+        deadline = start + timeout
+        self._refresh()
+        up = self._pick()
+        while up is None:  # no endpoint yet: wait for one to appear in the registry
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"no verified endpoint of service {self.service!r} within {timeout}s: "
+                    "check that a server is bound for it and that its card is in the registry"
+                )
+            yield self._wait(deadline)
+            self._refresh()
+            up = self._pick()
+        pending, frames = self.core.request(
+            payload,
+            method=method,
+            timeout=deadline - time.monotonic(),
+            now=time.monotonic(),
+            wall=time.time(),
+            endpoint=up.address,
+            headers=headers,
+            trace=trace,
+        )
+        try:
+            while True:
+                try:
+                    up.sock.send_multipart(frames, zmq.NOBLOCK)
+                    break
+                except zmq.Again:
+                    if time.monotonic() >= deadline:
+                        raise Timeout(
+                            f"{method or 'request'} to {up.address}: could not send within {timeout}s "
+                            "(the server is not taking messages)"
+                        ) from None
+                    yield Wait(
+                        (up.sock,), zmq.POLLOUT, min(REFRESH_INTERVAL, deadline - time.monotonic())
+                    )
+            while True:
+                for u in list(self._upstreams.values()):
+                    while True:
+                        try:
+                            reply = u.sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        got = self.core.reply(reply, u.peer)
+                        if got is not None and got[0] == pending.message_id:
+                            result = got[1]
+                            if isinstance(result, RemoteError):
+                                raise result
+                            return result
+                if time.monotonic() >= deadline:
+                    self.counts["timeouts"] += 1
+                    raise Timeout(
+                        f"{method or 'request'} to service {self.service or up.address!r} got no reply "
+                        f"from {up.address} ({up.peer}) within {timeout}s; the socket stays usable"
+                    )
+                yield self._wait(deadline)
+                self._refresh()
+        finally:
+            self.core.forget(pending)
+
+    def request(
+        self,
+        payload: Payload = b"",
+        *,
+        method: str = "",
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        trace: TraceContext | None = None,
+    ) -> Message:
+        """Send one request and wait for its reply (``timeout`` seconds, default 5)."""
+        return drive(self._request_op(payload, method, timeout, headers, trace))
+
+
+class RepSocket(MeshSocket):
+    """REP: a server over ROUTER; replies go to the right client, in any order."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        super().__init__(mesh, SocketKind.REP)
+        self.core = ServerCore(lambda: mesh.policy, "", mesh.limits, self.drops)
+        self._last: Message | None = None
+
+    def _cores(self) -> Iterable[Any]:
+        return (self.core,)
+
+    def _judge(self, frames: list[bytes], peer: Peer) -> Message | None:
+        msg, immediate = self.core.request(frames, peer, time.time(), self._replier_for)
+        if immediate is not None:
+            self._send_reply(immediate)
+        return msg
+
+    def _replier_for(self, route: bytes) -> Callable[..., None]:
+        def replier(
+            msg: Message,
+            payload: Payload,
+            *,
+            headers: Mapping[str, str] | None = None,
+            status: StatusCode = StatusCode.OK,
+            detail: str = "",
+            retriable: bool = False,
+        ) -> None:
+            if status is StatusCode.OK:
+                frames = self.core.reply_frames(route, msg.message_id, payload, headers)
+            else:
+                frames = self.core.error_frames(
+                    route, msg.message_id, status, detail, retriable=retriable
+                )
+            self._send_reply(frames)
+
+        return replier
+
+    def _send_reply(self, frames: list[bytes]) -> None:
+        self._check_open()
+        try:
+            self._server.send_multipart(frames, zmq.NOBLOCK)  # type: ignore[union-attr]
+        except zmq.Again:
+            self.drops.drop("reply-hwm", "the client is not reading its replies")
+
+    def _recv_op(self, timeout: float | None) -> Op:
+        msg = yield from self._receive_op(timeout, self._judge)
+        self._last = msg
+        return msg
+
+    def recv(self, timeout: float | None = None) -> Message:
+        """The next authorized request; answer it with ``msg.reply(...)`` or :meth:`send`."""
+        return drive(self._recv_op(timeout))
+
+    def send(self, payload: Payload = b"", *, headers: Mapping[str, str] | None = None) -> None:
+        """Reply to the last request received (pyzmq's REP idiom)."""
+        if self._last is None:
+            raise MeshError("no request to reply to: call recv() first")
+        msg, self._last = self._last, None
+        msg.reply(payload, headers=headers)
+
+    def handle(self, msg: Message, handler: Callable[[Message], Payload | None]) -> None:
+        """Run ``handler`` on a request and reply with its result; an exception becomes an error reply.
+
+        An :class:`~zmeshlib.ApplicationError` keeps its retriable flag; any
+        other MeshError its status; anything else is INTERNAL (and logged).
+        """
+        try:
+            result = handler(msg)
+        except RemoteError as e:
+            msg.reply_error(e.status, str(e), retriable=getattr(e, "retriable", False))
+            return
+        except Exception as e:
+            log.exception("handler for %r raised", msg.method)
+            msg.reply_error(StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+            return
+        msg.reply(b"" if result is None else result)
+
+    def serve(
+        self,
+        handler: Callable[[Message], Payload | None],
+        *,
+        max_requests: int | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> int:
+        """Answer requests with ``handler`` until ``stop()`` is true or ``max_requests`` were served."""
+        served = 0
+        while (max_requests is None or served < max_requests) and not (stop and stop()):
+            try:
+                msg = self.recv(timeout=REFRESH_INTERVAL * 5)
+            except Timeout:
+                continue
+            self.handle(msg, handler)
+            served += 1
+        return served
+
+
+def _bind_retrying(sock: zmq.Socket, address: str, attempts: int = 50) -> None:
+    """Bind an address just released by a closed socket (the port may linger a moment)."""
+    for i in range(attempts):
+        try:
+            sock.bind(address)
+            return
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EADDRINUSE or i == attempts - 1:
+                raise
+            time.sleep(0.01)
+
+
+SYNC_CLASSES: dict[SocketKind, type[MeshSocket]] = {
+    SocketKind.PUB: PubSocket,
+    SocketKind.SUB: SubSocket,
+    SocketKind.REQ: ReqSocket,
+    SocketKind.REP: RepSocket,
+    SocketKind.PUSH: PushSocket,
+    SocketKind.PULL: PullSocket,
+}
+
+__all__ = [
+    "SYNC_CLASSES",
+    "MeshSocket",
+    "PubSocket",
+    "PullSocket",
+    "PushSocket",
+    "RepSocket",
+    "ReqSocket",
+    "SubSocket",
+    "Wait",
+    "drive",
+]
