@@ -812,14 +812,18 @@ class RepSocket(MeshSocket):
         """
         try:
             result = handler(msg)
-        except RemoteError as e:
-            msg.reply_error(e.status, str(e), retriable=getattr(e, "retriable", False))
-            return
         except Exception as e:
-            log.exception("handler for %r raised", msg.method)
-            msg.reply_error(StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+            self.reply_exception(msg, e)
             return
         msg.reply(b"" if result is None else result)
+
+    def reply_exception(self, msg: Message, error: Exception) -> None:
+        """Answer ``msg`` with the status an exception stands for (never a silent hang)."""
+        if isinstance(error, RemoteError):
+            msg.reply_error(error.status, str(error), retriable=getattr(error, "retriable", False))
+        else:
+            log.error("handler for %r raised", msg.method, exc_info=error)
+            msg.reply_error(StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
 
     def serve(
         self,
