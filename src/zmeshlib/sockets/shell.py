@@ -720,6 +720,16 @@ class ReqSocket(MeshSocket):
                             if isinstance(result, RemoteError):
                                 raise result
                             return result
+                if self._upstreams.get(up.address) is not up:
+                    # the endpoint went away or came back with a new key: no reply can arrive on
+                    # the old connection. Whether the request was processed is unknown, so this
+                    # is the caller's (or a retry policy's) decision, not a silent re-send.
+                    self.counts["upstream_lost"] += 1
+                    raise Unavailable(
+                        f"{method or 'request'} to {up.address}: the endpoint went away or restarted "
+                        "with a new key while the request was in flight; it may or may not have "
+                        "been processed"
+                    )
                 if time.monotonic() >= deadline:
                     self.counts["timeouts"] += 1
                     raise Timeout(

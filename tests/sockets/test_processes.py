@@ -1,0 +1,197 @@
+"""Mesh sockets across OS processes, in STRICT mode, with real certificates.
+
+The other side of each exchange is tests/sockets/_worker.py in a child
+process sharing the dev CA directory and a dir:// registry.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+import zmeshlib
+
+WORKER = Path(__file__).with_name("_worker.py")
+TD = "example.org"
+PAYMENT = f"spiffe://{TD}/ns/shop/sa/payment"
+ORDERS = f"spiffe://{TD}/ns/shop/sa/orders"
+CLIENT = f"spiffe://{TD}/ns/shop/sa/client"
+
+pytestmark = pytest.mark.slow
+
+
+class Worker:
+    """A child workload; lines of its stdout arrive in a queue."""
+
+    def __init__(
+        self, role: str, ca_dir: Path, registry: str, spiffe_id: str, service: str, port: int = 0
+    ):
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(WORKER),
+                role,
+                str(ca_dir),
+                registry,
+                spiffe_id,
+                service,
+                str(port),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.ready = self.expect("READY", timeout=20)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self.lines.put(line.rstrip("\n"))
+
+    def expect(self, prefix: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"worker printed no line starting with {prefix!r} in {timeout}s"
+                )
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line.startswith(prefix):
+                return line
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def crash(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def ca_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "ca"
+    zmeshlib.DevCA.create(TD).save(d)
+    return d
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> str:
+    return f"dir://{tmp_path / 'registry'}"
+
+
+@pytest.fixture
+def workers():
+    started: list[Worker] = []
+    yield started
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture
+def client_mesh(ca_dir: Path, registry: str):
+    with zmeshlib.Mesh(
+        identity=zmeshlib.DevCA.load(ca_dir).issue(CLIENT), registry=registry
+    ) as mesh:
+        yield mesh
+
+
+def test_request_reply_across_processes(ca_dir, registry, workers, client_mesh):
+    workers.append(Worker("rep", ca_dir, registry, PAYMENT, "payment"))
+    cli = client_mesh.socket(zmq.REQ)
+    cli.connect(service="payment")
+    for i in range(20):
+        rep = cli.request(b"charge %d" % i, method="charge", timeout=5)
+        # the server saw our SPIFFE ID; we see the server's
+        assert rep.payload == f"charge {i} from {CLIENT}".encode()
+        assert str(rep.peer.spiffe_id) == PAYMENT
+
+
+def test_pub_sub_across_processes_both_directions(ca_dir, registry, workers, client_mesh):
+    workers.append(Worker("pub", ca_dir, registry, ORDERS, "orders"))
+    sub = client_mesh.socket(zmq.SUB)
+    sub.connect(service="orders")
+    sub.subscribe("orders.")
+    for _ in range(20):
+        msg = sub.recv(timeout=10)
+        assert msg.topic == "orders.event"
+        assert str(msg.peer.spiffe_id) == ORDERS
+
+    # and the other way round: our PUB, the child's SUB reports our identity
+    pub = client_mesh.socket(zmq.PUB)
+    pub.bind("tcp://127.0.0.1:0", service="audit")
+    listener = Worker("sub", ca_dir, registry, ORDERS, "audit")
+    workers.append(listener)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        pub.send(b"x", topic="audit.event")
+        try:
+            line = listener.lines.get(timeout=0.01)
+        except queue.Empty:
+            continue
+        if line.startswith("GOT"):
+            assert line == f"GOT audit.event {CLIENT}"
+            break
+    else:
+        raise AssertionError("the child subscriber received nothing")
+
+
+def test_push_pull_across_processes(ca_dir, registry, workers, client_mesh):
+    puller = Worker("pull", ca_dir, registry, ORDERS, "jobs")
+    workers.append(puller)
+    push = client_mesh.socket(zmq.PUSH)
+    push.connect(service="jobs")
+    for i in range(5):
+        push.send(b"job-%d" % i, timeout=5)
+    for i in range(5):
+        assert puller.expect("GOT", timeout=10) == f"GOT job-{i} {CLIENT}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dead_server_times_out_and_restart_recovers(ca_dir, registry, workers, client_mesh):
+    port = _free_port()
+    server = Worker("rep", ca_dir, registry, PAYMENT, "payment", port)
+    workers.append(server)
+    cli = client_mesh.socket(zmq.REQ)
+    cli.connect(service="payment")
+    assert cli.request(b"a", method="charge", timeout=5).payload.startswith(b"a from")
+
+    server.crash()  # no goodbye: its card stays in the registry, still valid
+    timeout = 0.5
+    for _ in range(3):
+        start = time.monotonic()
+        with pytest.raises(zmeshlib.Timeout):
+            cli.request(b"lost", method="charge", timeout=timeout)
+        assert time.monotonic() - start < timeout + 1.0  # the timeout plus small slack, not a hang
+
+    # a new process, a new CURVE key, the same address: the client follows the new card
+    workers.append(Worker("rep", ca_dir, registry, PAYMENT, "payment", port))
+    for i in range(1000):
+        assert cli.request(b"%d" % i, method="charge", timeout=5).payload == b"%d from %s" % (
+            i,
+            CLIENT.encode(),
+        )
+    assert cli.stats.get("late_replies", 0) == 0
