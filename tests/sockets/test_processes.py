@@ -87,18 +87,6 @@ class Worker:
 
 
 @pytest.fixture
-def ca_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "ca"
-    zmeshlib.DevCA.create(TD).save(d)
-    return d
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> str:
-    return f"dir://{tmp_path / 'registry'}"
-
-
-@pytest.fixture
 def workers():
     started: list[Worker] = []
     yield started
@@ -107,15 +95,12 @@ def workers():
 
 
 @pytest.fixture
-def client_mesh(ca_dir: Path, registry: str):
-    with zmeshlib.Mesh(
-        identity=zmeshlib.DevCA.load(ca_dir).issue(CLIENT), registry=registry
-    ) as mesh:
-        yield mesh
+def client_mesh(mesh_factory):
+    return mesh_factory(CLIENT)
 
 
-def test_request_reply_across_processes(ca_dir, registry, workers, client_mesh):
-    workers.append(Worker("rep", ca_dir, registry, PAYMENT, "payment"))
+def test_request_reply_across_processes(ca_dir, registry_url, workers, client_mesh):
+    workers.append(Worker("rep", ca_dir, registry_url, PAYMENT, "payment"))
     cli = client_mesh.socket(zmq.REQ)
     cli.connect(service="payment")
     for i in range(20):
@@ -125,8 +110,8 @@ def test_request_reply_across_processes(ca_dir, registry, workers, client_mesh):
         assert str(rep.peer.spiffe_id) == PAYMENT
 
 
-def test_pub_sub_across_processes_both_directions(ca_dir, registry, workers, client_mesh):
-    workers.append(Worker("pub", ca_dir, registry, ORDERS, "orders"))
+def test_pub_sub_across_processes_both_directions(ca_dir, registry_url, workers, client_mesh):
+    workers.append(Worker("pub", ca_dir, registry_url, ORDERS, "orders"))
     sub = client_mesh.socket(zmq.SUB)
     sub.connect(service="orders")
     sub.subscribe("orders.")
@@ -138,7 +123,7 @@ def test_pub_sub_across_processes_both_directions(ca_dir, registry, workers, cli
     # and the other way round: our PUB, the child's SUB reports our identity
     pub = client_mesh.socket(zmq.PUB)
     pub.bind("tcp://127.0.0.1:0", service="audit")
-    listener = Worker("sub", ca_dir, registry, ORDERS, "audit")
+    listener = Worker("sub", ca_dir, registry_url, ORDERS, "audit")
     workers.append(listener)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -154,8 +139,8 @@ def test_pub_sub_across_processes_both_directions(ca_dir, registry, workers, cli
         raise AssertionError("the child subscriber received nothing")
 
 
-def test_push_pull_across_processes(ca_dir, registry, workers, client_mesh):
-    puller = Worker("pull", ca_dir, registry, ORDERS, "jobs")
+def test_push_pull_across_processes(ca_dir, registry_url, workers, client_mesh):
+    puller = Worker("pull", ca_dir, registry_url, ORDERS, "jobs")
     workers.append(puller)
     push = client_mesh.socket(zmq.PUSH)
     push.connect(service="jobs")
@@ -171,9 +156,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_dead_server_times_out_and_restart_recovers(ca_dir, registry, workers, client_mesh):
+def test_dead_server_times_out_and_restart_recovers(ca_dir, registry_url, workers, client_mesh):
     port = _free_port()
-    server = Worker("rep", ca_dir, registry, PAYMENT, "payment", port)
+    server = Worker("rep", ca_dir, registry_url, PAYMENT, "payment", port)
     workers.append(server)
     cli = client_mesh.socket(zmq.REQ)
     cli.connect(service="payment")
@@ -188,7 +173,7 @@ def test_dead_server_times_out_and_restart_recovers(ca_dir, registry, workers, c
         assert time.monotonic() - start < timeout + 1.0  # the timeout plus small slack, not a hang
 
     # a new process, a new CURVE key, the same address: the client follows the new card
-    workers.append(Worker("rep", ca_dir, registry, PAYMENT, "payment", port))
+    workers.append(Worker("rep", ca_dir, registry_url, PAYMENT, "payment", port))
     for i in range(1000):
         assert cli.request(b"%d" % i, method="charge", timeout=5).payload == b"%d from %s" % (
             i,
