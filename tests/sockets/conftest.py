@@ -135,13 +135,20 @@ class RawPeer:
 
 @pytest.fixture
 def raw_peer(ca: DevCA) -> Callable[..., RawPeer]:
-    """``raw_peer(mesh, spiffe_id, endpoints=()) -> RawPeer``: card signed and published.
+    """``raw_peer(mesh, spiffe_id, endpoints=(), keypair=None) -> RawPeer``: card signed, published.
 
     The card goes to ``mesh.registry``, the store every mesh of the test shares.
+    Pass ``keypair`` (from ``zmq.curve_keypair()``) when a socket must be a
+    CURVE server before its address, which the card lists, is known.
     """
 
-    def make(mesh: Mesh, spiffe_id: str, endpoints: tuple[Endpoint, ...] = ()) -> RawPeer:
-        public, secret = zmq.curve_keypair()
+    def make(
+        mesh: Mesh,
+        spiffe_id: str,
+        endpoints: tuple[Endpoint, ...] = (),
+        keypair: tuple[bytes, bytes] | None = None,
+    ) -> RawPeer:
+        public, secret = keypair if keypair is not None else zmq.curve_keypair()
         card = Card.sign(ca.issue_svid(spiffe_id), public, endpoints=endpoints)
         mesh.registry.publish(card)
         return RawPeer(public, secret, card)
