@@ -3,11 +3,13 @@
 Usage: python _worker.py ROLE CA_DIR REGISTRY_URL SPIFFE_ID SERVICE [PORT]
 
 Prints ``READY <address>`` once bound, then one line per message; runs until
-its standard input closes (the test's way of stopping it).
+its standard input closes (the test's way of stopping it). The policy comes
+from the file named by ZMESH_POLICY, when set (a rogue runs without one).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -22,7 +24,9 @@ def main() -> int:
     ca = zmeshlib.DevCA.load(ca_dir)
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    with zmeshlib.Mesh(identity=ca.issue(spiffe_id), registry=registry) as mesh:
+    policy_file = os.environ.get("ZMESH_POLICY")
+    policy = zmeshlib.Policy.load(policy_file) if policy_file else None
+    with zmeshlib.Mesh(identity=ca.issue(spiffe_id), policy=policy, registry=registry) as mesh:
         if role == "rep":
             sock = mesh.socket(zmq.REP)
             print("READY", sock.bind(f"tcp://127.0.0.1:{port}", service=service), flush=True)
@@ -56,10 +60,37 @@ def main() -> int:
                 except zmeshlib.Timeout:
                     continue
                 print("GOT", msg.topic, msg.peer, flush=True)
+        elif role == "rogue":
+            rogue(mesh, stop)
         else:
             print(f"unknown role {role}", file=sys.stderr)
             return 2
     return 0
+
+
+def rogue(mesh: zmeshlib.Mesh, stop: threading.Event) -> None:
+    """A valid identity with no permission: it tries to read payments, forge orders, refund."""
+    sub = mesh.socket(zmq.SUB)
+    sub.connect(service="payments")
+    sub.subscribe("")
+    sub.subscribe("pay")
+    forger = mesh.socket(zmq.PUB)
+    forger.bind("tcp://127.0.0.1:0", service="orders")
+    req = mesh.socket(zmq.REQ)
+    req.connect(service="payment")
+    try:
+        req.request(b"all of it", method="refund", timeout=5)
+        print("CALL OK", flush=True)
+    except zmeshlib.PermissionDenied as e:
+        print("CALL DENIED", e.policy, flush=True)
+    print("READY", flush=True)
+    while not stop.is_set():
+        forger.send(b"free stuff", topic="orders.created")
+        try:
+            msg = sub.recv(timeout=0.005)
+        except zmeshlib.Timeout:
+            continue
+        print("GOT", msg.topic, msg.peer, flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ process sharing the dev CA directory and a dir:// registry.
 
 from __future__ import annotations
 
-import queue
+import os
 import socket
 import subprocess
 import sys
@@ -29,11 +29,21 @@ pytestmark = pytest.mark.slow
 
 
 class Worker:
-    """A child workload; lines of its stdout arrive in a queue."""
+    """A child workload; every line it prints is kept in ``seen``."""
 
     def __init__(
-        self, role: str, ca_dir: Path, registry: str, spiffe_id: str, service: str, port: int = 0
+        self,
+        role: str,
+        ca_dir: Path,
+        registry: str,
+        spiffe_id: str,
+        service: str,
+        port: int = 0,
+        policy: Path | None = None,
     ):
+        env = dict(os.environ)
+        if policy is not None:
+            env["ZMESH_POLICY"] = str(policy)
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -48,29 +58,34 @@ class Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
         )
-        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self._cursor = 0
         threading.Thread(target=self._read, daemon=True).start()
         self.ready = self.expect("READY", timeout=20)
 
     def _read(self) -> None:
         for line in self.proc.stdout:  # type: ignore[union-attr]
-            self.lines.put(line.rstrip("\n"))
+            self.seen.append(line.rstrip("\n"))
 
     def expect(self, prefix: str, timeout: float = 10.0) -> str:
+        """The next line (after the last one expected) that starts with ``prefix``."""
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            while self._cursor < len(self.seen):
+                line = self.seen[self._cursor]
+                self._cursor += 1
+                if line.startswith(prefix):
+                    return line
+            if time.monotonic() >= deadline:
                 raise AssertionError(
                     f"worker printed no line starting with {prefix!r} in {timeout}s"
                 )
-            try:
-                line = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line.startswith(prefix):
-                return line
+            time.sleep(0.005)
+
+    def count(self, prefix: str) -> int:
+        return sum(1 for line in list(self.seen) if line.startswith(prefix))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -126,17 +141,11 @@ def test_pub_sub_across_processes_both_directions(ca_dir, registry_url, workers,
     listener = Worker("sub", ca_dir, registry_url, ORDERS, "audit")
     workers.append(listener)
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    while not listener.count("GOT"):
+        assert time.monotonic() < deadline, "the child subscriber received nothing"
         pub.send(b"x", topic="audit.event")
-        try:
-            line = listener.lines.get(timeout=0.01)
-        except queue.Empty:
-            continue
-        if line.startswith("GOT"):
-            assert line == f"GOT audit.event {CLIENT}"
-            break
-    else:
-        raise AssertionError("the child subscriber received nothing")
+        time.sleep(0.005)  # publishing pace, not a wait for an outcome
+    assert listener.expect("GOT") == f"GOT audit.event {CLIENT}"
 
 
 def test_push_pull_across_processes(ca_dir, registry_url, workers, client_mesh):
@@ -180,3 +189,81 @@ def test_dead_server_times_out_and_restart_recovers(ca_dir, registry_url, worker
             CLIENT.encode(),
         )
     assert cli.stats.get("late_replies", 0) == 0
+
+
+AUTHZ_POLICY = """
+version: 1
+authorization:
+  - name: deny-rogue-namespace
+    action: DENY
+    rules:
+      - from: {namespaces: [rogue]}
+        to: {call: ["refund"]}
+  - name: shop-reads-payments
+    selector: {services: [payments]}
+    action: ALLOW
+    rules:
+      - from: {principals: ["example.org/ns/shop/*"]}
+        to: {subscribe: ["payments.*"]}
+      - from: {principals: ["example.org/ns/shop/sa/payment"]}
+        to: {publish: ["payments.*"]}
+  - name: orders-writers
+    selector: {services: [orders]}
+    action: ALLOW
+    rules:
+      - from: {principals: ["example.org/ns/shop/sa/orders"]}
+        to: {publish: ["orders.*"]}
+      - from: {namespaces: [shop]}
+        to: {subscribe: ["orders.*"]}
+  - name: payment-callers
+    selector: {services: [payment]}
+    action: ALLOW
+    rules:
+      - from: {namespaces: [shop, rogue]}
+        to: {call: ["charge", "refund"]}
+"""
+
+
+def test_rogue_workload_is_contained_across_processes(
+    ca_dir, registry_url, workers, tmp_path, mesh_factory
+):
+    policy_file = tmp_path / "mesh.yaml"
+    policy_file.write_text(AUTHZ_POLICY)
+    policy = zmeshlib.Policy.load(policy_file)
+    workers.append(Worker("pub", ca_dir, registry_url, PAYMENT, "payments", policy=policy_file))
+    workers.append(Worker("rep", ca_dir, registry_url, PAYMENT, "payment", policy=policy_file))
+    shop = mesh_factory(CLIENT, policy=policy)
+    orders = mesh_factory(ORDERS, policy=policy)
+    rogue = Worker("rogue", ca_dir, registry_url, "spiffe://example.org/ns/rogue/sa/evil", "-")
+    workers.append(rogue)
+
+    # the call: denied at the server, naming the policy (not a timeout)
+    assert rogue.seen[0] == "CALL DENIED deny-rogue-namespace"
+    cli = shop.socket(zmq.REQ)
+    cli.connect(service="payment")
+    assert cli.request(b"3", method="refund", timeout=5).payload == f"3 from {CLIENT}".encode()
+
+    # the rogue's forged orders are dropped by subscribers; the real orders publisher's arrive
+    legit_pub = orders.socket(zmq.PUB)
+    legit_pub.bind("tcp://127.0.0.1:0", service="orders")
+    order_sub = shop.socket(zmq.SUB)
+    order_sub.connect(service="orders")
+    order_sub.subscribe("orders.")
+    assert len(order_sub.upstreams) == 2  # the rogue's endpoint and the real one
+    deadline = time.monotonic() + 15
+    while order_sub.stats.get("drop.unauthorized", 0) < 20:
+        assert time.monotonic() < deadline, order_sub.stats
+        legit_pub.send(b"real", topic="orders.created")
+        try:
+            msg = order_sub.recv(timeout=0.01)
+        except zmeshlib.Timeout:
+            continue
+        assert str(msg.peer.spiffe_id) == ORDERS and msg.payload == b"real"
+
+    # payments: the shop reads them while the rogue, subscribed to "" and "pay", gets nothing
+    pay_sub = shop.socket(zmq.SUB)
+    pay_sub.connect(service="payments")
+    pay_sub.subscribe("payments.")
+    for _ in range(100):
+        assert pay_sub.recv(timeout=10).topic == "payments.event"
+    assert rogue.count("GOT") == 0

@@ -138,13 +138,13 @@ class _PolicyBound:
     def policy_changed(self) -> None:
         """Hook for cores that must redo something when the policy changes."""
 
-    def may_publish(self, principal: SpiffeId | None, topic: str) -> bool:
-        """Cached per (principal, topic) for header-free decisions; cheap on the hot path."""
+    def allowed(self, action: str, principal: SpiffeId | None, resource: str) -> bool:
+        """A header-free decision, cached per policy: the hot path's one dict lookup."""
         authz = self._authorizer()
-        key = (principal, topic)
+        key = (action, principal, resource)
         allowed = self._cache.get(key)
         if allowed is None:
-            allowed = authz.check(principal, "publish", self.service, topic).allowed
+            allowed = authz.check(principal, action, self.service, resource).allowed
             if len(self._cache) > 65536:
                 self._cache = {}
             self._cache[key] = allowed
@@ -347,9 +347,13 @@ class SubscriberCore(_PolicyBound):
                 .allowed
             )
         else:
-            allowed = self.may_publish(peer.spiffe_id, resource)
+            allowed = self.allowed("publish", peer.spiffe_id, resource)
         if not allowed:
             self.drops.drop("unauthorized", f"{peer} may not publish {resource!r}")
+            return None
+        if self.kind is Kind.PUBLISH and not self.allowed("subscribe", self._self_id(), topic):
+            # the publisher enforces this too; here it takes effect at once on a policy change
+            self.drops.drop("not-subscribable", f"this workload may no longer receive {topic!r}")
             return None
         return Message(
             frames=tuple(payload),
@@ -385,7 +389,7 @@ class PushCore(_PolicyBound):
             )
             allowed, policy, reason = d.allowed, d.policy, d.reason
         else:
-            allowed = self.may_publish(self._self_id(), self.service)
+            allowed = self.allowed("publish", self._self_id(), self.service)
             policy = reason = ""
         if not allowed:
             raise PermissionDenied(

@@ -36,7 +36,7 @@ from ..identity.card import Card
 from ..identity.source import Identity
 from ..identity.spiffe_id import SpiffeId
 from ..identity.svid import Bundles
-from ..policy import Policy
+from ..policy import Policy, PolicyWatcher
 from ..registry import Registry
 from ..wire.envelope import DEFAULT_LIMITS, Limits
 from .handshake import ZapHandler
@@ -98,6 +98,8 @@ class Mesh:
         self._own_registry = not isinstance(registry, Registry)
         self._endpoints: list[Endpoint] = []
         self._sockets: weakref.WeakSet[MeshSocket] = weakref.WeakSet()
+        self._watchers: list[PolicyWatcher] = []
+        self._policy_updates = 0
         self.card: Card | None = None
         self._unsubscribe_rotation = None
         if identity is not None:
@@ -192,7 +194,25 @@ class Mesh:
             raise MeshError(f"update_policy takes a zmeshlib.Policy, not {type(policy).__name__}")
         old = self._policy
         self._policy = policy
+        self._policy_updates += 1
         log.info("policy %s -> %s", old.revision, policy.revision)
+
+    def watch_policy(self, path: str, *, interval: float = 1.0) -> PolicyWatcher:
+        """Reload ``path`` whenever it changes; a broken file keeps the current policy (and is logged).
+
+        The watcher stops when the Mesh closes.
+        """
+        watcher = PolicyWatcher(
+            path,
+            self.update_policy,
+            on_error=lambda e: log.error(
+                "policy file %s rejected, keeping %s: %s", path, self.policy_version, e
+            ),
+            interval=interval,
+        )
+        watcher.start()
+        self._watchers.append(watcher)
+        return watcher
 
     # -- sockets -------------------------------------------------------------------
 
@@ -214,9 +234,10 @@ class Mesh:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Handshake counters (``handshake.<outcome>``) and registry counters (``registry.<name>``)."""
+        """Counters: ``handshake.<outcome>``, ``registry.<name>``, ``policy.updates``."""
         out = {f"handshake.{k}": v for k, v in self._zap.counters.items()}
         out.update({f"registry.{k}": v for k, v in self.registry.stats.items()})
+        out["policy.updates"] = self._policy_updates
         return out
 
     def close(self) -> None:
@@ -226,6 +247,8 @@ class Mesh:
             self._closed = True
         self._stop.set()
         self._keeper.join(5)
+        for watcher in self._watchers:
+            watcher.close()
         for sock in list(self._sockets):
             sock.close()
         if self._unsubscribe_rotation is not None:
