@@ -308,11 +308,20 @@ class _Plan:
 
     @property
     def header_free(self) -> bool:
+        """Is the outcome, deciding policy included, the same whatever the headers?
+
+        The deciding policy is the first matching one in document order, so a
+        conditional rule *before* the first unconditional one still matters.
+        """
         if self.custom or self.audit_conditional:
             return False
         if self.deny:
-            return True
-        return not self.deny_conditional and (bool(self.allow) or not self.allow_conditional)
+            return not self.deny_conditional & ((self.deny & -self.deny) - 1)
+        if self.deny_conditional:
+            return False
+        if self.allow:
+            return not self.allow_conditional & ((self.allow & -self.allow) - 1)
+        return not self.allow_conditional
 
 
 class Authorizer:
@@ -458,7 +467,7 @@ class Authorizer:
         if not plan.selecting:
             reason = f"{subject} may {what}: no ALLOW policy selects this service"
             return Decision(True, "", "default", reason, audited)
-        allow = plan.allow or _holding(c, plan.allow_conditional, headers)
+        allow = plan.allow | _holding(c, plan.allow_conditional, headers)
         if allow:
             bit = _first_bit(allow)
             reason = f"{subject} may {what}: ALLOW policy {c.where(bit)} matches"
