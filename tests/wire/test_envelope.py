@@ -1,4 +1,4 @@
-"""Targeted tests of the envelope codec: each rule of docs/envelope.md, one by one."""
+"""Targeted tests of the envelope codec: each rule of docs/protocol.md, one by one."""
 
 from __future__ import annotations
 

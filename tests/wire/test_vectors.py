@@ -15,7 +15,7 @@ from zmeshlib.wire import Envelope, Kind, decode, encode
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = json.loads((ROOT / "tests" / "vectors" / "envelope.json").read_text(encoding="utf-8"))
-SPEC = (ROOT / "docs" / "envelope.md").read_text(encoding="utf-8")
+SPEC = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
 VALID = {v["name"]: v for v in VECTORS["valid"]}
 INVALID = {v["name"]: v for v in VECTORS["invalid"]}
 
@@ -70,7 +70,7 @@ def test_spec_shows_every_vector(name: str) -> None:
 
 
 def test_request_vector_follows_the_layout_table() -> None:
-    # Built from docs/envelope.md's tables alone, not from the codec.
+    # Built from docs/protocol.md's tables alone, not from the codec.
     f = VALID["request-full"]["fields"]
     t = f["trace"]
     method = f["method"].encode()

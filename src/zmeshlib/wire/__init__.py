@@ -1,4 +1,4 @@
-"""The zmeshlib wire format: the envelope frame of every mesh message (docs/envelope.md)."""
+"""The zmeshlib wire format: the envelope frame of every mesh message (docs/protocol.md)."""
 
 from .envelope import (
     DEFAULT_LIMITS,

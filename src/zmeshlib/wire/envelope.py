@@ -3,7 +3,7 @@
 A mesh message is ``[topic frame, pub/sub only][envelope frame][payload frames...]``.
 This module turns an :class:`Envelope` into that frame and back, and nothing
 else: no sockets, no clocks, no policy (a sans-I/O codec in h11's manner).
-docs/envelope.md is the specification; this module docstring is its summary.
+docs/protocol.md is the specification; this module docstring is its summary.
 
 Rules this module keeps:
 
@@ -165,7 +165,7 @@ _DEFAULTS: Final[dict[str, object]] = {
 }
 _new: Final = object.__new__
 
-# -- layout (docs/envelope.md, "Layout") ---------------------------------------
+# -- layout (docs/protocol.md, "Layout") ---------------------------------------
 
 _FIXED: Final = struct.Struct(">BBHQ")  # version, kind, flags, message id
 FIXED_SIZE: Final = _FIXED.size  # 12
