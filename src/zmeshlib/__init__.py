@@ -22,6 +22,7 @@ from ._exceptions import (
     Unauthenticated,
     Unavailable,
     Unimplemented,
+    error_for_status,
 )
 from ._models import ANONYMOUS, Endpoint, Message, Peer, SocketKind, StatusCode, TraceContext
 from .identity import Bundles, DevCA, Identity, SpiffeId, TrustBundle, X509Svid, verify_chain
@@ -70,5 +71,6 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "X509Svid",
+    "error_for_status",
     "verify_chain",
 ]
