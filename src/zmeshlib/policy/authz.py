@@ -290,6 +290,7 @@ class _Plan:
         "audit",
         "audit_conditional",
         "custom",
+        "decisions",
         "deny",
         "deny_conditional",
         "selecting",
@@ -305,6 +306,7 @@ class _Plan:
         self.allow = static & c.allow
         self.allow_conditional = conditional & c.allow
         self.selecting = selecting
+        self.decisions: dict[tuple[str, int, int], Decision] = {}
 
     @property
     def header_free(self) -> bool:
@@ -441,12 +443,9 @@ class Authorizer:
         return entry
 
     def _decide(self, plan: _Plan, key: tuple[Any, ...], headers: Mapping[str, str]) -> Decision:
+        """Evaluate a plan against one message's headers (and its CUSTOM providers)."""
         c = self.compiled
-        principal, action, service, resource = key
         audit = plan.audit | _holding(c, plan.audit_conditional, headers)
-        audited = c.policy_names(audit) if audit else ()
-        subject = f"{principal or 'an anonymous peer'}"
-        what = f"{action} {resource!r} on service {service!r}"
         seen: set[int] = set()
         for bit in _bits(plan.custom):
             pi = c.rule_policy[bit]
@@ -454,27 +453,48 @@ class Authorizer:
                 continue
             seen.add(pi)
             policy = c.policies[pi]
-            request = AuthzRequest(principal, action, service, resource, headers, policy.name)
+            request = AuthzRequest(*key, headers, policy.name)
             refusal = self._ask_provider(policy, request)
             if refusal is not None:
-                reason = f"{subject} may not {what}: CUSTOM policy {policy.name!r} {refusal}"
-                return Decision(False, policy.name, "CUSTOM", reason, audited)
+                reason = (
+                    f"{_subject(key)} may not {_what(key)}: CUSTOM policy {policy.name!r} {refusal}"
+                )
+                return Decision(False, policy.name, "CUSTOM", reason, c.policy_names(audit))
         deny = plan.deny | _holding(c, plan.deny_conditional, headers)
         if deny:
-            bit = _first_bit(deny)
+            outcome = ("DENY", _first_bit(deny), audit)
+        elif not plan.selecting:
+            outcome = ("default", -1, audit)
+        else:
+            allow = plan.allow | _holding(c, plan.allow_conditional, headers)
+            outcome = ("ALLOW", _first_bit(allow) if allow else -1, audit)
+        decision = plan.decisions.get(outcome)
+        if decision is None:
+            decision = plan.decisions[outcome] = self._explain(plan, key, *outcome)
+        return decision
+
+    def _explain(
+        self, plan: _Plan, key: tuple[Any, ...], action: str, bit: int, audit: int
+    ) -> Decision:
+        """The Decision for an outcome, with its one-sentence reason (built once per plan and outcome)."""
+        c = self.compiled
+        audited = c.policy_names(audit)
+        subject, what = _subject(key), _what(key)
+        if action == "DENY":
             reason = f"{subject} may not {what}: DENY policy {c.where(bit)} matches"
             return Decision(False, c.name(bit), "DENY", reason, audited)
-        if not plan.selecting:
+        if action == "default":
             reason = f"{subject} may {what}: no ALLOW policy selects this service"
             return Decision(True, "", "default", reason, audited)
-        allow = plan.allow | _holding(c, plan.allow_conditional, headers)
-        if allow:
-            bit = _first_bit(allow)
+        if bit >= 0:
             reason = f"{subject} may {what}: ALLOW policy {c.where(bit)} matches"
             return Decision(True, c.name(bit), "ALLOW", reason, audited)
         names = ", ".join(repr(n) for n in plan.selecting[:3])
         more = f" and {len(plan.selecting) - 3} more" if len(plan.selecting) > 3 else ""
-        reason = f"{subject} may not {what}: ALLOW policies select this service ({names}{more}) and none matches"
+        reason = (
+            f"{subject} may not {what}: ALLOW policies select this service ({names}{more}) "
+            "and none matches"
+        )
         return Decision(False, "", "ALLOW", reason, audited)
 
     def _ask_provider(self, policy: AuthorizationPolicy, request: AuthzRequest) -> str | None:
@@ -508,6 +528,14 @@ def _holding(c: CompiledPolicy, mask: int, headers: Mapping[str, str]) -> int:
         if c.holds(bit, headers):
             out |= 1 << bit
     return out
+
+
+def _subject(key: tuple[Any, ...]) -> str:
+    return str(key[0]) if key[0] is not None else "an anonymous peer"
+
+
+def _what(key: tuple[Any, ...]) -> str:
+    return f"{key[1]} {key[3]!r} on service {key[2]!r}"
 
 
 def _overlap(a: str, b: str) -> bool:
