@@ -267,3 +267,35 @@ def test_rogue_workload_is_contained_across_processes(
     for _ in range(100):
         assert pay_sub.recv(timeout=10).topic == "payments.event"
     assert rogue.count("GOT") == 0
+
+
+def test_asyncio_mesh_across_processes(ca_dir, registry_url, workers, mesh_factory):
+    import asyncio
+
+    import zmeshlib.asyncio as zasync
+
+    workers.append(Worker("rep", ca_dir, registry_url, PAYMENT, "payment"))
+    workers.append(Worker("pub", ca_dir, registry_url, ORDERS, "orders"))
+    puller = Worker("pull", ca_dir, registry_url, ORDERS, "jobs")
+    workers.append(puller)
+    mesh = mesh_factory(CLIENT, mesh_class=zasync.Mesh)
+
+    push = mesh.socket(zmq.PUSH)  # held here: a socket dropped with a queued message closes
+
+    async def run() -> None:
+        cli = mesh.socket(zmq.REQ)
+        cli.connect(service="payment")
+        rep = await cli.request(b"async", method="charge", timeout=5)
+        assert rep.payload == f"async from {CLIENT}".encode()
+        assert str(rep.peer.spiffe_id) == PAYMENT
+        sub = mesh.socket(zmq.SUB)
+        sub.connect(service="orders")
+        sub.subscribe("orders.")
+        for _ in range(10):
+            msg = await sub.recv(timeout=10)
+            assert str(msg.peer.spiffe_id) == ORDERS
+        push.connect(service="jobs")
+        await push.send(b"async-job", timeout=5)
+
+    asyncio.run(run())
+    assert puller.expect("GOT", timeout=10) == f"GOT async-job {CLIENT}"

@@ -30,7 +30,7 @@ from typing import Any
 
 import zmq
 
-from .._exceptions import IdentityError, MeshError
+from .._exceptions import IdentityError, MeshError, PolicyError
 from .._models import Endpoint, SocketKind
 from ..identity.card import Card
 from ..identity.source import Identity
@@ -100,6 +100,7 @@ class Mesh:
         self._sockets: weakref.WeakSet[MeshSocket] = weakref.WeakSet()
         self._watchers: list[PolicyWatcher] = []
         self._policy_updates = 0
+        self._policy_rejected = 0
         self.card: Card | None = None
         self._unsubscribe_rotation = None
         if identity is not None:
@@ -202,15 +203,15 @@ class Mesh:
 
         The watcher stops when the Mesh closes.
         """
-        watcher = PolicyWatcher(
-            path,
-            self.update_policy,
-            on_error=lambda e: log.error(
-                "policy file %s rejected, keeping %s: %s", path, self.policy_version, e
-            ),
-            interval=interval,
-        )
+
+        def rejected(error: PolicyError) -> None:
+            self._policy_rejected += 1
+            log.error("policy file %s rejected, keeping %s: %s", path, self.policy_version, error)
+
+        watcher = PolicyWatcher(path, self.update_policy, on_error=rejected, interval=interval)
         watcher.start()
+        if watcher.policy is not None:
+            self.update_policy(watcher.policy)
         self._watchers.append(watcher)
         return watcher
 
@@ -234,10 +235,11 @@ class Mesh:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: ``handshake.<outcome>``, ``registry.<name>``, ``policy.updates``."""
+        """Counters: ``handshake.<outcome>``, ``registry.<name>``, ``policy.updates|rejected``."""
         out = {f"handshake.{k}": v for k, v in self._zap.counters.items()}
         out.update({f"registry.{k}": v for k, v in self.registry.stats.items()})
         out["policy.updates"] = self._policy_updates
+        out["policy.rejected"] = self._policy_rejected
         return out
 
     def close(self) -> None:

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("zmeshlib.sockets")
 
 REFRESH_INTERVAL = 0.1  # seconds between registry/policy checks while waiting or sending
+GC_LINGER_MS = 1000  # how long an underlying socket dropped without close() may flush
 DRAIN_INTERVAL = 0.002  # seconds between reads of a publisher's subscription messages
 
 _UNDERLYING = {
@@ -187,6 +188,7 @@ class MeshSocket:
             self._explain_empty(service)
 
     def close(self, linger: int = 0) -> None:
+        """Close every underlying socket; ``linger`` ms for queued messages (0: drop them)."""
         if self._closed:
             return
         self._closed = True
@@ -233,7 +235,9 @@ class MeshSocket:
     ) -> zmq.Socket:
         mesh = self._mesh
         sock = mesh._zmq_context.socket(socket_type)
-        sock.linger = 0
+        # a socket garbage-collected with messages still queued gets this long to flush them;
+        # close() and Mesh.close() choose their own linger
+        sock.linger = GC_LINGER_MS
         secure = mesh.mode != "DISABLE"
         if server:
             sock.zap_domain = ZAP_DOMAIN
