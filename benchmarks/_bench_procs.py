@@ -61,12 +61,12 @@ class Link:
     results: Any  # Queue: the client's dict of numbers, or ("error", text)
     done: Any  # Event: the client has finished
     stage: Stage | None  # the mesh's CA, registry and policy (None for raw cases)
-    profile: str = ""  # write cProfile stats of the mesh process here ("" = no profiling)
+    profile: str = ""  # path prefix for cProfile stats of the mesh processes ("" = none)
 
 
 @contextlib.contextmanager
-def _profiled(path: str) -> Iterator[None]:
-    if not path:
+def _profiled(prefix: str, role: str) -> Iterator[None]:
+    if not prefix:
         yield
         return
     prof = cProfile.Profile()
@@ -75,7 +75,7 @@ def _profiled(path: str) -> Iterator[None]:
         yield
     finally:
         prof.disable()
-        prof.dump_stats(path)
+        prof.dump_stats(f"{prefix}-{role}.prof")
 
 
 def _raw_context() -> tuple[zmq.Context, bytes, bytes]:
@@ -122,7 +122,7 @@ def rtt_server(kind: str, link: Link, requests: int) -> None:
         ctx.term()
         return
     assert link.stage is not None
-    with link.stage.join(SERVER_ID) as mesh, _profiled(link.profile):
+    with link.stage.join(SERVER_ID) as mesh, _profiled(link.profile, "server"):
         srv = mesh.socket(zmq.REP)
         link.info.put((srv.bind("tcp://127.0.0.1:0", service="bench"), b""))
         srv.serve(lambda msg: msg.payload, max_requests=requests)
@@ -151,7 +151,7 @@ def rtt_client(kind: str, link: Link, handshakes: int, requests: int) -> None:
             ctx.term()
         else:
             assert link.stage is not None
-            with link.stage.join(CLIENT_ID) as mesh, _profiled(link.profile):
+            with link.stage.join(CLIENT_ID) as mesh, _profiled(link.profile, "client"):
 
                 def connect() -> Any:
                     sock = mesh.socket(zmq.REQ)
@@ -215,7 +215,7 @@ def publisher(kind: str, link: Link) -> None:
         ctx.term()
         return
     assert link.stage is not None
-    with link.stage.join(SERVER_ID) as mesh, _profiled(link.profile):
+    with link.stage.join(SERVER_ID) as mesh, _profiled(link.profile, "publisher"):
         pub = mesh.socket(zmq.PUB)
         link.info.put((pub.bind("tcp://127.0.0.1:0", service="bench"), b""))
         send = pub.send
@@ -238,7 +238,7 @@ def subscriber(kind: str, link: Link, seconds: float) -> None:
             ctx.term()
         else:
             assert link.stage is not None
-            with link.stage.join(CLIENT_ID) as mesh, _profiled(link.profile):
+            with link.stage.join(CLIENT_ID) as mesh, _profiled(link.profile, "subscriber"):
                 sub = mesh.socket(zmq.SUB)
                 sub.connect(service="bench")
                 sub.subscribe("bench.")

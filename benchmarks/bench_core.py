@@ -95,7 +95,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
                 def profile(name: str, kind: str = kind, rnd: int = rnd) -> dict[str, Any]:
                     if kind != "mesh" or not args.profile:
                         return {}
-                    return {"profile": os.path.join(args.profile, f"{name}-{rnd}.prof")}
+                    return {"profile": os.path.join(args.profile, f"{name}-{rnd}")}
 
                 t0 = time.perf_counter()
                 rtt = run_case(
