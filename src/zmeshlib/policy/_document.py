@@ -73,6 +73,7 @@ _TOP = (
 )
 _SCHEME = "spiffe://"
 _SEGMENT = re.compile(r"[a-zA-Z0-9._-]*")
+_TD_PREFIX = re.compile(r"[a-z0-9._-]*")
 _ADDRESS = re.compile(r"(tcp://[^\s:]+:\d+|ipc://\S+|inproc://\S+)")
 _KINDS = ("PUB", "SUB", "REQ", "REP", "PUSH", "PULL")
 _SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
@@ -321,19 +322,19 @@ def _principal_pattern(r: Reader, value: Any) -> str | None:
             r.problem(str(exc))
             return None
     elif pattern.kind == PREFIX:
-        td = pattern.literal.partition("/")[0]
-        if "/" in pattern.literal or td:
+        td, slash, _ = pattern.literal.partition("/")
+        if slash:  # the trust domain is complete: it must be a valid one
             try:
-                if "/" in pattern.literal:
-                    validate_trust_domain(td)
-                elif not re.fullmatch(r"[a-z0-9._-]*", td):
-                    raise IdentityError(
-                        f"trust domain prefix {td!r} may only use lowercase letters, digits, '.', '-' and '_'",
-                        rule="trust-domain-charset",
-                    )
+                validate_trust_domain(td)
             except IdentityError as exc:
                 r.problem(f"{value!r}: {exc}")
                 return None
+        elif not _TD_PREFIX.fullmatch(td):
+            r.problem(
+                f"{value!r}: a trust domain may only use lowercase letters, digits, '.', '-' and '_' "
+                "[trust-domain-charset]"
+            )
+            return None
     return text
 
 
@@ -362,7 +363,7 @@ def _trust_domain_pattern(r: Reader, value: Any) -> str | None:
         return None
     if pattern.kind == EXACT:
         return _trust_domain(r, text)
-    if not re.fullmatch(r"[a-z0-9._-]*", pattern.literal):
+    if not _TD_PREFIX.fullmatch(pattern.literal):
         r.problem(
             f"{text!r}: a trust domain may only use lowercase letters, digits, '.', '-' and '_'"
         )
