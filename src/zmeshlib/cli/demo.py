@@ -165,6 +165,8 @@ Workload = Callable[[Cue, Mesh], None]
 
 @attrs.frozen
 class Role:
+    """One workload process: its name in the transcript, its SPIFFE ID, its code."""
+
     name: str
     spiffe_id: str
     workload: Workload
@@ -172,6 +174,8 @@ class Role:
 
 @attrs.frozen
 class Scenario:
+    """A cast of roles run together, and the names of the signals they exchange."""
+
     name: str
     roles: tuple[Role, ...]
     signals: tuple[str, ...] = ()
@@ -367,16 +371,18 @@ def perform(
             out(f"{at:6.2f}s {who:<{width}}  {text}")
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        failed = [name for name, p in procs.items() if p.exitcode not in (None, 0)]
-        if failed or not any(p.is_alive() for p in procs.values()):
-            break  # one failure fails the run: stop the others now rather than at the deadline
-        show(0.05, time.time() - start - REORDER)
-    stopped = [name for name, p in procs.items() if p.is_alive()]
-    for name in stopped:
-        procs[name].terminate()
-    for p in procs.values():
-        p.join(5)
+    try:
+        while time.monotonic() < deadline:
+            failed = [name for name, p in procs.items() if p.exitcode not in (None, 0)]
+            if failed or not any(p.is_alive() for p in procs.values()):
+                break  # one failure fails the run: stop the others now, not at the deadline
+            show(0.05, time.time() - start - REORDER)
+    finally:  # also on Ctrl-C: leave no workload behind
+        stopped = [name for name, p in procs.items() if p.is_alive()]
+        for name in stopped:
+            procs[name].terminate()
+        for p in procs.values():
+            p.join(5)
     show(0.05, float("inf"))
     failed = [name for name, p in procs.items() if p.exitcode != 0 and name not in stopped]
     if failed:
