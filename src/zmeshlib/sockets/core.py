@@ -124,31 +124,44 @@ class _PolicyBound:
         self.service = service
         self._policy: Policy | None = None
         self._authz: Any = None
-        self._cache: dict[Any, bool] = {}
 
     def _authorizer(self) -> Any:
         policy = self._policy_fn()
         if policy is not self._policy:
             self._policy = policy
             self._authz = policy.authorizer()
-            self._cache = {}
             self.policy_changed()
         return self._authz
 
     def policy_changed(self) -> None:
         """Hook for cores that must redo something when the policy changes."""
 
-    def allowed(self, action: str, principal: SpiffeId | None, resource: str) -> bool:
-        """A header-free decision, cached per policy: the hot path's one dict lookup."""
-        authz = self._authorizer()
-        key = (action, principal, resource)
-        allowed = self._cache.get(key)
-        if allowed is None:
-            allowed = authz.check(principal, action, self.service, resource).allowed
-            if len(self._cache) > 65536:
-                self._cache = {}
-            self._cache[key] = allowed
-        return allowed
+    def check(
+        self,
+        action: str,
+        principal: SpiffeId | None,
+        resource: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """One decision of the current policy (the authorizer caches what may be cached)."""
+        return self._authorizer().check(principal, action, self.service, resource, headers)
+
+    def require(
+        self,
+        action: str,
+        principal: SpiffeId | None,
+        resource: str,
+        headers: Mapping[str, str] | None,
+    ) -> None:
+        """This workload's own operation: PermissionDenied naming the policy when denied."""
+        decision = self.check(action, principal, resource, headers)
+        if not decision.allowed:
+            raise PermissionDenied(
+                f"{action} {resource!r} in service {self.service!r} is denied for "
+                f"{principal or 'anonymous'} (policy {decision.policy or 'default'}): {decision.reason}",
+                policy=decision.policy,
+                detail=decision.reason,
+            )
 
 
 # -- publish / subscribe ---------------------------------------------------------
@@ -187,13 +200,9 @@ class PublisherCore(_PolicyBound):
         # (User-Id, asked prefix) -> (principal, granted prefixes): what each peer asked for
         self.requests: dict[tuple[str, bytes], tuple[SpiffeId | None, tuple[bytes, ...]]] = {}
         self.needs_restart = False
-        self._own: dict[str, bool] = {}
         self.counts: Counter[str] = Counter()
 
     def policy_changed(self) -> None:
-        self._own = {}
-        if self._policy is None:
-            return
         authz = self._authz
         for (user_id, asked), (principal, granted) in self.requests.items():
             again = self._grant(authz, principal, asked)
@@ -256,20 +265,7 @@ class PublisherCore(_PolicyBound):
         trace: TraceContext | None,
     ) -> list[bytes]:
         """Frames for one publication; PermissionDenied if this workload may not publish ``topic``."""
-        authz = self._authorizer()
-        allowed = self._own.get(topic)
-        if allowed is None or headers:
-            decision = authz.check(self._self_id(), "publish", self.service, topic, headers)
-            if not decision.allowed:
-                raise PermissionDenied(
-                    f"publishing on {topic!r} in service {self.service!r} is denied "
-                    f"(policy {decision.policy or 'default'}): {decision.reason}",
-                    policy=decision.policy,
-                    detail=decision.reason,
-                )
-            allowed = True
-            if not headers:
-                self._own[topic] = True
+        self.require("publish", self._self_id(), topic, headers)
         frames = payload_frames(payload, self.limits)
         mid = self.next_id()
         if headers or trace:
@@ -340,18 +336,13 @@ class SubscriberCore(_PolicyBound):
             self.drops.drop("too-large")
             return None
         resource = topic if self.kind is Kind.PUBLISH else self.service
-        if env.headers:
-            allowed = (
-                self._authorizer()
-                .check(peer.spiffe_id, "publish", self.service, resource, env.headers)
-                .allowed
-            )
-        else:
-            allowed = self.allowed("publish", peer.spiffe_id, resource)
-        if not allowed:
+        if not self.check("publish", peer.spiffe_id, resource, env.headers).allowed:
             self.drops.drop("unauthorized", f"{peer} may not publish {resource!r}")
             return None
-        if self.kind is Kind.PUBLISH and not self.allowed("subscribe", self._self_id(), topic):
+        if (
+            self.kind is Kind.PUBLISH
+            and not self.check("subscribe", self._self_id(), topic).allowed
+        ):
             # the publisher enforces this too; here it takes effect at once on a policy change
             self.drops.drop("not-subscribable", f"this workload may no longer receive {topic!r}")
             return None
@@ -383,20 +374,7 @@ class PushCore(_PolicyBound):
     def frames(
         self, payload: Payload, headers: Mapping[str, str] | None, trace: TraceContext | None
     ) -> list[bytes]:
-        if headers:
-            d = self._authorizer().check(
-                self._self_id(), "publish", self.service, self.service, headers
-            )
-            allowed, policy, reason = d.allowed, d.policy, d.reason
-        else:
-            allowed = self.allowed("publish", self._self_id(), self.service)
-            policy = reason = ""
-        if not allowed:
-            raise PermissionDenied(
-                f"pushing to service {self.service!r} is denied (policy {policy or 'default'}) {reason}",
-                policy=policy,
-                detail=reason,
-            )
+        self.require("publish", self._self_id(), self.service, headers)
         body = payload_frames(payload, self.limits)
         mid = self.next_id()
         if headers or trace:
