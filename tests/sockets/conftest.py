@@ -106,6 +106,9 @@ def publish_until() -> PublishUntil:
 def zctx() -> Iterator[zmq.Context]:
     """A plain pyzmq context for raw peers (no ZAP handler in it), destroyed at teardown."""
     context = zmq.Context()
+    # linger 0 for every socket: a raw socket collected with a message it can never deliver
+    # (its handshake was refused) would otherwise hold up term() forever
+    context.linger = 0
     yield context
     context.destroy(linger=0)
 
