@@ -46,10 +46,11 @@ class _Awaiting:
             wait = next(op)
             while True:
                 poller = zmq.asyncio.Poller()
-                for s in wait.sockets:
-                    poller.register(self._wrapper(s), wait.events)
-                await poller.poll(int(wait.timeout * 1000))
-                wait = op.send({})
+                wrapped = {self._wrapper(s): s for s in wait.sockets}
+                for w in wrapped:
+                    poller.register(w, wait.events)
+                events = await poller.poll(int(wait.timeout * 1000))
+                wait = op.send({wrapped[w]: ev for w, ev in events if w in wrapped})
         except StopIteration as stop:
             return stop.value
 
