@@ -82,7 +82,8 @@ def publish_until() -> PublishUntil:
     """``publish_until(pub, sub, topic="t.x", payload=b"ping", timeout=5.0) -> Message``.
 
     Publishes until the (already subscribed) subscriber receives that
-    publication: the cure for pub/sub's slow joiner, with a deadline.
+    publication: the cure for pub/sub's slow joiner, with a deadline. Copies
+    published while joining may still arrive after it returns: skip them.
     """
 
     def publish(
