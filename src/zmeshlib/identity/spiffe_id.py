@@ -93,7 +93,7 @@ def _validate_path(value: str, path: str) -> None:
             )
 
 
-@attrs.frozen(order=True)
+@attrs.frozen(order=True, cache_hash=True)
 class SpiffeId:
     """A validated SPIFFE ID. Build with :meth:`parse` or :meth:`from_parts`."""
 

@@ -308,17 +308,37 @@ class SubscriberCore(_PolicyBound):
                 detail=decision.reason,
             )
 
+    def policy_changed(self) -> None:
+        # (sender, resource) -> deliver? Valid for one policy; only kept when no CUSTOM
+        # provider could answer differently next time (header-free decisions are pure).
+        self._verdicts: dict[tuple[SpiffeId | None, str], bool] = {}
+        self._verdicts_pure = not any(
+            p.action == "CUSTOM"
+            for p in self._policy.authorization  # type: ignore[union-attr]
+        )
+
+    def _verdict(self, sender: SpiffeId | None, resource: str) -> tuple[bool, str]:
+        """May ``sender`` publish ``resource`` here, and may this workload receive it? (ok, why-not)."""
+        if not self.check("publish", sender, resource).allowed:
+            return False, "unauthorized"
+        if (
+            self.kind is Kind.PUBLISH
+            and not self.check("subscribe", self._self_id(), resource).allowed
+        ):
+            # the publisher enforces this too; here it takes effect at once on a policy change
+            return False, "not-subscribable"
+        return True, ""
+
     def message(self, frames: Frames, peer: Peer) -> Message | None:
         """A received publication ``[topic, envelope, payload...]`` -> Message, or None (dropped)."""
-        if self.kind is Kind.PUBLISH:
-            if len(frames) < 2:
-                self.drops.drop("malformed", "fewer than 2 frames")
-                return None
+        publish = self.kind is Kind.PUBLISH
+        n = len(frames)
+        if n < (2 if publish else 1):
+            self.drops.drop("malformed", "no envelope frame")
+            return None
+        if publish:
             topic_b, env_b, payload = frames[0], frames[1], frames[2:]
         else:
-            if len(frames) < 1:
-                self.drops.drop("malformed", "no frames")
-                return None
             topic_b, env_b, payload = b"", frames[0], frames[1:]
         try:
             env = decode(env_b, self.limits)
@@ -332,27 +352,33 @@ class SubscriberCore(_PolicyBound):
         if env.kind is not self.kind:
             self.drops.drop("kind", f"{env.kind.name} on a {self.kind.name} socket")
             return None
-        if sum(len(f) for f in payload) > self.limits.max_message_bytes:
+        size = len(payload[0]) if len(payload) == 1 else sum(map(len, payload))
+        if size > self.limits.max_message_bytes:
             self.drops.drop("too-large")
             return None
-        resource = topic if self.kind is Kind.PUBLISH else self.service
-        if not self.check("publish", peer.spiffe_id, resource, env.headers).allowed:
-            self.drops.drop("unauthorized", f"{peer} may not publish {resource!r}")
+        resource = topic if publish else self.service
+        sender = peer.spiffe_id
+        self._authorizer()  # a new policy resets the verdicts
+        if env.headers:  # conditions may read headers: decide afresh
+            ok = self.check("publish", sender, resource, env.headers).allowed
+            why = "unauthorized"
+            if ok and publish and not self.check("subscribe", self._self_id(), topic).allowed:
+                ok, why = False, "not-subscribable"
+        else:
+            key = (sender, resource)
+            ok = self._verdicts.get(key)
+            why = ""
+            if ok is None:
+                ok, why = self._verdict(sender, resource)
+                if self._verdicts_pure and len(self._verdicts) < 65536:
+                    self._verdicts[key] = ok
+            elif not ok:
+                why = self._verdict(sender, resource)[1]
+        if not ok:
+            self.drops.drop(why, f"{peer}: {resource!r}")
             return None
-        if (
-            self.kind is Kind.PUBLISH
-            and not self.check("subscribe", self._self_id(), topic).allowed
-        ):
-            # the publisher enforces this too; here it takes effect at once on a policy change
-            self.drops.drop("not-subscribable", f"this workload may no longer receive {topic!r}")
-            return None
-        return Message(
-            frames=tuple(payload),
-            peer=peer,
-            topic=topic if self.kind is Kind.PUBLISH else None,
-            headers=env.headers,
-            message_id=env.message_id,
-            trace=env.trace,
+        return Message._received(
+            tuple(payload), peer, topic if publish else None, env.headers, env.message_id, env.trace
         )
 
 

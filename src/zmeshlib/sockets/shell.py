@@ -65,6 +65,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("zmeshlib.sockets")
 
 REFRESH_INTERVAL = 0.1  # seconds between registry/policy checks while waiting or sending
+_NOBLOCK = int(zmq.NOBLOCK)  # plain ints: enum arithmetic per frame is measurable
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_MORE = int(zmq.SNDMORE)
 GC_LINGER_MS = 1000  # how long an underlying socket dropped without close() may flush
 DRAIN_INTERVAL = 0.002  # seconds between reads of a publisher's subscription messages
 
@@ -111,6 +114,9 @@ class MeshSocket:
     """What every mesh socket kind shares: bind, connect, upstreams, housekeeping, waiting."""
 
     kind: SocketKind
+    #: After a message, read on without polling (throughput: SUB, PULL), or poll first
+    #: (latency: REP, whose next request is rarely queued; a failed read costs more than a poll).
+    burst: bool = True
 
     def __init__(self, mesh: Mesh, kind: SocketKind) -> None:
         self._mesh = mesh
@@ -356,16 +362,17 @@ class MeshSocket:
     def _take(self, sock: zmq.Socket) -> tuple[list[bytes], Peer] | None:
         """One message from ``sock`` without waiting, with its authenticated peer; None if empty."""
         try:
-            first, frames = recv_frames(sock, zmq.NOBLOCK)
+            first, frames = recv_frames(sock, _NOBLOCK)
         except zmq.Again:
             return None
-        peer = self._sources.get(sock)
-        if peer is None:  # the bound socket: the handshake's User-Id says who
-            try:
-                peer = self._peers.get(first.get("User-Id"))
-            except zmq.ZMQError:
-                peer = ANONYMOUS
-        return frames, peer
+        return frames, self._sources.get(sock) or self._user_peer(first)
+
+    def _user_peer(self, first: zmq.Frame) -> Peer:
+        """The peer of a message on the bound socket: the User-Id its handshake set."""
+        try:
+            return self._peers.get(first.get("User-Id"))
+        except zmq.ZMQError:
+            return ANONYMOUS
 
     def _wait(self, deadline: float | None, events: int = zmq.POLLIN) -> Wait:
         """A Wait until ``deadline`` (monotonic), capped so housekeeping keeps running."""
@@ -393,7 +400,7 @@ class MeshSocket:
                 continue
             result = judge(*got)
             if result is not None:
-                self._ready = ready
+                self._ready = ready if self.burst else ()
                 return result
         self._ready = ()
         return None
@@ -416,11 +423,21 @@ class MeshSocket:
             ready = tuple(sock for sock in events if sock in self._sources)
 
     def _receive(self, timeout: float | None, judge: Callable[[list[bytes], Peer], Any]) -> Any:
-        """Sync receive: the fast path takes a message already known to be queued."""
-        if self._ready and time.monotonic() < self._next_refresh:
-            result = self._drain_ready(self._ready, judge)
-            if result is not None:
-                return result
+        """Sync receive. The fast path (inlined: it runs once per message) reads a socket the
+        last poll said was readable, without building an operation."""
+        ready = self._ready
+        if ready and time.monotonic() < self._next_refresh:
+            sock = ready[0]
+            try:
+                first, frames = recv_frames(sock, _NOBLOCK)
+            except zmq.Again:
+                self._ready = ready[1:]
+            else:
+                result = judge(frames, self._sources.get(sock) or self._user_peer(first))
+                if result is not None:
+                    if not self.burst:
+                        self._ready = ()
+                    return result
         return drive(self._receive_op(timeout, judge))
 
     def poll(self, timeout: float | None = None) -> bool:
@@ -439,7 +456,7 @@ class MeshSocket:
 
 def send_frames(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:
     """Send a multipart message (several times cheaper than pyzmq's send_multipart)."""
-    more = flags | zmq.SNDMORE
+    more = _MORE_NOBLOCK if flags == _NOBLOCK else flags | _MORE
     for frame in frames[:-1]:
         sock.send(frame, more)
     sock.send(frames[-1], flags)
@@ -510,10 +527,10 @@ class PubSocket(MeshSocket):
             self._drain()
         frames = self.core.publication(topic, payload, headers, trace)
         if self._server is not None:
-            send_frames(self._server, frames, zmq.NOBLOCK)
+            send_frames(self._server, frames, _NOBLOCK)
         for up in self._upstreams.values():
             try:
-                send_frames(up.sock, frames, zmq.NOBLOCK)
+                send_frames(up.sock, frames, _NOBLOCK)
             except zmq.Again:
                 self.drops.drop("hwm")
 
@@ -668,7 +685,7 @@ class PushSocket(MeshSocket):
             for i in range(n):
                 sock = targets[(self._rr + i) % n]
                 try:
-                    send_frames(sock, frames, zmq.NOBLOCK)
+                    send_frames(sock, frames, _NOBLOCK)
                 except zmq.Again:
                     continue
                 self._rr = (self._rr + i + 1) % n
@@ -750,7 +767,7 @@ class ReqSocket(MeshSocket):
         try:
             while True:
                 try:
-                    send_frames(up.sock, frames, zmq.NOBLOCK)
+                    send_frames(up.sock, frames, _NOBLOCK)
                     break
                 except zmq.Again:
                     if time.monotonic() >= deadline:
@@ -806,6 +823,8 @@ class ReqSocket(MeshSocket):
 class RepSocket(MeshSocket):
     """REP: a server over ROUTER; replies go to the right client, in any order."""
 
+    burst = False
+
     def __init__(self, mesh: Mesh) -> None:
         super().__init__(mesh, SocketKind.REP)
         self.core = ServerCore(lambda: mesh.policy, "", mesh.limits, self.drops)
@@ -843,7 +862,7 @@ class RepSocket(MeshSocket):
     def _send_reply(self, frames: list[bytes]) -> None:
         self._check_open()
         try:
-            send_frames(self._server, frames, zmq.NOBLOCK)  # type: ignore[arg-type]
+            send_frames(self._server, frames, _NOBLOCK)  # type: ignore[arg-type]
         except zmq.Again:
             self.drops.drop("reply-hwm", "the client is not reading its replies")
 
