@@ -159,3 +159,20 @@ def test_close_leaves_no_thread_socket_or_card(ca, registry_url):
     assert {t.name for t in threading.enumerate()} <= before
     with Registry(registry_url, bundles=ca.bundles) as reg:
         assert reg.by_key(key) is None
+
+
+def test_plain_peer_at_a_strict_socket_is_counted(mesh_factory, zctx):
+    """libzmq refuses a NULL client at a CURVE listener before asking ZAP: the socket's
+    monitor counts it instead."""
+    server, pull = _pull_server(mesh_factory)
+    plain = zctx.socket(zmq.PUSH)
+    plain.linger = 0
+    plain.connect(pull.endpoints[0])
+    plain.send_multipart(
+        [zmeshlib.wire.encode(zmeshlib.wire.Envelope(zmeshlib.wire.Kind.PUSH, 1)), b"x"]
+    )
+    deadline = time.monotonic() + 5
+    while not pull.stats.get("handshake_failed.protocol"):
+        assert time.monotonic() < deadline, pull.stats
+        with pytest.raises(Timeout):
+            pull.recv(timeout=0.05)  # nothing arrives; the wait runs the socket's housekeeping

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .._exceptions import IdentityError, MeshError, RemoteError, Timeout, Unavailable
 from .._models import ANONYMOUS, Message, Peer, SocketKind, StatusCode, TraceContext
@@ -68,6 +69,16 @@ REFRESH_INTERVAL = 0.1  # seconds between registry/policy checks while waiting o
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: enum arithmetic per frame is measurable
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE)
+_FAILURE_NAMES = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "no-detail",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
+}
+_HANDSHAKE_FAILURES = int(
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 GC_LINGER_MS = 1000  # how long an underlying socket dropped without close() may flush
 DRAIN_INTERVAL = 0.002  # seconds between reads of a publisher's subscription messages
 
@@ -139,6 +150,7 @@ class MeshSocket:
         self._ready: tuple[zmq.Socket, ...] = ()  # sockets the last poll said were readable
         self._poller_key: tuple[zmq.Socket, ...] = ()
         self._poller = zmq.Poller()
+        self._monitor: zmq.Socket | None = None  # handshake failures libzmq decides before ZAP
 
     # -- public surface ------------------------------------------------------------
 
@@ -177,6 +189,7 @@ class MeshSocket:
         if self._server is None:
             self._server = self._new_socket(server_type, server=True)
             self._sources[self._server] = None
+            self._watch(self._server)
         self._server.bind(address)
         resolved = self._server.getsockopt_string(zmq.LAST_ENDPOINT)
         self._bound.append(resolved)
@@ -215,6 +228,7 @@ class MeshSocket:
             self._server = None
         self._sources.clear()
         self._ready = ()
+        self._unwatch()
         self._mesh._forget_socket(self)
 
     def __enter__(self) -> MeshSocket:
@@ -302,6 +316,8 @@ class MeshSocket:
         if not force and now < self._next_refresh:
             return
         self._next_refresh = now + REFRESH_INTERVAL
+        if self._monitor is not None:
+            self._count_handshake_failures()
         self._housekeeping()
         if not self._targets:
             return
@@ -346,6 +362,31 @@ class MeshSocket:
                 f"{who}, which the policy does not allow to serve {service!r} (secure naming); "
                 f"add the identity to services.{service}.identities if it is legitimate",
                 rule="secure-naming",
+            )
+
+    def _watch(self, server: zmq.Socket) -> None:
+        """Monitor a bound socket for handshakes that fail before ZAP is asked (e.g. a plain
+        peer at a CURVE listener): ZAP's counters cannot see those."""
+        self._monitor = server.get_monitor_socket(_HANDSHAKE_FAILURES)
+
+    def _unwatch(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+            self._monitor = None
+
+    def _count_handshake_failures(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, _NOBLOCK)  # type: ignore[arg-type]
+            except zmq.Again:
+                return
+            reason = _FAILURE_NAMES.get(event["event"], "other")
+            self.counts[f"handshake_failed.{reason}"] += 1
+            log.warning(
+                "handshake on %s failed (%s, code %s): a peer without a valid CURVE handshake",
+                event.get("endpoint", b"").decode(errors="replace"),
+                reason,
+                event["value"],
             )
 
     def _upstream_added(self, up: Upstream) -> None:
@@ -585,9 +626,11 @@ class PubSocket(MeshSocket):
         self._sources.clear()
         self._ready = ()
         if self._server is not None:
+            self._unwatch()
             self._server.close(linger=0)
             self._server = self._new_socket(zmq.XPUB, server=True)
             self._sources[self._server] = None
+            self._watch(self._server)
             for address in self._bound:
                 _bind_retrying(self._server, address)
         for address, up in list(self._upstreams.items()):
