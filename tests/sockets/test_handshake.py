@@ -164,7 +164,7 @@ def test_close_leaves_no_thread_socket_or_card(ca, registry_url):
 def test_plain_peer_at_a_strict_socket_is_counted(mesh_factory, zctx):
     """libzmq refuses a NULL client at a CURVE listener before asking ZAP: the socket's
     monitor counts it instead."""
-    server, pull = _pull_server(mesh_factory)
+    _server, pull = _pull_server(mesh_factory)
     plain = zctx.socket(zmq.PUSH)
     plain.linger = 0
     plain.connect(pull.endpoints[0])

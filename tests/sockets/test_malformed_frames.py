@@ -377,3 +377,64 @@ def test_oversized_payload_is_dropped_on_receive(
     assert rep.stats["drop.too-large"] == 1
     env = decode(raw_recv(dealer)[0])
     assert (env.message_id, env.status) == (3, StatusCode.RESOURCE_EXHAUSTED)
+
+
+# -- a malicious server ------------------------------------------------------------------------
+
+
+def test_req_ignores_garbage_replies_from_an_authenticated_server(
+    mesh_factory: Callable[..., Mesh], raw_peer: Any, zctx: zmq.Context
+) -> None:
+    client = mesh_factory(CLIENT)
+    keypair = zmq.curve_keypair()
+    router = zctx.socket(zmq.ROUTER)
+    router.curve_server = True
+    router.curve_publickey, router.curve_secretkey = keypair
+    address = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
+    raw_peer(client, MALLORY, endpoints=(Endpoint(address, "REP", "payment"),), keypair=keypair)
+
+    rng = random.Random(SEED + 3)
+    garbage = list(garbage_envelopes(Kind.REPLY, rng))
+    expected = Counter(envelope_verdict(frame, Kind.REPLY)[0] for frame in garbage)
+
+    def serve_badly() -> None:
+        route, env_b, *_ = raw_recv(router)
+        asked = decode(env_b).message_id
+        for frame in garbage:
+            router.send_multipart([route, frame, b"junk"])
+        router.send_multipart([route, encode(Envelope(Kind.REPLY, asked + 1)), b"not yours"])
+        router.send_multipart([route, encode(Envelope(Kind.REPLY, asked)), b"real"])
+
+    req = client.socket(zmq.REQ)
+    req.connect(service="payment")
+    server = threading.Thread(target=serve_badly)
+    server.start()
+    try:
+        reply = req.request(b"q", timeout=10)
+    finally:
+        server.join(10)
+    assert (reply.payload, str(reply.peer.spiffe_id)) == (b"real", MALLORY)
+    assert drops(req.stats) == expected
+    assert req.stats["late_replies"] == 1  # a well-formed reply to no pending request
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ProtocolError,
+    reason="ServerCore.request encodes its INVALID_ARGUMENT reply with the socket's own limits and "
+    "a detail that quotes the codec error: with a small max_envelope_bytes the encode raises "
+    "ProtocolError out of REP.recv instead of dropping",
+)
+def test_malformed_request_never_raises_with_small_envelope_limit(
+    mesh_factory: Callable[..., Mesh], raw_peer: Any, zctx: zmq.Context
+) -> None:
+    server = mesh_factory(SERVER, limits=Limits(max_envelope_bytes=64))
+    rep = server.socket(zmq.REP)
+    address = rep.bind("tcp://127.0.0.1:0", service="payment")
+    dealer = raw_peer(server, MALLORY).client(zctx.socket(zmq.DEALER), server.curve_public)
+    dealer.connect(address)
+    dealer.send_multipart([b"\x07 not an envelope"])
+    dealer.send_multipart([encode(Envelope(Kind.REQUEST, 8, method="ok")), b"x"])
+    msg = rep.recv(timeout=5)
+    assert msg.message_id == 8
+    assert rep.stats["drop.version"] == 1
