@@ -534,7 +534,7 @@ class ServerCore(_PolicyBound):
             bad = Envelope(
                 Kind.REPLY, 0, status=StatusCode.INVALID_ARGUMENT, detail=f"protocol error: {e}"
             )
-            return None, [route, encode(bad, self.limits)]
+            return None, [route, self._encode_reply(bad)]
         if env.kind is not Kind.REQUEST:
             self.drops.drop("kind", f"{env.kind.name} on a REP socket")
             return None, None
@@ -560,7 +560,7 @@ class ServerCore(_PolicyBound):
                 detail=f"{peer} may not call {env.method!r} on {self.service!r}: {decision.reason}",
                 policy=decision.policy,
             )
-            return None, [route, encode(reply, self.limits)]
+            return None, [route, self._encode_reply(reply)]
         self.counts["requests"] += 1
         return (
             Message(
@@ -609,4 +609,15 @@ class ServerCore(_PolicyBound):
             retriable=retriable,
             policy=policy,
         )
-        return [route, encode(env, self.limits)]
+        return [route, self._encode_reply(env)]
+
+    def _encode_reply(self, env: Envelope) -> bytes:
+        """An error reply always goes out: when its explanation does not fit the limits, without it."""
+        try:
+            return encode(env, self.limits)
+        except ProtocolError:
+            return (
+                encode_minimal(Kind.REPLY, env.message_id)
+                if env.status is StatusCode.OK
+                else (encode(attrs.evolve(env, detail="", policy="", headers={}), self.limits))
+            )
