@@ -170,6 +170,23 @@ def test_req_rep_recv_and_reply_by_hand(meshes: AsyncMeshes) -> None:
     asyncio.run(main())
 
 
+def test_concurrent_requests_on_one_socket_each_get_their_own_reply(meshes: AsyncMeshes) -> None:
+    async def main() -> None:
+        server, client = meshes()
+        rep = server.socket(zmq.REP)
+        rep.bind("tcp://127.0.0.1:0", service="payment")
+        req = client.socket(zmq.REQ)
+        req.connect(service="payment")
+        serving = asyncio.create_task(rep.serve(lambda m: m.payload.upper(), max_requests=8))
+        words = [b"alpha", b"beta", b"gamma", b"delta", b"eps", b"zeta", b"eta", b"theta"]
+        replies = await asyncio.gather(*(req.request(w, timeout=5) for w in words))
+        assert [r.payload for r in replies] == [w.upper() for w in words]
+        assert {sender(r) for r in replies} == {SERVER}
+        assert await asyncio.wait_for(serving, 5) == 8
+
+    asyncio.run(main())
+
+
 def test_push_pull(meshes: AsyncMeshes) -> None:
     async def main() -> None:
         server, client = meshes()
