@@ -274,7 +274,13 @@ class PublisherCore(_PolicyBound):
             )
         else:
             env = encode_minimal(Kind.PUBLISH, mid)
-        return [topic.encode(), env, *frames]
+        topic_b = topic.encode()
+        if b"\0" in topic_b:
+            raise ProtocolError(
+                f"topic {topic!r} contains NUL, which separates the topic from the envelope",
+                reason="topic",
+            )
+        return [topic_b + b"\0" + env, *frames]
 
 
 class SubscriberCore(_PolicyBound):
@@ -330,16 +336,18 @@ class SubscriberCore(_PolicyBound):
         return True, ""
 
     def message(self, frames: Frames, peer: Peer) -> Message | None:
-        """A received publication ``[topic, envelope, payload...]`` -> Message, or None (dropped)."""
+        """A received ``[topic NUL envelope, payload...]`` (or ``[envelope, payload...]`` for
+        pipelines) -> Message, or None (dropped and counted)."""
         publish = self.kind is Kind.PUBLISH
-        n = len(frames)
-        if n < (2 if publish else 1):
-            self.drops.drop("malformed", "no envelope frame")
-            return None
+        head, payload = frames[0], frames[1:]
         if publish:
-            topic_b, env_b, payload = frames[0], frames[1], frames[2:]
+            sep = head.find(b"\0")
+            if sep < 0:
+                self.drops.drop("malformed", "no NUL between topic and envelope")
+                return None
+            topic_b, env_b = head[:sep], head[sep + 1 :]
         else:
-            topic_b, env_b, payload = b"", frames[0], frames[1:]
+            topic_b, env_b = b"", head
         try:
             env = decode(env_b, self.limits)
             topic = topic_b.decode("utf-8")

@@ -92,7 +92,7 @@ _UNDERLYING = {
 }
 
 
-@attrs.frozen
+@attrs.define(slots=True)
 class Wait:
     """What an operation waits for: events on some underlying sockets, for at most ``timeout`` s."""
 
@@ -479,6 +479,17 @@ class MeshSocket:
                     if not self.burst:
                         self._ready = ()
                     return result
+        elif self._sources and time.monotonic() < self._next_refresh:
+            # nothing known to be queued: one wait on the cached poller before building an operation
+            wait = self._wait(None if timeout is None else time.monotonic() + timeout)
+            start = time.monotonic()
+            events = wait.poller.poll(int(wait.timeout * 1000))  # type: ignore[union-attr]
+            if events:
+                result = self._drain_ready(tuple(sock for sock, _ in events), judge)
+                if result is not None:
+                    return result
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - start))
         return drive(self._receive_op(timeout, judge))
 
     def poll(self, timeout: float | None = None) -> bool:

@@ -1,6 +1,6 @@
 """The envelope: the small binary header frame that every mesh message carries.
 
-A mesh message is ``[topic frame, pub/sub only][envelope frame][payload frames...]``.
+A mesh message is ``[envelope frame][payload frames...]``; in pub/sub the first frame is ``topic NUL envelope``.
 This module turns an :class:`Envelope` into that frame and back, and nothing
 else: no sockets, no clocks, no policy (a sans-I/O codec in h11's manner).
 docs/protocol.md is the specification; this module docstring is its summary.
