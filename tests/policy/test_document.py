@@ -300,7 +300,7 @@ MISTAKES = textwrap.dedent(
       - name: a
         rules:
           - from: {principals: []}
-          - to: {publish: ["orders.*.created"], subscribe: ["orders.created"], call: ["*charge*"]}
+          - to: {publish: ["orders.*.created"], subscribe: ["*.created"], call: ["*charge*"]}
       - name: a
         action: MAYBE
       - name: c
@@ -330,7 +330,7 @@ EXPECTED_MISTAKES = [
     ("services.orders.endpoints[0]", "not an endpoint address"),
     ("authorization[0].rules[0].from.principals", "empty list"),
     ("authorization[0].rules[1].to.publish[0]", "filters topics by prefix"),
-    ("authorization[0].rules[1].to.subscribe[0]", "write 'orders.created*'"),
+    ("authorization[0].rules[1].to.subscribe[0]", "an exact topic, or '*'"),
     ("authorization[0].rules[1].to.call[0]", "'*' may appear once"),
     ("authorization[1].name", "duplicate policy name 'a'"),
     ("authorization[1].action", "'MAYBE' is not one of"),

@@ -158,3 +158,38 @@ def test_narrowed_subscription_widens_when_granted(mesh_factory, publish_until, 
 
     server.update_policy(Policy())  # no ALLOW policy at all: everything allowed
     publish_until(pub, sub, topic="orders.us.created", timeout=10)
+
+
+def test_exact_topic_grant_delivers_that_topic_only(mesh_factory, publish_until):
+    exact = Policy.from_dict(
+        {
+            "version": 1,
+            "authorization": [
+                {
+                    "name": "created-only",
+                    "action": "ALLOW",
+                    "rules": [
+                        {"to": {"subscribe": ["orders.created"]}},
+                        {"to": {"publish": ["orders.*"]}},
+                    ],
+                }
+            ],
+        }
+    )
+    server = mesh_factory("spiffe://example.org/ns/shop/sa/orders", policy=exact)
+    pub = server.socket(zmq.PUB)
+    pub.bind("tcp://127.0.0.1:0", service="orders")
+    sub = mesh_factory(ALICE).socket(zmq.SUB)  # its own policy lets it ask for more
+    sub.connect(service="orders")
+    sub.subscribe("orders.")
+    publish_until(pub, sub, topic="orders.created")
+    for _ in range(30):
+        pub.send(b"v2", topic="orders.created.v2")
+        pub.send(b"other", topic="orders.cancelled")
+    pub.send(b"last", topic="orders.created")
+    got = []
+    with pytest.raises(Timeout):
+        while True:
+            got.append(sub.recv(timeout=0.3).topic)
+    assert set(got) == {"orders.created"}
+    assert pub.stats["subscriptions_narrowed"] == 1

@@ -395,15 +395,13 @@ def _topic_pattern(r: Reader, value: Any) -> str | None:
 
 
 def _subscription_pattern(r: Reader, value: Any) -> str | None:
-    """A subscribe pattern: ``prefix*`` or ``*`` only, since a subscription is a prefix."""
-    text = _topic_pattern(r, value)
-    if text is not None and parse_pattern(text).kind == EXACT:  # type: ignore[union-attr]
-        r.problem(
-            f"{text!r}: a ZeroMQ subscription is a prefix, so an exact topic cannot be enforced "
-            f"at subscribe time (it would also deliver {text + '.x'!r}); write {text + '*'!r}"
-        )
-        return None
-    return text
+    """A subscribe pattern: exact, ``prefix*`` or ``*``.
+
+    An exact topic is enforceable because pub/sub frames put a NUL after the
+    topic: the publisher applies the prefix ``topic NUL``, which matches that
+    topic and no longer one.
+    """
+    return _topic_pattern(r, value)
 
 
 # -- authorization -------------------------------------------------------------------

@@ -393,7 +393,8 @@ class Authorizer:
             literals = [p.literal for p in topics]
             if (1 << bit) & c.allow:
                 if not (1 << bit) & c.conditional:
-                    allow.extend(p.literal for p in topics if p.kind != EXACT)
+                    # an exact topic is granted as "topic NUL": that topic and no longer one
+                    allow.extend(p.literal + "\0" if p.kind == EXACT else p.literal for p in topics)
             elif (1 << bit) & c.deny:
                 deny.extend(literals)
             elif (1 << bit) & c.custom:
