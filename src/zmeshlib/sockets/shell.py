@@ -79,6 +79,7 @@ _HANDSHAKE_FAILURES = int(
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
+JUNK_RESTART_INTERVAL = 1.0  # at most one rebind a second for junk sent to a publisher
 GC_LINGER_MS = 1000  # how long an underlying socket dropped without close() may flush
 DRAIN_INTERVAL = 0.002  # seconds between reads of a publisher's subscription messages
 
@@ -556,6 +557,8 @@ class PubSocket(MeshSocket):
             lambda: mesh.policy, "", lambda: mesh.spiffe_id, mesh.limits, self.drops
         )
         self._next_drain = 0.0
+        self._junk = False
+        self._next_junk_restart = 0.0
 
     def _cores(self) -> Iterable[Any]:
         return (self.core,)
@@ -594,26 +597,39 @@ class PubSocket(MeshSocket):
 
     def _drain(self) -> None:
         """Apply (or refuse) the subscription messages that arrived since the last call."""
+        sockets: list[tuple[zmq.Socket, Peer | None]] = []
         if self._server is not None:
+            sockets.append((self._server, None))
+        sockets.extend((up.sock, up.peer) for up in self._upstreams.values())
+        for sock, known in sockets:
             while True:
                 try:
-                    f = self._server.recv(zmq.NOBLOCK, copy=False)
+                    first, frames = recv_frames(sock, _NOBLOCK)
                 except zmq.Again:
                     break
+                data = frames[0]
+                if len(frames) != 1 or not data or data[0] > 1:
+                    # Not a subscription. libzmq pairs queued subscriptions with their pipes
+                    # only for real subscriptions, so after junk a SUBSCRIBE could land on
+                    # another peer's pipe: rebind, and let every subscriber re-send.
+                    self.drops.drop("subscription-malformed", "junk on a publisher socket")
+                    self._junk = True
+                    continue
+                if known is not None:
+                    self._apply(sock, data, str(known.spiffe_id or ""), known)
+                    continue
                 try:
-                    user_id = f.get("User-Id")
+                    user_id = first.get("User-Id")
                 except zmq.ZMQError:
                     # an unsubscription libzmq generates when a subscriber's connection ends:
                     # it has already removed that pipe's subscriptions itself
                     continue
-                self._apply(self._server, f.bytes, user_id, self._peers.get(user_id))
-        for up in list(self._upstreams.values()):
-            while True:
-                try:
-                    data = up.sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                self._apply(up.sock, data, str(up.peer.spiffe_id or ""), up.peer)
+                self._apply(sock, data, user_id, self._peers.get(user_id))
+        if self._junk and time.monotonic() >= self._next_junk_restart:
+            self._junk = False
+            self._next_junk_restart = time.monotonic() + JUNK_RESTART_INTERVAL
+            self.counts["junk_restarts"] += 1
+            self._restart()
 
     def _apply(self, sock: zmq.Socket, data: bytes, user_id: str, peer: Peer) -> None:
         change = self.core.on_subscription(data, user_id, peer)
