@@ -16,6 +16,14 @@ def test_fast_message_constructor_equals_init():
     slow = Message(frames=(b"a", b"b"), peer=peer, topic="t.x", headers={"k": "v"}, message_id=7)
     assert fast == slow
     assert fast.payload == b"ab"
+    request = Message._received(
+        (b"a",), peer, None, {}, 8, None, method="m", attempt=2, deadline=5.0
+    )
+    assert request == Message(
+        frames=(b"a",), peer=peer, message_id=8, method="m", attempt=2, deadline=5.0
+    )
+    names = {f.name for f in attrs.fields(Message)}
+    assert set(vars(request)) == names  # no field missing, none invented
     # the fast path skips __init__: that is only right while no field validates or converts
     for field in attrs.fields(Message):
         assert field.validator is None and field.converter is None, field.name

@@ -19,6 +19,7 @@ from zmeshlib.wire import (
     encode,
     encode_minimal,
     encode_publish,
+    encode_request,
 )
 
 TRACE = TraceContext(bytes(range(16)), bytes(range(8)), 1, "vendor=x")
@@ -63,6 +64,18 @@ def test_fast_paths_match_encode() -> None:
         assert encode_publish(message_id) == encode(Envelope(Kind.PUBLISH, message_id))
         for kind in Kind:
             assert encode_minimal(kind, message_id) == encode(Envelope(kind, message_id))
+        for method in ("x", "charge", "é" * 127, "m" * 255, "", "m" * 256):
+            for deadline in (0, 1, 2**63):
+                try:
+                    expected = encode(
+                        Envelope(Kind.REQUEST, message_id, method=method, deadline_ms=deadline)
+                    )
+                except ProtocolError as e:
+                    with pytest.raises(ProtocolError) as info:
+                        encode_request(message_id, method, deadline)
+                    assert info.value.reason == e.reason
+                else:
+                    assert encode_request(message_id, method, deadline) == expected
 
 
 @pytest.mark.parametrize("bad", [-1, 2**64])

@@ -49,7 +49,16 @@ import attrs
 from .._exceptions import PermissionDenied, ProtocolError, RemoteError, error_for_status
 from .._models import ANONYMOUS, Message, Peer, StatusCode, TraceContext
 from ..identity.spiffe_id import SpiffeId
-from ..wire.envelope import Envelope, Kind, Limits, decode, encode, encode_minimal
+from ..wire.envelope import (
+    Envelope,
+    Kind,
+    Limits,
+    decode,
+    encode,
+    encode_minimal,
+    encode_publish,
+    encode_request,
+)
 
 if TYPE_CHECKING:
     from ..policy import Policy
@@ -130,6 +139,8 @@ class _PolicyBound:
         if policy is not self._policy:
             self._policy = policy
             self._authz = policy.authorizer()
+            # header-free decisions are pure unless a CUSTOM provider is consulted
+            self._pure = not any(p.action == "CUSTOM" for p in policy.authorization)
             self.policy_changed()
         return self._authz
 
@@ -203,6 +214,7 @@ class PublisherCore(_PolicyBound):
         self.counts: Counter[str] = Counter()
 
     def policy_changed(self) -> None:
+        self._heads: dict[str, bytes] = {}
         authz = self._authz
         for (user_id, asked), (principal, granted) in self.requests.items():
             again = self._grant(authz, principal, asked)
@@ -265,22 +277,32 @@ class PublisherCore(_PolicyBound):
         trace: TraceContext | None,
     ) -> list[bytes]:
         """Frames for one publication; PermissionDenied if this workload may not publish ``topic``."""
-        self.require("publish", self._self_id(), topic, headers)
-        frames = payload_frames(payload, self.limits)
+        self._authorizer()  # a new policy resets the caches below
+        head = self._heads.get(topic)
+        if head is None or headers or not self._pure:
+            self.require("publish", self._self_id(), topic, headers)
+            head = topic.encode() + b"\0"
+            if head.index(b"\0") != len(head) - 1:
+                raise ProtocolError(
+                    f"topic {topic!r} contains NUL, which separates the topic from the envelope",
+                    reason="topic",
+                )
+            if not headers and self._pure and len(self._heads) < 65536:
+                self._heads[topic] = (
+                    head  # allowed, and its first-frame prefix, until the policy changes
+                )
+        if type(payload) is bytes and len(payload) <= self.limits.max_message_bytes:
+            frames = [payload]
+        else:
+            frames = payload_frames(payload, self.limits)
         mid = self.next_id()
         if headers or trace:
             env = encode(
                 Envelope(Kind.PUBLISH, mid, headers=headers or {}, trace=trace), self.limits
             )
         else:
-            env = encode_minimal(Kind.PUBLISH, mid)
-        topic_b = topic.encode()
-        if b"\0" in topic_b:
-            raise ProtocolError(
-                f"topic {topic!r} contains NUL, which separates the topic from the envelope",
-                reason="topic",
-            )
-        return [topic_b + b"\0" + env, *frames]
+            env = encode_publish(mid)
+        return [head + env, *frames]
 
 
 class SubscriberCore(_PolicyBound):
@@ -378,7 +400,7 @@ class SubscriberCore(_PolicyBound):
             why = ""
             if ok is None:
                 ok, why = self._verdict(sender, resource)
-                if self._verdicts_pure and len(self._verdicts) < 65536:
+                if self._pure and len(self._verdicts) < 65536:
                     self._verdicts[key] = ok
             elif not ok:
                 why = self._verdict(sender, resource)[1]
@@ -456,18 +478,27 @@ class ClientCore:
         """Frames ``[envelope, payload...]`` for one request, and its pending record."""
         body = payload_frames(payload, self.limits)
         mid = self.next_id()
-        env = Envelope(
-            Kind.REQUEST,
-            mid,
-            method=method,
-            deadline_ms=int((wall + timeout) * 1000),
-            attempt=attempt,
-            headers=headers or {},
-            trace=trace,
-        )
+        deadline_ms = int((wall + timeout) * 1000)
+        if method and not (headers or trace or attempt):
+            env_b = encode_request(mid, method, deadline_ms)
+            if len(env_b) > self.limits.max_envelope_bytes:  # let encode() say why
+                encode(
+                    Envelope(Kind.REQUEST, mid, method=method, deadline_ms=deadline_ms), self.limits
+                )
+        else:
+            env = Envelope(
+                Kind.REQUEST,
+                mid,
+                method=method,
+                deadline_ms=deadline_ms,
+                attempt=attempt,
+                headers=headers or {},
+                trace=trace,
+            )
+            env_b = encode(env, self.limits)
         pending = Pending(mid, now + timeout, method, endpoint)
         self.pending[mid] = pending
-        return pending, [encode(env, self.limits), *body]
+        return pending, [env_b, *body]
 
     def forget(self, pending: Pending) -> None:
         self.pending.pop(pending.message_id, None)
@@ -570,20 +601,19 @@ class ServerCore(_PolicyBound):
             )
             return None, [route, self._encode_reply(reply)]
         self.counts["requests"] += 1
-        return (
-            Message(
-                frames=tuple(payload),
-                peer=peer,
-                headers=env.headers,
-                message_id=env.message_id,
-                method=env.method,
-                trace=env.trace,
-                deadline=env.deadline_ms / 1000 if env.deadline_ms else None,
-                attempt=env.attempt,
-                replier=replier(route),
-            ),
+        msg = Message._received(
+            tuple(payload),
+            peer,
             None,
+            env.headers,
+            env.message_id,
+            env.trace,
+            method=env.method,
+            deadline=env.deadline_ms / 1000 if env.deadline_ms else None,
+            attempt=env.attempt,
+            _replier=replier(route),
         )
+        return msg, None
 
     def reply_frames(
         self,

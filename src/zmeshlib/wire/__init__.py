@@ -11,6 +11,7 @@ from .envelope import (
     encode,
     encode_minimal,
     encode_publish,
+    encode_request,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "encode",
     "encode_minimal",
     "encode_publish",
+    "encode_request",
 ]

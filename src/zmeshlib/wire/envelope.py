@@ -434,6 +434,25 @@ def encode_publish(message_id: int) -> bytes:
         raise _explain(Envelope(Kind.PUBLISH, message_id), DEFAULT_LIMITS) from None
 
 
+def encode_request(message_id: int, method: str, deadline_ms: int) -> bytes:
+    """``encode(Envelope(Kind.REQUEST, message_id, method=method, deadline_ms=deadline_ms))``.
+
+    The sockets' usual request (a method and a deadline, nothing else), without
+    building an Envelope; anything out of the fast path's range takes ``encode``.
+    """
+    raw = method.encode()
+    if 0 < len(raw) <= _MAX_U8 and 0 < deadline_ms <= _MAX_U64 and 0 <= message_id <= _MAX_U64:
+        return b"".join(
+            (
+                _FIXED.pack(PROTOCOL_VERSION, 2, F_METHOD | F_DEADLINE, message_id),
+                _U8.pack(len(raw)),
+                raw,
+                _U64.pack(deadline_ms),
+            )
+        )
+    return encode(Envelope(Kind.REQUEST, message_id, method=method, deadline_ms=deadline_ms))
+
+
 def encode(env: Envelope, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Serialize ``env``; raise :class:`ProtocolError` if a peer with ``limits`` would refuse it."""
     kind = env.kind
