@@ -23,6 +23,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests examples benchmarks
+	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
@@ -34,9 +35,13 @@ format: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_authz_pubsub.py
+	$(BIN)/python benchmarks/bench_authz.py
+	$(BIN)/python benchmarks/bench_revocation.py
 
 docs: $(VENV)/.installed-dev
 	$(BIN)/mkdocs build --strict
+	@echo "site built in ./site"
 
 clean:
 	rm -rf $(VENV) build dist site .pytest_cache
