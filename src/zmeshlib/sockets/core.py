@@ -91,6 +91,15 @@ def new_message_ids() -> Callable[[], int]:
     return itertools.count(start).__next__
 
 
+def denied(decision: Any) -> PermissionDenied:
+    """The error for a denied operation of this workload's own: the decision's reason, and what to do."""
+    return PermissionDenied(
+        f"{decision.reason}; change the authorization policy if this should be allowed",
+        policy=decision.policy,
+        detail=decision.reason,
+    )
+
+
 class PeerBook:
     """User-Id (the SPIFFE ID string the handshake set) -> Peer, parsed once per peer."""
 
@@ -167,12 +176,7 @@ class _PolicyBound:
         """This workload's own operation: PermissionDenied naming the policy when denied."""
         decision = self.check(action, principal, resource, headers)
         if not decision.allowed:
-            raise PermissionDenied(
-                f"{action} {resource!r} in service {self.service!r} is denied for "
-                f"{principal or 'anonymous'} (policy {decision.policy or 'default'}): {decision.reason}",
-                policy=decision.policy,
-                detail=decision.reason,
-            )
+            raise denied(decision)
 
 
 # -- publish / subscribe ---------------------------------------------------------
@@ -328,13 +332,13 @@ class SubscriberCore(_PolicyBound):
         authz = self._authorizer()
         if not authz.allowed_subscription(self._self_id(), self.service, prefix):
             decision = authz.check(self._self_id(), "subscribe", self.service, prefix)
-            raise PermissionDenied(
-                f"subscribing to {prefix!r} of service {self.service!r} is denied for "
-                f"{self._self_id() or 'anonymous'} (policy {decision.policy or 'default'}): "
-                f"{decision.reason}",
-                policy=decision.policy,
-                detail=decision.reason,
-            )
+            if decision.allowed:  # the topic itself may be allowed, but no prefix grant exists
+                decision = attrs.evolve(
+                    decision,
+                    reason=f"no part of the prefix {prefix!r} can be granted "
+                    f"(a DENY rule or a conditional ALLOW covers part of it): {decision.reason}",
+                )
+            raise denied(decision)
 
     def policy_changed(self) -> None:
         # (sender, resource) -> deliver? Valid for one policy; only kept when no CUSTOM
@@ -596,7 +600,7 @@ class ServerCore(_PolicyBound):
                 Kind.REPLY,
                 env.message_id,
                 status=StatusCode.PERMISSION_DENIED,
-                detail=f"{peer} may not call {env.method!r} on {self.service!r}: {decision.reason}",
+                detail=decision.reason,
                 policy=decision.policy,
             )
             return None, [route, self._encode_reply(reply)]
