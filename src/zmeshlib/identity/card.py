@@ -68,6 +68,7 @@ from __future__ import annotations
 import math
 import struct
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 
 import attrs
@@ -75,6 +76,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from zmq.utils import z85
 
 from .._exceptions import IdentityError
@@ -429,8 +431,12 @@ class Card:
         for _ in range(r.uint(">B", "certificate count")):
             der = r.blob(">H", "certificate")
             try:
-                certificates.append(x509.load_der_x509_certificate(der))
-            except (ValueError, x509.InvalidVersion) as e:
+                with warnings.catch_warnings():
+                    # cryptography still parses some invalid encodings with a deprecation
+                    # warning; from the network such a certificate is simply malformed
+                    warnings.simplefilter("error", CryptographyDeprecationWarning)
+                    certificates.append(x509.load_der_x509_certificate(der))
+            except (ValueError, x509.InvalidVersion, CryptographyDeprecationWarning) as e:
                 raise _malformed(f"certificate {len(certificates)} is not DER X.509: {e}") from e
         signature = r.blob(">H", "signature")
         if r.pos != len(data):
