@@ -148,18 +148,11 @@ class Registry:
         Ordered by key id, so every process sees the same order.
         """
         with self._lock:
-            self._refresh()
-            now = self._clock()
-            found = []
-            for key_id, entry in self._index:
-                card = self._usable(key_id, entry, now)
-                if card is None or service not in card.services:
-                    continue
-                if kind is not None and not card.endpoints_for(service, kind):
-                    continue
-                if self._named(entry, service):
-                    found.append(card)
-            return found
+            return [
+                card
+                for entry, card in self._claimants(service, kind)
+                if self._named(entry, service)
+            ]
 
     def misnamed(self, service: str, kind: str | None = None) -> list[Card]:
         """Verified cards that claim ``service`` although secure naming forbids it.
@@ -167,18 +160,25 @@ class Registry:
         What :meth:`by_service` leaves out, so a client can say why it found nothing.
         """
         with self._lock:
-            self._refresh()
-            now = self._clock()
-            found = []
-            for key_id, entry in self._index:
-                card = self._usable(key_id, entry, now)
-                if card is None or service not in card.services:
-                    continue
-                if kind is not None and not card.endpoints_for(service, kind):
-                    continue
-                if not self._allowed(service, card):
-                    found.append(card)
-            return found
+            return [
+                card
+                for _, card in self._claimants(service, kind)
+                if not self._allowed(service, card)
+            ]
+
+    def _claimants(self, service: str, kind: str | None) -> list[tuple[_Entry, Card]]:
+        """Usable cards that claim ``service`` (with an endpoint of ``kind``); caller holds the lock."""
+        self._refresh()
+        now = self._clock()
+        found = []
+        for key_id, entry in self._index:
+            card = self._usable(key_id, entry, now)
+            if card is None or service not in card.services:
+                continue
+            if kind is not None and not card.endpoints_for(service, kind):
+                continue
+            found.append((entry, card))
+        return found
 
     def by_endpoint(self, address: str) -> Card | None:
         """The verified card that lists ``address`` (exact string); the newest one if several do."""

@@ -137,9 +137,17 @@ class Drops:
 class _PolicyBound:
     """A core whose caches live as long as one policy object."""
 
-    def __init__(self, policy: Callable[[], Policy], service: str) -> None:
+    def __init__(
+        self,
+        policy: Callable[[], Policy],
+        service: str,
+        self_id: Callable[[], SpiffeId | None],
+        limits: Limits,
+    ) -> None:
         self._policy_fn = policy
         self.service = service
+        self._self_id = self_id
+        self.limits = limits
         self._policy: Policy | None = None
         self._authz: Any = None
 
@@ -207,9 +215,7 @@ class PublisherCore(_PolicyBound):
         limits: Limits,
         drops: Drops,
     ) -> None:
-        super().__init__(policy, service)
-        self._self_id = self_id
-        self.limits = limits
+        super().__init__(policy, service, self_id, limits)
         self.drops = drops
         self.next_id = new_message_ids()
         # (User-Id, asked prefix) -> (principal, granted prefixes): what each peer asked for
@@ -321,9 +327,7 @@ class SubscriberCore(_PolicyBound):
         drops: Drops,
         kind: Kind = Kind.PUBLISH,
     ) -> None:
-        super().__init__(policy, service)
-        self._self_id = self_id
-        self.limits = limits
+        super().__init__(policy, service, self_id, limits)
         self.drops = drops
         self.kind = kind
 
@@ -426,9 +430,7 @@ class PushCore(_PolicyBound):
         self_id: Callable[[], SpiffeId | None],
         limits: Limits,
     ) -> None:
-        super().__init__(policy, service)
-        self._self_id = self_id
-        self.limits = limits
+        super().__init__(policy, service, self_id, limits)
         self.next_id = new_message_ids()
 
     def frames(
@@ -553,8 +555,7 @@ class ServerCore(_PolicyBound):
     def __init__(
         self, policy: Callable[[], Policy], service: str, limits: Limits, drops: Drops
     ) -> None:
-        super().__init__(policy, service)
-        self.limits = limits
+        super().__init__(policy, service, lambda: None, limits)  # a server makes no calls itself
         self.drops = drops
         self.counts: Counter[str] = Counter()
 
