@@ -76,14 +76,17 @@ class AsyncPubSocket(_Awaiting, PubSocket):
         PubSocket.send(self, payload, topic=topic, headers=headers, trace=trace)
 
 
-class AsyncSubSocket(_Awaiting, SubSocket):
-    async def recv(self, timeout: float | None = None) -> Message:  # type: ignore[override]
+class _AsyncReceiving(_Awaiting):
+    async def recv(self: Any, timeout: float | None = None) -> Message:
         return await self._run(self._recv_op(timeout))
 
 
-class AsyncPullSocket(_Awaiting, PullSocket):
-    async def recv(self, timeout: float | None = None) -> Message:  # type: ignore[override]
-        return await self._run(self._recv_op(timeout))
+class AsyncSubSocket(_AsyncReceiving, SubSocket):  # type: ignore[misc]
+    pass
+
+
+class AsyncPullSocket(_AsyncReceiving, PullSocket):  # type: ignore[misc]
+    pass
 
 
 class AsyncPushSocket(_Awaiting, PushSocket):

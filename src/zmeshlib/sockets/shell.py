@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -126,6 +126,7 @@ class MeshSocket:
     """What every mesh socket kind shares: bind, connect, upstreams, housekeeping, waiting."""
 
     kind: SocketKind
+    core: Any  # the kind's sans-I/O core (sockets/core.py): exactly one per socket
     #: After a message, read on without polling (throughput: SUB, PULL), or poll first
     #: (latency: REP, whose next request is rarely queued; a failed read costs more than a poll).
     burst: bool = True
@@ -174,8 +175,7 @@ class MeshSocket:
         """Counters: drops by reason (``drop.<reason>``) and per-kind counts."""
         out = {f"drop.{k}": v for k, v in self.drops.counts.items()}
         out.update(self.counts)
-        for core in self._cores():
-            out.update(getattr(core, "counts", {}))
+        out.update(getattr(self.core, "counts", {}))
         return out
 
     def bind(self, address: str, *, service: str = "") -> str:
@@ -245,9 +245,6 @@ class MeshSocket:
 
     # -- internals: sockets ------------------------------------------------------------
 
-    def _cores(self) -> Iterable[Any]:
-        return ()
-
     def _check_open(self) -> None:
         if self._closed:
             raise MeshError(f"this {self.kind.name} socket is closed")
@@ -259,8 +256,7 @@ class MeshSocket:
             )
         if service:
             self.service = service
-            for core in self._cores():
-                core.service = service
+            self.core.service = service
 
     def _new_socket(
         self, socket_type: int, *, server: bool, server_key: bytes | None = None
@@ -337,7 +333,6 @@ class MeshSocket:
                 del self._upstreams[address]
                 self._sources.pop(up.sock, None)
                 self._ready = ()
-                self._upstream_removed(up)
         client_type = _UNDERLYING[self.kind][1]
         for address, card in wanted.items():
             if address in self._upstreams:
@@ -352,7 +347,6 @@ class MeshSocket:
             self._upstreams[address] = up
             self._sources[sock] = up.peer
             log.info("connected %s to %s (%s)", self.kind.name, address, up.peer)
-            self._upstream_added(up)
 
     def _explain_empty(self, service: str) -> None:
         misnamed = self._mesh.registry.misnamed(service, kind=self.kind.counterpart.name)
@@ -389,12 +383,6 @@ class MeshSocket:
                 reason,
                 event["value"],
             )
-
-    def _upstream_added(self, up: Upstream) -> None:
-        """Hook: a new upstream socket is connected."""
-
-    def _upstream_removed(self, up: Upstream) -> None:
-        """Hook: an upstream socket was closed."""
 
     def _housekeeping(self) -> None:
         """Hook run at most every REFRESH_INTERVAL from the socket's own thread."""
@@ -560,9 +548,6 @@ class PubSocket(MeshSocket):
         self._junk = False
         self._next_junk_restart = 0.0
 
-    def _cores(self) -> Iterable[Any]:
-        return (self.core,)
-
     def _configure(self, sock: zmq.Socket, server: bool) -> None:
         sock.setsockopt(zmq.XPUB_MANUAL, 1)
 
@@ -668,7 +653,19 @@ class PubSocket(MeshSocket):
         self.core.forget_all()
 
 
-class SubSocket(MeshSocket):
+class _Receiving(MeshSocket):
+    """What SUB and PULL share: a SubscriberCore judges every message received."""
+
+    core: SubscriberCore
+
+    def _recv_op(self, timeout: float | None) -> Op:
+        return self._receive_op(timeout, self.core.message)
+
+    def recv(self, timeout: float | None = None) -> Message:
+        return self._receive(timeout, self.core.message)
+
+
+class SubSocket(_Receiving):
     """SUB: delivers publications whose sender may publish their topic."""
 
     def __init__(self, mesh: Mesh) -> None:
@@ -677,9 +674,6 @@ class SubSocket(MeshSocket):
             lambda: mesh.policy, "", lambda: mesh.spiffe_id, mesh.limits, self.drops
         )
         self._prefixes: list[bytes] = []
-
-    def _cores(self) -> Iterable[Any]:
-        return (self.core,)
 
     def _configure(self, sock: zmq.Socket, server: bool) -> None:
         for p in self._prefixes:
@@ -703,14 +697,8 @@ class SubSocket(MeshSocket):
             for s in self.underlying():
                 s.setsockopt(zmq.UNSUBSCRIBE, raw)
 
-    def _recv_op(self, timeout: float | None) -> Op:
-        return self._receive_op(timeout, self.core.message)
 
-    def recv(self, timeout: float | None = None) -> Message:
-        return self._receive(timeout, self.core.message)
-
-
-class PullSocket(MeshSocket):
+class PullSocket(_Receiving):
     """PULL: delivers pipeline messages whose sender may push to this service."""
 
     def __init__(self, mesh: Mesh) -> None:
@@ -719,15 +707,6 @@ class PullSocket(MeshSocket):
             lambda: mesh.policy, "", lambda: mesh.spiffe_id, mesh.limits, self.drops, kind=Kind.PUSH
         )
 
-    def _cores(self) -> Iterable[Any]:
-        return (self.core,)
-
-    def _recv_op(self, timeout: float | None) -> Op:
-        return self._receive_op(timeout, self.core.message)
-
-    def recv(self, timeout: float | None = None) -> Message:
-        return self._receive(timeout, self.core.message)
-
 
 class PushSocket(MeshSocket):
     """PUSH: round-robin over the connected PULL endpoints (or the bound socket's peers)."""
@@ -735,9 +714,6 @@ class PushSocket(MeshSocket):
     def __init__(self, mesh: Mesh) -> None:
         super().__init__(mesh, SocketKind.PUSH)
         self.core = PushCore(lambda: mesh.policy, "", lambda: mesh.spiffe_id, mesh.limits)
-
-    def _cores(self) -> Iterable[Any]:
-        return (self.core,)
 
     def _send_op(
         self,
@@ -791,9 +767,6 @@ class ReqSocket(MeshSocket):
         super().__init__(mesh, SocketKind.REQ)
         self.core = ClientCore("", mesh.limits, self.drops)
         self.default_timeout = 5.0
-
-    def _cores(self) -> Iterable[Any]:
-        return (self.core,)
 
     def _pick(self) -> Upstream | None:
         ups = list(self._upstreams.values())
@@ -899,9 +872,6 @@ class RepSocket(MeshSocket):
         super().__init__(mesh, SocketKind.REP)
         self.core = ServerCore(lambda: mesh.policy, "", mesh.limits, self.drops)
         self._last: Message | None = None
-
-    def _cores(self) -> Iterable[Any]:
-        return (self.core,)
 
     def _judge(self, frames: list[bytes], peer: Peer) -> Message | None:
         msg, immediate = self.core.request(frames, peer, time.time(), self._replier_for)
