@@ -38,6 +38,7 @@ from ..identity.spiffe_id import SpiffeId
 from ..identity.svid import Bundles
 from ..policy import Policy, PolicyWatcher
 from ..registry import Registry
+from ..telemetry import MeshMetrics
 from ..wire.envelope import DEFAULT_LIMITS, Limits
 from .handshake import ZapHandler
 from .shell import SYNC_CLASSES, MeshSocket
@@ -70,6 +71,7 @@ class Mesh:
         context: zmq.Context | None = None,
         labels: Mapping[str, str] | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        meter_provider: Any = None,
     ) -> None:
         self._policy = policy if policy is not None else Policy()
         if identity is None and self.mode != "DISABLE":
@@ -107,6 +109,7 @@ class Mesh:
             self._publish_card()
             self._unsubscribe_rotation = identity.on_rotate(lambda _ident: self._publish_card())
         self._zap = ZapHandler(self._zmq_context, lambda: self.mode, self.registry.by_key)
+        self.metrics = MeshMetrics(self, meter_provider)
         self._stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep, name="zmeshlib-keeper", daemon=True)
         self._keeper.start()
@@ -196,6 +199,7 @@ class Mesh:
         old = self._policy
         self._policy = policy
         self._policy_updates += 1
+        self.metrics.policy_updates.add(1, {"revision": policy.revision})
         log.info("policy %s -> %s", old.revision, policy.revision)
 
     def watch_policy(self, path: str, *, interval: float = 1.0) -> PolicyWatcher:
@@ -206,6 +210,7 @@ class Mesh:
 
         def rejected(error: PolicyError) -> None:
             self._policy_rejected += 1
+            self.metrics.policy_rejected.add(1, {"path": str(path)})
             log.error("policy file %s rejected, keeping %s: %s", path, self.policy_version, error)
 
         watcher = PolicyWatcher(path, self.update_policy, on_error=rejected, interval=interval)
@@ -234,9 +239,17 @@ class Mesh:
         self._sockets.discard(sock)
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def handshake_counts(self) -> dict[str, int]:
+        """Handshake decisions so far, by outcome."""
+        return dict(self._zap.counters)
+
+    @property
     def stats(self) -> dict[str, int]:
         """Counters: ``handshake.<outcome>``, ``registry.<name>``, ``policy.updates|rejected``."""
-        out = {f"handshake.{k}": v for k, v in self._zap.counters.items()}
+        out = {f"handshake.{k}": v for k, v in self.handshake_counts().items()}
         out.update({f"registry.{k}": v for k, v in self.registry.stats.items()})
         out["policy.updates"] = self._policy_updates
         out["policy.rejected"] = self._policy_rejected
