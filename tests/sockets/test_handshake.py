@@ -200,3 +200,16 @@ def test_junk_from_an_authenticated_subscriber_makes_the_publisher_rebind(
     )
     assert pub.stats["drop.subscription-malformed"] >= 1
     publish_until(pub, sub, topic="orders.created")  # the honest subscriber is served
+
+
+def test_one_mesh_per_context(ca, registry_url):
+    context = zmq.Context()
+    try:
+        with Mesh(identity=ca.issue(SERVER), registry=registry_url, context=context):
+            with pytest.raises(IdentityError) as err:
+                Mesh(identity=ca.issue(CLIENT), registry=registry_url, context=context)
+            assert err.value.rule == "zap-in-use"
+            with Registry(registry_url, bundles=ca.bundles) as reg:
+                assert len(list(reg.store.scan())) == 1  # only the first mesh's card
+    finally:
+        context.term()

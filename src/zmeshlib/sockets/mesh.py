@@ -98,6 +98,14 @@ class Mesh:
             else Registry(registry, bundles=self._bundles, may_serve=self._may_serve)
         )
         self._own_registry = not isinstance(registry, Registry)
+        try:  # first, so that a context with another ZAP handler leaves nothing behind
+            self._zap = ZapHandler(self._zmq_context, lambda: self.mode, self.registry.by_key)
+        except MeshError:
+            if self._own_registry:
+                self.registry.close()
+            if self._own_context:
+                self.context.term()
+            raise
         self._endpoints: list[Endpoint] = []
         self._sockets: weakref.WeakSet[MeshSocket] = weakref.WeakSet()
         self._watchers: list[PolicyWatcher] = []
@@ -108,7 +116,6 @@ class Mesh:
         if identity is not None:
             self._publish_card()
             self._unsubscribe_rotation = identity.on_rotate(lambda _ident: self._publish_card())
-        self._zap = ZapHandler(self._zmq_context, lambda: self.mode, self.registry.by_key)
         self.metrics = MeshMetrics(self, meter_provider)
         self._stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep, name="zmeshlib-keeper", daemon=True)
