@@ -13,7 +13,10 @@ Rules this module keeps:
   labelled by reason), never raised to the application.
 * Authorization is asked of the current policy's compiled authorizer; what
   is cached here is cached per policy object, so a new policy takes effect
-  at the next message.
+  at the next message, and never when a CUSTOM provider could answer
+  differently next time.
+* Frames: pub/sub ``[topic NUL envelope][payload...]``; everything else
+  ``[envelope][payload...]`` (docs/protocol.md, "Message framing").
 
 Theory of operation. Each socket kind has a core:
 
@@ -24,9 +27,11 @@ PublisherCore     the frames of a publication; which prefixes to apply for
                   each subscription request (XPUB_MANUAL); what to redo when
                   the policy changes
 SubscriberCore    whether the subscriber may ask for a prefix; which received
-                  publications to deliver (the sender may publish the topic)
-PushCore/PullCore the same for pipelines (no topic: the "publish" resource
-                  is the service name)
+                  publications to deliver (the sender may publish the topic,
+                  this workload may receive it); with ``kind=PUSH`` the same
+                  for a PULL socket (the "publish" resource is the service)
+PushCore          the frames of a pipeline message, and the sender's own
+                  publish check
 ClientCore        request ids, deadlines, matching replies, dropping late and
                   duplicate ones, turning a status into an exception
 ServerCore        decoding requests, call authorization, expired deadlines,
