@@ -35,6 +35,7 @@ format: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_rtt.py
 	$(BIN)/python benchmarks/bench_authz_pubsub.py
 	$(BIN)/python benchmarks/bench_authz.py
 	$(BIN)/python benchmarks/bench_revocation.py
