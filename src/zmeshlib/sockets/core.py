@@ -61,7 +61,6 @@ from ..wire.envelope import (
     decode,
     encode,
     encode_minimal,
-    encode_publish,
     encode_request,
 )
 
@@ -153,6 +152,7 @@ class _PolicyBound:
         self.service = service
         self._self_id = self_id
         self.limits = limits
+        self.next_id = new_message_ids()
         self._policy: Policy | None = None
         self._authz: Any = None
 
@@ -178,6 +178,15 @@ class _PolicyBound:
     ) -> Any:
         """One decision of the current policy (the authorizer caches what may be cached)."""
         return self._authorizer().check(principal, action, self.service, resource, headers)
+
+    def envelope(
+        self, kind: Kind, headers: Mapping[str, str] | None, trace: TraceContext | None
+    ) -> bytes:
+        """The envelope of a new one-way message (publication or push), with a fresh id."""
+        if headers or trace:
+            env = Envelope(kind, self.next_id(), headers=headers or {}, trace=trace)
+            return encode(env, self.limits)
+        return encode_minimal(kind, self.next_id())
 
     def require(
         self,
@@ -222,7 +231,6 @@ class PublisherCore(_PolicyBound):
     ) -> None:
         super().__init__(policy, service, self_id, limits)
         self.drops = drops
-        self.next_id = new_message_ids()
         # (User-Id, asked prefix) -> (principal, granted prefixes): what each peer asked for
         self.requests: dict[tuple[str, bytes], tuple[SpiffeId | None, tuple[bytes, ...]]] = {}
         self.needs_restart = False
@@ -303,21 +311,13 @@ class PublisherCore(_PolicyBound):
                     reason="topic",
                 )
             if not headers and self._pure and len(self._heads) < 65536:
-                self._heads[topic] = (
-                    head  # allowed, and its first-frame prefix, until the policy changes
-                )
+                # allowed, and its first-frame prefix, until the policy changes
+                self._heads[topic] = head
         if type(payload) is bytes and len(payload) <= self.limits.max_message_bytes:
             frames = [payload]
         else:
             frames = payload_frames(payload, self.limits)
-        mid = self.next_id()
-        if headers or trace:
-            env = encode(
-                Envelope(Kind.PUBLISH, mid, headers=headers or {}, trace=trace), self.limits
-            )
-        else:
-            env = encode_publish(mid)
-        return [head + env, *frames]
+        return [head + self.envelope(Kind.PUBLISH, headers, trace), *frames]
 
 
 class SubscriberCore(_PolicyBound):
@@ -436,19 +436,13 @@ class PushCore(_PolicyBound):
         limits: Limits,
     ) -> None:
         super().__init__(policy, service, self_id, limits)
-        self.next_id = new_message_ids()
 
     def frames(
         self, payload: Payload, headers: Mapping[str, str] | None, trace: TraceContext | None
     ) -> list[bytes]:
         self.require("publish", self._self_id(), self.service, headers)
         body = payload_frames(payload, self.limits)
-        mid = self.next_id()
-        if headers or trace:
-            env = encode(Envelope(Kind.PUSH, mid, headers=headers or {}, trace=trace), self.limits)
-        else:
-            env = encode_minimal(Kind.PUSH, mid)
-        return [env, *body]
+        return [self.envelope(Kind.PUSH, headers, trace), *body]
 
 
 # -- request / reply -------------------------------------------------------------
