@@ -73,13 +73,18 @@ Frames = Sequence[bytes]
 Payload = bytes | Sequence[bytes]
 
 
+def payload_size(frames: Sequence[bytes]) -> int:
+    """Total bytes of a payload's frames (one frame, the usual case, without a generator)."""
+    return len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
+
+
 def payload_frames(payload: Payload, limits: Limits) -> list[bytes]:
     """Normalise a payload argument (bytes or a list of frames) and check its size."""
     if isinstance(payload, (bytes, bytearray, memoryview)):
         frames = [bytes(payload)] if not isinstance(payload, bytes) else [payload]
     else:
         frames = [bytes(f) for f in payload]
-    size = sum(len(f) for f in frames)
+    size = payload_size(frames)
     if size > limits.max_message_bytes:
         raise ProtocolError(
             f"payload of {size} bytes exceeds max_message_bytes={limits.max_message_bytes}: "
@@ -395,8 +400,7 @@ class SubscriberCore(_PolicyBound):
         if env.kind is not self.kind:
             self.drops.drop("kind", f"{env.kind.name} on a {self.kind.name} socket")
             return None
-        size = len(payload[0]) if len(payload) == 1 else sum(map(len, payload))
-        if size > self.limits.max_message_bytes:
+        if payload_size(payload) > self.limits.max_message_bytes:
             self.drops.drop("too-large")
             return None
         resource = topic if publish else self.service
@@ -536,14 +540,13 @@ class ClientCore:
                 retriable=env.retriable,
                 what=f"{pending.method or 'request'} on {self.service or pending.endpoint} via {peer}",
             )
-        return env.message_id, Message(
-            frames=tuple(frames[1:]),
-            peer=peer,
-            headers=env.headers,
-            message_id=env.message_id,
-            method="",
-            status=env.status,
-            trace=env.trace,
+        return env.message_id, Message._received(
+            tuple(frames[1:]),
+            peer,
+            None,
+            env.headers,
+            env.message_id,
+            env.trace,
             attempt=env.attempt,
         )
 
@@ -581,7 +584,7 @@ class ServerCore(_PolicyBound):
         if env.kind is not Kind.REQUEST:
             self.drops.drop("kind", f"{env.kind.name} on a REP socket")
             return None, None
-        if sum(len(f) for f in payload) > self.limits.max_message_bytes:
+        if payload_size(payload) > self.limits.max_message_bytes:
             self.drops.drop("too-large")
             return None, self.error_frames(
                 route, env.message_id, StatusCode.RESOURCE_EXHAUSTED, "request too large"
