@@ -160,6 +160,17 @@ def raw_peer(ca: DevCA) -> Callable[..., RawPeer]:
     return make
 
 
+def bind_and_connect(
+    server: Mesh, client: Mesh, server_kind: int, client_kind: int, service: str
+) -> tuple[Any, Any]:
+    """A socket bound on 127.0.0.1 for ``service`` and one connected to it by service name."""
+    bound = server.socket(server_kind)
+    bound.bind("tcp://127.0.0.1:0", service=service)
+    connected = client.socket(client_kind)
+    connected.connect(service=service)
+    return bound, connected
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> Any:
     """Poll ``predicate`` until it is truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -170,6 +181,12 @@ def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = 
         if time.monotonic() >= deadline:
             pytest.fail(f"not within {timeout}s: {what or predicate}")
         time.sleep(0.005)
+
+
+@pytest.fixture
+def pair() -> Callable[..., tuple[Any, Any]]:
+    """``pair(server_mesh, client_mesh, zmq.REP, zmq.REQ, "service") -> (bound, connected)``."""
+    return bind_and_connect
 
 
 @pytest.fixture

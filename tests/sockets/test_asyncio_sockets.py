@@ -65,16 +65,13 @@ async def publish_until(pub: Any, sub: Any, topic: str, payload: bytes, **kw: An
     pytest.fail(f"{topic!r} never received")
 
 
-def test_pub_sub(meshes: AsyncMeshes) -> None:
+def test_pub_sub(meshes: AsyncMeshes, pair: Any) -> None:
     trace = TraceContext(b"\x01" * 16, b"\x02" * 8)
 
     async def main() -> None:
         server, client = meshes()
         assert isinstance(server, zmeshlib.asyncio.Mesh)
-        pub = server.socket(zmq.PUB)
-        pub.bind("tcp://127.0.0.1:0", service="orders")
-        sub = client.socket(zmq.SUB)
-        sub.connect(service="orders")
+        pub, sub = pair(server, client, zmq.PUB, zmq.SUB, "orders")
         sub.subscribe("orders.")
         first = await publish_until(pub, sub, "orders.created", b"o-1")
         assert sender(first) == SERVER
@@ -99,7 +96,7 @@ def test_pub_sub(meshes: AsyncMeshes) -> None:
     asyncio.run(main())
 
 
-def test_req_rep_with_handler_errors(meshes: AsyncMeshes) -> None:
+def test_req_rep_with_handler_errors(meshes: AsyncMeshes, pair: Any) -> None:
     seen: list[tuple[str, str]] = []
 
     async def handler(msg: Message) -> bytes:
@@ -115,10 +112,7 @@ def test_req_rep_with_handler_errors(meshes: AsyncMeshes) -> None:
 
     async def main() -> None:
         server, client = meshes()
-        rep = server.socket(zmq.REP)
-        rep.bind("tcp://127.0.0.1:0", service="payment")
-        req = client.socket(zmq.REQ)
-        req.connect(service="payment")
+        rep, req = pair(server, client, zmq.REP, zmq.REQ, "payment")
         serving = asyncio.create_task(rep.serve(handler, max_requests=5))
 
         reply = await req.request(b"hello", method="echo", timeout=5)
@@ -145,13 +139,10 @@ def test_req_rep_with_handler_errors(meshes: AsyncMeshes) -> None:
     assert seen == [(m, CLIENT) for m in ("echo", "boom", "busy", "refuse", "echo")]
 
 
-def test_req_rep_recv_and_reply_by_hand(meshes: AsyncMeshes) -> None:
+def test_req_rep_recv_and_reply_by_hand(meshes: AsyncMeshes, pair: Any) -> None:
     async def main() -> None:
         server, client = meshes()
-        rep = server.socket(zmq.REP)
-        rep.bind("tcp://127.0.0.1:0", service="payment")
-        req = client.socket(zmq.REQ)
-        req.connect(service="payment")
+        rep, req = pair(server, client, zmq.REP, zmq.REQ, "payment")
 
         async def answer() -> None:
             msg = await rep.recv(timeout=5)
@@ -170,13 +161,12 @@ def test_req_rep_recv_and_reply_by_hand(meshes: AsyncMeshes) -> None:
     asyncio.run(main())
 
 
-def test_concurrent_requests_on_one_socket_each_get_their_own_reply(meshes: AsyncMeshes) -> None:
+def test_concurrent_requests_on_one_socket_each_get_their_own_reply(
+    meshes: AsyncMeshes, pair: Any
+) -> None:
     async def main() -> None:
         server, client = meshes()
-        rep = server.socket(zmq.REP)
-        rep.bind("tcp://127.0.0.1:0", service="payment")
-        req = client.socket(zmq.REQ)
-        req.connect(service="payment")
+        rep, req = pair(server, client, zmq.REP, zmq.REQ, "payment")
         serving = asyncio.create_task(rep.serve(lambda m: m.payload.upper(), max_requests=8))
         words = [b"alpha", b"beta", b"gamma", b"delta", b"eps", b"zeta", b"eta", b"theta"]
         replies = await asyncio.gather(*(req.request(w, timeout=5) for w in words))
@@ -187,13 +177,10 @@ def test_concurrent_requests_on_one_socket_each_get_their_own_reply(meshes: Asyn
     asyncio.run(main())
 
 
-def test_push_pull(meshes: AsyncMeshes) -> None:
+def test_push_pull(meshes: AsyncMeshes, pair: Any) -> None:
     async def main() -> None:
         server, client = meshes()
-        pull = server.socket(zmq.PULL)
-        pull.bind("tcp://127.0.0.1:0", service="jobs")
-        push = client.socket(zmq.PUSH)
-        push.connect(service="jobs")
+        pull, push = pair(server, client, zmq.PULL, zmq.PUSH, "jobs")
         for i in range(20):
             await push.send(b"job %d" % i, headers={"i": str(i)}, timeout=5)
         for i in range(20):
@@ -203,13 +190,11 @@ def test_push_pull(meshes: AsyncMeshes) -> None:
     asyncio.run(main())
 
 
-def test_request_timeout_keeps_the_loop_running(meshes: AsyncMeshes) -> None:
+def test_request_timeout_keeps_the_loop_running(meshes: AsyncMeshes, pair: Any) -> None:
     async def main() -> tuple[int, float]:
         server, client = meshes()
-        rep = server.socket(zmq.REP)  # bound, but nobody receives: no reply will come
-        rep.bind("tcp://127.0.0.1:0", service="payment")
-        req = client.socket(zmq.REQ)
-        req.connect(service="payment")
+        # bound, but nobody receives: no reply will come
+        _rep, req = pair(server, client, zmq.REP, zmq.REQ, "payment")
         ticks = 0
 
         async def ticker() -> None:

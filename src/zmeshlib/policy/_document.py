@@ -28,7 +28,7 @@ from typing import Any
 from .._exceptions import IdentityError, PolicyError
 from .._models import Endpoint
 from ..identity.spiffe_id import SpiffeId, validate_trust_domain
-from ._patterns import EXACT, PREFIX, parse_pattern
+from ._patterns import EXACT, PREFIX, Pattern, parse_pattern
 from ._reader import Reader
 from .model import (
     ACTIONS,
@@ -299,6 +299,21 @@ def _subset(r: Reader, value: Any) -> Subset | None:
 # -- patterns ----------------------------------------------------------------------
 
 
+_TD_CHARSET = "a trust domain may only use lowercase letters, digits, '.', '-' and '_'"
+
+
+def _parsed(r: Reader, value: Any, *, suffix_allowed: bool = True) -> tuple[str, Pattern] | None:
+    """A pattern string and its parse, or None with the problem recorded."""
+    text = r.string(value)
+    if text is None:
+        return None
+    pattern = parse_pattern(text, suffix_allowed=suffix_allowed)
+    if isinstance(pattern, str):
+        r.problem(pattern)
+        return None
+    return text, pattern
+
+
 def _principal_pattern(r: Reader, value: Any) -> str | None:
     """A principal pattern, returned in Istio form (no ``spiffe://``)."""
     text = r.string(value)
@@ -311,10 +326,10 @@ def _principal_pattern(r: Reader, value: Any) -> str | None:
             f"{value!r}: a principal is a SPIFFE ID, written with 'spiffe://' or without a scheme"
         )
         return None
-    pattern = parse_pattern(text)
-    if isinstance(pattern, str):
-        r.problem(pattern)
+    parsed = _parsed(r, text)
+    if parsed is None:
         return None
+    pattern = parsed[1]
     if pattern.kind == EXACT:
         try:
             SpiffeId.coerce(text)
@@ -330,23 +345,17 @@ def _principal_pattern(r: Reader, value: Any) -> str | None:
                 r.problem(f"{value!r}: {exc}")
                 return None
         elif not _TD_PREFIX.fullmatch(td):
-            r.problem(
-                f"{value!r}: a trust domain may only use lowercase letters, digits, '.', '-' and '_' "
-                "[trust-domain-charset]"
-            )
+            r.problem(f"{value!r}: {_TD_CHARSET} [trust-domain-charset]")
             return None
     return text
 
 
 def _segment_pattern(r: Reader, value: Any) -> str | None:
     """A namespace pattern: one SPIFFE path segment, with the usual wildcards."""
-    text = r.string(value)
-    if text is None:
+    parsed = _parsed(r, value)
+    if parsed is None:
         return None
-    pattern = parse_pattern(text)
-    if isinstance(pattern, str):
-        r.problem(pattern)
-        return None
+    text, pattern = parsed
     if not _SEGMENT.fullmatch(pattern.literal):
         r.problem(f"{text!r}: a namespace is one path segment: letters, digits, '.', '-' and '_'")
         return None
@@ -354,54 +363,33 @@ def _segment_pattern(r: Reader, value: Any) -> str | None:
 
 
 def _trust_domain_pattern(r: Reader, value: Any) -> str | None:
-    text = r.string(value)
-    if text is None:
+    parsed = _parsed(r, value)
+    if parsed is None:
         return None
-    pattern = parse_pattern(text)
-    if isinstance(pattern, str):
-        r.problem(pattern)
-        return None
+    text, pattern = parsed
     if pattern.kind == EXACT:
         return _trust_domain(r, text)
     if not _TD_PREFIX.fullmatch(pattern.literal):
-        r.problem(
-            f"{text!r}: a trust domain may only use lowercase letters, digits, '.', '-' and '_'"
-        )
+        r.problem(f"{text!r}: {_TD_CHARSET}")
         return None
     return text
 
 
 def _plain_pattern(r: Reader, value: Any) -> str | None:
     """A method or header-value pattern: exact, ``prefix*``, ``*suffix`` or ``*``."""
-    text = r.string(value)
-    if text is None:
-        return None
-    pattern = parse_pattern(text)
-    if isinstance(pattern, str):
-        r.problem(pattern)
-        return None
-    return text
+    parsed = _parsed(r, value)
+    return None if parsed is None else parsed[0]
 
 
 def _topic_pattern(r: Reader, value: Any) -> str | None:
-    text = r.string(value)
-    if text is None:
-        return None
-    pattern = parse_pattern(text, suffix_allowed=False)
-    if isinstance(pattern, str):
-        r.problem(pattern)
-        return None
-    return text
+    """A topic pattern (publish or subscribe): exact, ``prefix*`` or ``*``.
 
-
-def _subscription_pattern(r: Reader, value: Any) -> str | None:
-    """A subscribe pattern: exact, ``prefix*`` or ``*``.
-
-    An exact topic is enforceable because pub/sub frames put a NUL after the
-    topic: the publisher applies the prefix ``topic NUL``, which matches that
-    topic and no longer one.
+    An exact topic is enforceable even for subscribe: pub/sub frames put a NUL
+    after the topic, so the publisher applies the prefix ``topic NUL``, which
+    matches that topic and no longer one.
     """
-    return _topic_pattern(r, value)
+    parsed = _parsed(r, value, suffix_allowed=False)
+    return None if parsed is None else parsed[0]
 
 
 # -- authorization -------------------------------------------------------------------
@@ -416,7 +404,7 @@ _SOURCE_FIELDS = {
 }
 _OPERATION_FIELDS = {
     "publish": _topic_pattern,
-    "subscribe": _subscription_pattern,
+    "subscribe": _topic_pattern,
     "call": _plain_pattern,
 }
 

@@ -254,6 +254,11 @@ class PublisherCore(_PolicyBound):
                 )  # fmt: skip
                 break
 
+    def must_rebind(self) -> bool:
+        """Whether the current policy changes a remembered grant (checks for a new policy first)."""
+        self._authorizer()
+        return self.needs_restart
+
     def forget_all(self) -> None:
         """After a restart every subscriber re-sends: start the book afresh."""
         self.requests.clear()
@@ -343,9 +348,8 @@ class SubscriberCore(_PolicyBound):
 
     def check_subscribe(self, prefix: str) -> None:
         """The subscriber's own check against the shared policy (the publisher checks again)."""
-        authz = self._authorizer()
-        if not authz.allowed_subscription(self._self_id(), self.service, prefix):
-            decision = authz.check(self._self_id(), "subscribe", self.service, prefix)
+        if not self._authorizer().allowed_subscription(self._self_id(), self.service, prefix):
+            decision = self.check("subscribe", self._self_id(), prefix)
             if decision.allowed:  # the topic itself may be allowed, but no prefix grant exists
                 decision = attrs.evolve(
                     decision,
@@ -357,23 +361,29 @@ class SubscriberCore(_PolicyBound):
     def policy_changed(self) -> None:
         # (sender, resource) -> deliver? Valid for one policy; only kept when no CUSTOM
         # provider could answer differently next time (header-free decisions are pure).
-        self._verdicts: dict[tuple[SpiffeId | None, str], bool] = {}
+        self._verdicts: dict[tuple[SpiffeId | None, str], str] = {}  # -> _verdict()
         self._verdicts_pure = not any(
             p.action == "CUSTOM"
             for p in self._policy.authorization  # type: ignore[union-attr]
         )
 
-    def _verdict(self, sender: SpiffeId | None, resource: str) -> tuple[bool, str]:
-        """May ``sender`` publish ``resource`` here, and may this workload receive it? (ok, why-not)."""
-        if not self.check("publish", sender, resource).allowed:
-            return False, "unauthorized"
+    def _verdict(
+        self, sender: SpiffeId | None, resource: str, headers: Mapping[str, str] | None = None
+    ) -> str:
+        """Why a message from ``sender`` on ``resource`` is dropped here; "" to deliver it.
+
+        The sender must be allowed to publish ``resource``; for pub/sub this workload
+        must also be allowed to receive it (the publisher enforces that too; here it
+        takes effect at once on a policy change).
+        """
+        if not self.check("publish", sender, resource, headers).allowed:
+            return "unauthorized"
         if (
             self.kind is Kind.PUBLISH
             and not self.check("subscribe", self._self_id(), resource).allowed
         ):
-            # the publisher enforces this too; here it takes effect at once on a policy change
-            return False, "not-subscribable"
-        return True, ""
+            return "not-subscribable"
+        return ""
 
     def message(self, frames: Frames, peer: Peer) -> Message | None:
         """A received ``[topic NUL envelope, payload...]`` (or ``[envelope, payload...]`` for
@@ -407,21 +417,15 @@ class SubscriberCore(_PolicyBound):
         sender = peer.spiffe_id
         self._authorizer()  # a new policy resets the verdicts
         if env.headers:  # conditions may read headers: decide afresh
-            ok = self.check("publish", sender, resource, env.headers).allowed
-            why = "unauthorized"
-            if ok and publish and not self.check("subscribe", self._self_id(), topic).allowed:
-                ok, why = False, "not-subscribable"
+            why = self._verdict(sender, resource, env.headers)
         else:
             key = (sender, resource)
-            ok = self._verdicts.get(key)
-            why = ""
-            if ok is None:
-                ok, why = self._verdict(sender, resource)
+            why = self._verdicts.get(key)
+            if why is None:
+                why = self._verdict(sender, resource)
                 if self._pure and len(self._verdicts) < 65536:
-                    self._verdicts[key] = ok
-            elif not ok:
-                why = self._verdict(sender, resource)[1]
-        if not ok:
+                    self._verdicts[key] = why
+        if why:
             self.drops.drop(why, f"{peer}: {resource!r}")
             return None
         return Message._received(

@@ -575,9 +575,8 @@ class PubSocket(MeshSocket):
                 self.drops.drop("hwm")
 
     def _housekeeping(self) -> None:
-        self.core._authorizer()  # notices a new policy, which may set needs_restart
         self._drain()
-        if self.core.needs_restart:
+        if self.core.must_rebind():
             self._restart()
 
     def _drain(self) -> None:
