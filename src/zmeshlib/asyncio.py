@@ -40,6 +40,7 @@ class _Awaiting:
     """Drives a shell operation with an awaited poll (the async counterpart of ``shell.drive``)."""
 
     _async_wrappers: dict[zmq.Socket, zmq.asyncio.Socket]
+    blocking_reads = False
 
     async def _run(self: Any, op: Op) -> Any:
         try:

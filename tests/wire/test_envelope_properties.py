@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from zmeshlib._exceptions import ProtocolError
 from zmeshlib._models import StatusCode, TraceContext
-from zmeshlib.wire import Envelope, Kind, Limits, decode, encode
+from zmeshlib.wire import Envelope, Kind, Limits, decode, decode_plain, encode, encode_request
 
 # Derandomized: the same examples on every run and every machine.
 PROPERTY = settings(
@@ -146,6 +146,51 @@ def test_any_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
     if isinstance(result, Envelope):
         # Whatever decodes re-encodes canonically and means the same.
         assert decode(encode(result)) == result
+
+
+def agrees_with_decode(data: bytes, limits: Limits | None = None) -> None:
+    """decode_plain answers only for frames decode accepts, with the same fields."""
+    limits = limits or Limits()
+    plain = decode_plain(data, limits)
+    if plain is None:
+        return
+    env = decode(data, limits)
+    assert plain == (env.kind, env.message_id, env.method, env.deadline_ms)
+    assert type(plain[2]) is str
+    # a plain envelope is all there is: every other field at its default
+    assert attrs.evolve(env, method="", deadline_ms=0) == Envelope(env.kind, env.message_id)
+
+
+@settings(PROPERTY, max_examples=2000)
+@given(garbage)
+def test_decode_plain_agrees_with_decode_on_any_bytes(data: bytes) -> None:
+    agrees_with_decode(data)
+
+
+@PROPERTY
+@given(envelopes)
+def test_decode_plain_agrees_with_decode_on_envelopes(env: Envelope) -> None:
+    data = encode(env)
+    agrees_with_decode(data)
+    agrees_with_decode(data, Limits(max_envelope_bytes=len(data) - 1))
+    for n in range(len(data)):
+        agrees_with_decode(data[:n])
+
+
+@PROPERTY
+@given(
+    st.sampled_from(Kind),
+    st.integers(0, U64),
+    utf8_text(255, min_size=1, max_size=100),
+    st.integers(1, U64),
+)
+def test_decode_plain_reads_both_hot_shapes(
+    kind: Kind, message_id: int, method: str, deadline: int
+) -> None:
+    assert decode_plain(encode(Envelope(kind, message_id))) == (kind, message_id, "", 0)
+    request = encode_request(message_id, method, deadline)
+    assert decode_plain(request) == (Kind.REQUEST, message_id, method, deadline)
+    assert decode_plain(bytearray(request)) is None  # only bytes, as frames arrive
 
 
 def test_every_combination_of_optional_fields() -> None:

@@ -55,10 +55,12 @@ from .._exceptions import PermissionDenied, ProtocolError, RemoteError, error_fo
 from .._models import ANONYMOUS, Message, Peer, StatusCode, TraceContext
 from ..identity.spiffe_id import SpiffeId
 from ..wire.envelope import (
+    NO_HEADERS,
     Envelope,
     Kind,
     Limits,
     decode,
+    decode_plain,
     encode,
     encode_minimal,
     encode_request,
@@ -80,8 +82,12 @@ def payload_size(frames: Sequence[bytes]) -> int:
 
 def payload_frames(payload: Payload, limits: Limits) -> list[bytes]:
     """Normalise a payload argument (bytes or a list of frames) and check its size."""
-    if isinstance(payload, (bytes, bytearray, memoryview)):
-        frames = [bytes(payload)] if not isinstance(payload, bytes) else [payload]
+    if type(payload) is bytes:
+        if len(payload) <= limits.max_message_bytes:  # the usual case, first
+            return [payload]
+        frames = [payload]
+    elif isinstance(payload, (bytearray, memoryview)):
+        frames = [bytes(payload)]
     else:
         frames = [bytes(f) for f in payload]
     size = payload_size(frames)
@@ -323,10 +329,7 @@ class PublisherCore(_PolicyBound):
             if not headers and self._pure and len(self._heads) < 65536:
                 # allowed, and its first-frame prefix, until the policy changes
                 self._heads[topic] = head
-        if type(payload) is bytes and len(payload) <= self.limits.max_message_bytes:
-            frames = [payload]
-        else:
-            frames = payload_frames(payload, self.limits)
+        frames = payload_frames(payload, self.limits)
         return [head + self.envelope(Kind.PUBLISH, headers, trace), *frames]
 
 
@@ -524,6 +527,13 @@ class ClientCore:
         if not frames:
             self.drops.drop("malformed", "empty reply")
             return None
+        plain = decode_plain(frames[0], self.limits)
+        if plain is not None and plain[0] is Kind.REPLY:  # an OK reply without extras
+            mid = plain[1]
+            if self.pending.pop(mid, None) is None:
+                self.counts["late_replies"] += 1
+                return None
+            return mid, Message._received(tuple(frames[1:]), peer, None, NO_HEADERS, mid, None)
         try:
             env = decode(frames[0], self.limits)
         except ProtocolError as e:
@@ -532,10 +542,10 @@ class ClientCore:
         if env.kind is not Kind.REPLY:
             self.drops.drop("kind", f"{env.kind.name} where a REPLY was expected")
             return None
-        if env.message_id not in self.pending:
+        pending = self.pending.pop(env.message_id, None)
+        if pending is None:
             self.counts["late_replies"] += 1
             return None
-        pending = self.pending.pop(env.message_id)
         if env.status is not StatusCode.OK:
             return env.message_id, error_for_status(
                 env.status,
@@ -577,35 +587,41 @@ class ServerCore(_PolicyBound):
             self.drops.drop("malformed", "request without an envelope")
             return None, None
         route, env_b, payload = frames[0], frames[1], frames[2:]
-        try:
-            env = decode(env_b, self.limits)
-        except ProtocolError as e:
-            self.drops.drop(e.reason, str(e))
-            bad = Envelope(
-                Kind.REPLY, 0, status=StatusCode.INVALID_ARGUMENT, detail=f"protocol error: {e}"
-            )
-            return None, [route, self._encode_reply(bad)]
-        if env.kind is not Kind.REQUEST:
-            self.drops.drop("kind", f"{env.kind.name} on a REP socket")
-            return None, None
+        plain = decode_plain(env_b, self.limits)
+        if plain is not None and plain[0] is Kind.REQUEST:  # the usual request: no Envelope
+            _, mid, method, deadline_ms = plain
+            headers, trace, attempt = NO_HEADERS, None, 0
+        else:
+            try:
+                env = decode(env_b, self.limits)
+            except ProtocolError as e:
+                self.drops.drop(e.reason, str(e))
+                bad = Envelope(
+                    Kind.REPLY, 0, status=StatusCode.INVALID_ARGUMENT, detail=f"protocol error: {e}"
+                )
+                return None, [route, self._encode_reply(bad)]
+            if env.kind is not Kind.REQUEST:
+                self.drops.drop("kind", f"{env.kind.name} on a REP socket")
+                return None, None
+            mid, method, deadline_ms = env.message_id, env.method, env.deadline_ms
+            headers, trace, attempt = env.headers, env.trace, env.attempt
         if payload_size(payload) > self.limits.max_message_bytes:
             self.drops.drop("too-large")
             return None, self.error_frames(
-                route, env.message_id, StatusCode.RESOURCE_EXHAUSTED, "request too large"
+                route, mid, StatusCode.RESOURCE_EXHAUSTED, "request too large"
             )
-        if env.deadline_ms and env.deadline_ms < wall * 1000:
+        if deadline_ms and deadline_ms < wall * 1000:
             self.counts["expired"] += 1  # the client has given up: do not spend work on it
             return None, None
-        authz = self._authorizer()
-        decision = authz.check(peer.spiffe_id, "call", self.service, env.method, env.headers)
+        decision = self._authorizer().check(peer.spiffe_id, "call", self.service, method, headers)
         if not decision.allowed:
             self.counts["calls_denied"] += 1
             log.warning(
-                "call %r by %s denied by policy %s", env.method, peer, decision.policy or "default"
+                "call %r by %s denied by policy %s", method, peer, decision.policy or "default"
             )
             reply = Envelope(
                 Kind.REPLY,
-                env.message_id,
+                mid,
                 status=StatusCode.PERMISSION_DENIED,
                 detail=decision.reason,
                 policy=decision.policy,
@@ -616,13 +632,13 @@ class ServerCore(_PolicyBound):
             tuple(payload),
             peer,
             None,
-            env.headers,
-            env.message_id,
-            env.trace,
-            method=env.method,
-            deadline=env.deadline_ms / 1000 if env.deadline_ms else None,
-            attempt=env.attempt,
-            _replier=replier(route),
+            headers,
+            mid,
+            trace,
+            method,
+            deadline_ms / 1000 if deadline_ms else None,
+            attempt,
+            replier(route),
         )
         return msg, None
 

@@ -37,7 +37,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -53,6 +54,7 @@ from .core import (
     Drops,
     Payload,
     PeerBook,
+    Pending,
     PublisherCore,
     PushCore,
     ServerCore,
@@ -69,6 +71,8 @@ REFRESH_INTERVAL = 0.1  # seconds between registry/policy checks while waiting o
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: enum arithmetic per frame is measurable
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE)
+_POLLIN = int(zmq.POLLIN)
+WAIT_MS = int(REFRESH_INTERVAL * 1000)  # every underlying socket's RCVTIMEO: the longest wait
 _FAILURE_NAMES = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "no-detail",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
@@ -105,7 +109,10 @@ class Wait:
     )
 
 
-Op = Generator[Wait, dict, Any]
+#: What a wait found, by socket: its poll events, or (the sync driver, waiting to read one
+#: socket) the first frame of the message it already received from it.
+Events = Mapping[zmq.Socket, "int | zmq.Frame"]
+Op = Generator[Wait, Events, Any]
 
 
 @attrs.define(eq=False)
@@ -130,6 +137,10 @@ class MeshSocket:
     #: After a message, read on without polling (throughput: SUB, PULL), or poll first
     #: (latency: REP, whose next request is rarely queued; a failed read costs more than a poll).
     burst: bool = True
+    #: Driven by :func:`drive`, which waits on one socket with a blocking read under
+    #: RCVTIMEO (``WAIT_MS``); the asyncio driver polls, and zmq.asyncio fails a poll of a
+    #: socket with RCVTIMEO set, so its sockets keep the default.
+    blocking_reads: bool = True
 
     def __init__(self, mesh: Mesh, kind: SocketKind) -> None:
         self._mesh = mesh
@@ -279,6 +290,8 @@ class MeshSocket:
             sock.curve_serverkey = server_key
             sock.curve_secretkey = mesh._curve_secret
             sock.curve_publickey = mesh.curve_public
+        if self.blocking_reads:
+            sock.setsockopt(zmq.RCVTIMEO, WAIT_MS)
         sock.setsockopt(zmq.RECONNECT_IVL, 10)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self._configure(sock, server)
@@ -392,10 +405,25 @@ class MeshSocket:
     def _take(self, sock: zmq.Socket) -> tuple[list[bytes], Peer] | None:
         """One message from ``sock`` without waiting, with its authenticated peer; None if empty."""
         try:
-            first, frames = recv_frames(sock, _NOBLOCK)
+            first = sock.recv(_NOBLOCK, copy=False)
         except zmq.Again:
             return None
-        return frames, self._sources.get(sock) or self._user_peer(first)
+        return self._finish(sock, first)
+
+    def _finish(self, sock: zmq.Socket, first: zmq.Frame) -> tuple[list[bytes], Peer]:
+        """The rest of a message whose first frame was read, with its authenticated peer."""
+        return rest_frames(sock, first), self._sources.get(sock) or self._user_peer(first)
+
+    def _arrivals(self, events: Events) -> Iterator[tuple[list[bytes], Peer]]:
+        """The messages a wait found: the one the driver already read, then whatever else is
+        queued on the ready sockets, read without waiting."""
+        for sock, got in events.items():
+            if sock not in self._sources:
+                continue
+            if got.__class__ is not int:
+                yield self._finish(sock, got)
+            while (taken := self._take(sock)) is not None:
+                yield taken
 
     def _user_peer(self, first: zmq.Frame) -> Peer:
         """The peer of a message on the bound socket: the User-Id its handshake set."""
@@ -404,13 +432,20 @@ class MeshSocket:
         except zmq.ZMQError:
             return ANONYMOUS
 
-    def _wait(self, deadline: float | None, events: int = zmq.POLLIN) -> Wait:
-        """A Wait until ``deadline`` (monotonic), capped so housekeeping keeps running."""
+    def _wait(
+        self,
+        deadline: float | None,
+        events: int = zmq.POLLIN,
+        socks: tuple[zmq.Socket, ...] | None = None,
+    ) -> Wait:
+        """A Wait until ``deadline`` (monotonic), capped so housekeeping keeps running; on
+        ``socks`` (default: every socket this one reads from)."""
         timeout = REFRESH_INTERVAL
         if deadline is not None:
             timeout = max(0.0, min(timeout, deadline - time.monotonic()))
-        socks = tuple(self._sources)
-        if events != zmq.POLLIN:
+        if socks is None:
+            socks = tuple(self._sources)
+        if events != zmq.POLLIN or len(socks) == 1:  # one socket: the sync driver needs no poller
             return Wait(socks, events, timeout)
         if socks != self._poller_key:
             self._poller = zmq.Poller()
@@ -419,18 +454,13 @@ class MeshSocket:
             self._poller_key = socks
         return Wait(socks, events, timeout, self._poller)
 
-    def _drain_ready(
-        self, ready: tuple[zmq.Socket, ...], judge: Callable[[list[bytes], Peer], Any]
-    ) -> Any:
-        """Judge messages from the ready sockets until one gives a result; remembers what is left."""
-        while ready:
-            got = self._take(ready[0])
-            if got is None:
-                ready = ready[1:]
-                continue
-            result = judge(*got)
+    def _drain_ready(self, events: Events, judge: Callable[[list[bytes], Peer], Any]) -> Any:
+        """Judge what a wait found until a message gives a result; remembers which sockets
+        may hold more (read first next time, without a wait, when ``burst``)."""
+        for taken in self._arrivals(events):
+            result = judge(*taken)
             if result is not None:
-                self._ready = ready if self.burst else ()
+                self._ready = tuple(s for s in events if s in self._sources) if self.burst else ()
                 return result
         self._ready = ()
         return None
@@ -438,10 +468,10 @@ class MeshSocket:
     def _receive_op(self, timeout: float | None, judge: Callable[[list[bytes], Peer], Any]) -> Op:
         """Wait for the next message that ``judge`` turns into a result (None = dropped, keep waiting)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        ready = self._ready
+        events: Events = dict.fromkeys(self._ready, 0)
         while True:
             self._refresh()
-            result = self._drain_ready(ready, judge)
+            result = self._drain_ready(events, judge)
             if result is not None:
                 return result
             if deadline is not None and time.monotonic() >= deadline:
@@ -450,31 +480,40 @@ class MeshSocket:
                     "raise the timeout or check that a peer is sending"
                 )
             events = yield self._wait(deadline)
-            ready = tuple(sock for sock in events if sock in self._sources)
 
     def _receive(self, timeout: float | None, judge: Callable[[list[bytes], Peer], Any]) -> Any:
         """Sync receive. The fast path (inlined: it runs once per message) reads a socket the
-        last poll said was readable, without building an operation."""
+        last wait said was readable, or waits once, without building an operation."""
         ready = self._ready
         if ready and time.monotonic() < self._next_refresh:
             sock = ready[0]
-            try:
-                first, frames = recv_frames(sock, _NOBLOCK)
-            except zmq.Again:
+            taken = self._take(sock)
+            if taken is None:
                 self._ready = ready[1:]
             else:
-                result = judge(frames, self._sources.get(sock) or self._user_peer(first))
+                result = judge(*taken)
                 if result is not None:
                     if not self.burst:
                         self._ready = ()
                     return result
         elif self._sources and time.monotonic() < self._next_refresh:
-            # nothing known to be queued: one wait on the cached poller before building an operation
-            wait = self._wait(None if timeout is None else time.monotonic() + timeout)
+            # nothing known to be queued: one wait before building an operation
             start = time.monotonic()
-            events = wait.poller.poll(int(wait.timeout * 1000))  # type: ignore[union-attr]
-            if events:
-                result = self._drain_ready(tuple(sock for sock, _ in events), judge)
+            if len(self._sources) == 1 and (timeout is None or timeout >= REFRESH_INTERVAL):
+                (sock,) = self._sources  # a bound REP, PULL or SUB, or one upstream
+                try:
+                    first = sock.recv(copy=False)  # RCVTIMEO: at most WAIT_MS
+                except zmq.Again:
+                    pass
+                else:
+                    result = judge(*self._finish(sock, first))
+                    if result is not None:
+                        if self.burst:
+                            self._ready = (sock,)
+                        return result
+            else:
+                wait = self._wait(None if timeout is None else start + timeout)
+                result = self._drain_ready(sync_wait(wait), judge)
                 if result is not None:
                     return result
             if timeout is not None:
@@ -504,31 +543,61 @@ def send_frames(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:
 
 
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> tuple[zmq.Frame, list[bytes]]:
-    """Receive a multipart message: its first Frame (for metadata) and every frame's bytes.
+    """Receive a multipart message: its first Frame (for metadata) and every frame's bytes."""
+    first = sock.recv(flags, copy=False)
+    return first, rest_frames(sock, first)
+
+
+def rest_frames(sock: zmq.Socket, first: zmq.Frame) -> list[bytes]:
+    """Every frame's bytes of a message whose first frame was read.
 
     ``Frame.more`` avoids a getsockopt(RCVMORE) per frame, which costs more
-    than the copy.
+    than the copy. libzmq delivers a multipart message whole, so the reads
+    after the first never wait.
     """
-    frame = first = sock.recv(flags, copy=False)
-    frames = [frame.bytes]
+    frames = [first.bytes]
+    frame = first
     while frame.more:
         frame = sock.recv(copy=False)
         frames.append(frame.bytes)
-    return first, frames
+    return frames
+
+
+def sync_wait(wait: Wait) -> Events:
+    """One wait of the sync driver.
+
+    Waiting to read one socket (a REP's ROUTER, a REQ's DEALER for its reply,
+    a SUB with one publisher) is a blocking receive under RCVTIMEO rather than
+    a poll and then a read: half the system calls and wake-ups, which on a
+    round trip is a third of the mesh's cost over raw pyzmq
+    (docs/performance.md). The message read comes back as the socket's value.
+    """
+    ms = int(wait.timeout * 1000)
+    if wait.events == _POLLIN and len(wait.sockets) == 1:
+        sock = wait.sockets[0]
+        if ms != WAIT_MS:  # the last wait before a deadline
+            sock.setsockopt(zmq.RCVTIMEO, ms)
+        try:
+            return {sock: sock.recv(copy=False)}
+        except zmq.Again:
+            return {}
+        finally:
+            if ms != WAIT_MS:
+                sock.setsockopt(zmq.RCVTIMEO, WAIT_MS)
+    poller = wait.poller
+    if poller is None:
+        poller = zmq.Poller()
+        for s in wait.sockets:
+            poller.register(s, wait.events)
+    return dict(poller.poll(ms))
 
 
 def drive(op: Op) -> Any:
-    """Run an operation to completion, blocking in zmq.Poller between steps."""
+    """Run an operation to completion, blocking between steps (:func:`sync_wait`)."""
     try:
         wait = next(op)
         while True:
-            poller = wait.poller
-            if poller is None:
-                poller = zmq.Poller()
-                for s in wait.sockets:
-                    poller.register(s, wait.events)
-            events = dict(poller.poll(int(wait.timeout * 1000)))
-            wait = op.send(events)
+            wait = op.send(sync_wait(wait))
     except StopIteration as stop:
         return stop.value
 
@@ -783,8 +852,7 @@ class ReqSocket(MeshSocket):
         trace: TraceContext | None,
     ) -> Op:
         timeout = self.default_timeout if timeout is None else timeout
-        start = time.monotonic()
-        deadline = start + timeout
+        deadline = time.monotonic() + timeout
         self._refresh()
         up = self._pick()
         while up is None:  # no endpoint yet: wait for one to appear in the registry
@@ -796,21 +864,30 @@ class ReqSocket(MeshSocket):
             yield self._wait(deadline)
             self._refresh()
             up = self._pick()
+        now = time.monotonic()
         pending, frames = self.core.request(
             payload,
             method=method,
-            timeout=deadline - time.monotonic(),
-            now=time.monotonic(),
+            timeout=deadline - now,
+            now=now,
             wall=time.time(),
             endpoint=up.address,
             headers=headers,
             trace=trace,
         )
+        return (yield from self._exchange_op(up, pending, frames, timeout))
+
+    def _exchange_op(
+        self, up: Upstream, pending: Pending, frames: list[bytes] | None, timeout: float
+    ) -> Op:
+        """Send a request's ``frames`` (None: already sent) and wait for its reply."""
+        deadline = pending.deadline
+        method = pending.method
         try:
-            while True:
+            while frames is not None:
                 try:
                     send_frames(up.sock, frames, _NOBLOCK)
-                    break
+                    frames = None
                 except zmq.Again:
                     if time.monotonic() >= deadline:
                         raise Timeout(
@@ -820,15 +897,13 @@ class ReqSocket(MeshSocket):
                     yield Wait(
                         (up.sock,), zmq.POLLOUT, min(REFRESH_INTERVAL, deadline - time.monotonic())
                     )
+            only = (up.sock,)  # one request at a time: a reply on another upstream is late
             while True:
-                events = yield self._wait(deadline)
-                for sock in events:
-                    while (got := self._take(sock) if sock in self._sources else None) is not None:
-                        answer = self.core.reply(*got)
-                        if answer is not None and answer[0] == pending.message_id:
-                            if isinstance(answer[1], RemoteError):
-                                raise answer[1]
-                            return answer[1]
+                events = yield self._wait(deadline, socks=only)
+                for taken in self._arrivals(events):
+                    result = self._answer(pending, taken)
+                    if result is not None:
+                        return result
                 self._refresh()
                 if self._upstreams.get(up.address) is not up:
                     # the endpoint went away or came back with a new key: no reply can arrive on
@@ -849,6 +924,15 @@ class ReqSocket(MeshSocket):
         finally:
             self.core.forget(pending)
 
+    def _answer(self, pending: Pending, taken: tuple[list[bytes], Peer]) -> Message | None:
+        """The reply to ``pending`` if ``taken`` is it (an error reply raises); None otherwise."""
+        answer = self.core.reply(*taken)
+        if answer is None or answer[0] != pending.message_id:
+            return None
+        if isinstance(answer[1], RemoteError):
+            raise answer[1]
+        return answer[1]
+
     def request(
         self,
         payload: Payload = b"",
@@ -858,8 +942,45 @@ class ReqSocket(MeshSocket):
         headers: Mapping[str, str] | None = None,
         trace: TraceContext | None = None,
     ) -> Message:
-        """Send one request and wait for its reply (``timeout`` seconds, default 5)."""
-        return drive(self._request_op(payload, method, timeout, headers, trace))
+        """Send one request and wait for its reply (``timeout`` seconds, default 5).
+
+        The usual call (one endpoint, no refresh due, a timeout of at least one
+        blocking read) sends and makes its first wait inline, and only builds
+        the operation when that read does not bring the reply.
+        """
+        if timeout is None:
+            timeout = self.default_timeout
+        now = time.monotonic()
+        if len(self._upstreams) != 1 or now >= self._next_refresh or timeout < REFRESH_INTERVAL:
+            return drive(self._request_op(payload, method, timeout, headers, trace))
+        (up,) = self._upstreams.values()
+        sock = up.sock
+        pending, frames = self.core.request(
+            payload,
+            method=method,
+            timeout=timeout,
+            now=now,
+            wall=time.time(),
+            endpoint=up.address,
+            headers=headers,
+            trace=trace,
+        )
+        try:
+            send_frames(sock, frames, _NOBLOCK)
+        except zmq.Again:
+            return drive(self._exchange_op(up, pending, frames, timeout))
+        try:
+            first = sock.recv(copy=False)  # RCVTIMEO: at most WAIT_MS, within the timeout
+        except zmq.Again:
+            pass
+        except BaseException:
+            self.core.forget(pending)
+            raise
+        else:
+            result = self._answer(pending, self._finish(sock, first))
+            if result is not None:
+                return result
+        return drive(self._exchange_op(up, pending, None, timeout))
 
 
 class RepSocket(MeshSocket):
@@ -879,24 +1000,27 @@ class RepSocket(MeshSocket):
         return msg
 
     def _replier_for(self, route: bytes) -> Callable[..., None]:
-        def replier(
-            msg: Message,
-            payload: Payload,
-            *,
-            headers: Mapping[str, str] | None = None,
-            status: StatusCode = StatusCode.OK,
-            detail: str = "",
-            retriable: bool = False,
-        ) -> None:
-            if status is StatusCode.OK:
-                frames = self.core.reply_frames(route, msg.message_id, payload, headers)
-            else:
-                frames = self.core.error_frames(
-                    route, msg.message_id, status, detail, retriable=retriable
-                )
-            self._send_reply(frames)
+        return partial(self._reply, route)
 
-        return replier
+    def _reply(
+        self,
+        route: bytes,
+        msg: Message,
+        payload: Payload,
+        *,
+        headers: Mapping[str, str] | None = None,
+        status: StatusCode = StatusCode.OK,
+        detail: str = "",
+        retriable: bool = False,
+    ) -> None:
+        """Answer ``msg``, a request that came in on ``route`` (its ``Message.reply``)."""
+        if status is StatusCode.OK:
+            frames = self.core.reply_frames(route, msg.message_id, payload, headers)
+        else:
+            frames = self.core.error_frames(
+                route, msg.message_id, status, detail, retriable=retriable
+            )
+        self._send_reply(frames)
 
     def _send_reply(self, frames: list[bytes]) -> None:
         self._check_open()

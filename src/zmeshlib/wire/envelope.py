@@ -78,7 +78,7 @@ import struct
 import types
 from collections.abc import Mapping
 from itertools import chain
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
@@ -88,11 +88,14 @@ from .._models import StatusCode, TraceContext
 __all__ = [
     "DEFAULT_LIMITS",
     "FIXED_SIZE",
+    "NO_HEADERS",
     "PROTOCOL_VERSION",
     "Envelope",
     "Kind",
     "Limits",
+    "PlainEnvelope",
     "decode",
+    "decode_plain",
     "encode",
     "encode_minimal",
     "encode_publish",
@@ -110,7 +113,8 @@ class Kind(enum.IntEnum):
     PUSH = 4
 
 
-_NO_HEADERS: Final[Mapping[str, str]] = types.MappingProxyType({})
+#: The headers of an envelope that has none (read-only, shared).
+NO_HEADERS: Final[Mapping[str, str]] = types.MappingProxyType({})
 
 
 @attrs.frozen(slots=False)
@@ -135,7 +139,7 @@ class Envelope:
     deadline_ms: int = 0  # absolute unix time in ms, 0 = none
     attempt: int = 0  # retry attempt number, 0 = first try
     trace: TraceContext | None = None
-    headers: Mapping[str, str] = attrs.field(default=_NO_HEADERS, hash=False)
+    headers: Mapping[str, str] = attrs.field(default=NO_HEADERS, hash=False)
     detail: str = ""  # human explanation of a non-OK status
     policy: str = ""  # the authorization policy that denied (PERMISSION_DENIED)
     retriable: bool = False  # APPLICATION errors: may a retry succeed?
@@ -413,6 +417,42 @@ def _skip_extensions(data: bytes, pos: int, size: int) -> int:
     return pos
 
 
+_PLAIN_REQUEST: Final = F_METHOD | F_DEADLINE
+PlainEnvelope = tuple[Kind, int, str, int]
+
+
+def decode_plain(data: bytes, limits: Limits = DEFAULT_LIMITS) -> PlainEnvelope | None:
+    """The hot path's two shapes as ``(kind, message_id, method, deadline_ms)``, no Envelope built.
+
+    Those shapes are a minimal envelope (a publish, a push, an OK reply) and
+    the usual request (a method and a deadline, what :func:`encode_request`
+    makes). Whatever it returns, :func:`decode` would return the same fields
+    for; anything else, malformed frames included, is None, and
+    :func:`decode` then judges it (and names what is wrong).
+    """
+    if type(data) is not bytes:
+        return None
+    size = len(data)
+    if size < FIXED_SIZE or size > limits.max_envelope_bytes:
+        return None
+    version, kind_byte, flags, message_id = _FIXED.unpack_from(data)
+    kind = _KIND_BY_BYTE[kind_byte]
+    if version != PROTOCOL_VERSION or kind is None:
+        return None
+    if not flags:
+        return (kind, message_id, "", 0) if size == FIXED_SIZE else None
+    if flags != _PLAIN_REQUEST or size < FIXED_SIZE + 9:
+        return None
+    end = FIXED_SIZE + 1 + data[FIXED_SIZE]
+    if size != end + 8:
+        return None
+    try:
+        method = str(data[FIXED_SIZE + 1 : end], "utf-8")
+    except UnicodeDecodeError:
+        return None
+    return kind, message_id, method, _U64.unpack_from(data, end)[0]
+
+
 # -- encoding ------------------------------------------------------------------
 
 
@@ -438,19 +478,32 @@ def encode_request(message_id: int, method: str, deadline_ms: int) -> bytes:
     """``encode(Envelope(Kind.REQUEST, message_id, method=method, deadline_ms=deadline_ms))``.
 
     The sockets' usual request (a method and a deadline, nothing else), without
-    building an Envelope; anything out of the fast path's range takes ``encode``.
+    building an Envelope: one ``pack`` of a layout cached per method. Anything
+    out of the fast path's range takes ``encode``.
     """
-    raw = method.encode()
-    if 0 < len(raw) <= _MAX_U8 and 0 < deadline_ms <= _MAX_U64 and 0 <= message_id <= _MAX_U64:
-        return b"".join(
-            (
-                _FIXED.pack(PROTOCOL_VERSION, 2, F_METHOD | F_DEADLINE, message_id),
-                _U8.pack(len(raw)),
-                raw,
-                _U64.pack(deadline_ms),
-            )
-        )
+    layout = _REQUEST_LAYOUTS.get(method)
+    if layout is None:
+        layout = _request_layout(method)
+    if layout is not None and 0 < deadline_ms <= _MAX_U64 and 0 <= message_id <= _MAX_U64:
+        return layout[0](PROTOCOL_VERSION, 2, _PLAIN_REQUEST, message_id, layout[1], deadline_ms)
     return encode(Envelope(Kind.REQUEST, message_id, method=method, deadline_ms=deadline_ms))
+
+
+_REQUEST_LAYOUTS: dict[str, tuple[Any, bytes] | None] = {}
+
+
+def _request_layout(method: str) -> tuple[Any, bytes] | None:
+    """``(pack, method part)`` of a plain request for ``method``; None when ``encode`` must judge it."""
+    try:
+        raw = method.encode()
+    except (UnicodeError, AttributeError):
+        return None
+    if not 0 < len(raw) <= _MAX_U8:
+        return None
+    layout = (struct.Struct(f">BBHQ{1 + len(raw)}sQ").pack, bytes((len(raw),)) + raw)
+    if len(_REQUEST_LAYOUTS) < 1024:  # methods are few; a caller inventing names gets no cache
+        _REQUEST_LAYOUTS[method] = layout
+    return layout
 
 
 def encode(env: Envelope, limits: Limits = DEFAULT_LIMITS) -> bytes:
