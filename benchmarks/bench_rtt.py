@@ -14,8 +14,10 @@ case       what it is
 raw        pyzmq REQ -> REP with CURVE, blocking send/recv: the baseline
 lean       the leanest loop of the pattern a non-locking client needs:
            DEALER -> ROUTER with CURVE, an envelope with a request id and a
-           deadline, poll with a timeout, frame-wise send and receive; no
-           mesh code on either side. The floor of the design.
+           deadline, a blocking read under RCVTIMEO (so a lost reply costs a
+           timeout, not the socket), frames read as zmq.Frame (their ``more``
+           flag and the User-Id) as the mesh must; no mesh code on either
+           side. The floor of the design.
 mesh       ``REQ.request(method="echo")`` -> ``REP.serve(handler)``, STRICT
 =========  ==================================================================
 """
@@ -33,7 +35,8 @@ from typing import Any
 import zmq
 
 import zmeshlib
-from zmeshlib.wire import Kind, decode, encode_minimal, encode_request
+from zmeshlib.sockets.shell import recv_frames, send_frames
+from zmeshlib.wire import Kind, decode_plain, encode_minimal, encode_request
 
 PAYLOAD = b"x" * 64
 STOP = b"stop"
@@ -72,19 +75,14 @@ def lean_server(info: Any) -> None:
     ctx = zmq.Context()
     sock, address, key = _curve_server(ctx, zmq.ROUTER)
     info.put(("lean", address, key))
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
     while True:
-        poller.poll(1000)
-        frame = sock.recv(zmq.NOBLOCK, copy=False)
-        frames = [frame.bytes]
-        while frame.more:
-            frame = sock.recv(copy=False)
-            frames.append(frame.bytes)
-        env = decode(frames[1])
-        sock.send(frames[0], zmq.SNDMORE)
-        sock.send(encode_minimal(Kind.REPLY, env.message_id), zmq.SNDMORE)
-        sock.send(frames[2])
+        first, frames = recv_frames(sock)
+        try:  # who is asking, as the mesh must (raw CURVE has no ZAP handler to set it)
+            first.get("User-Id")
+        except zmq.ZMQError:
+            pass
+        env = decode_plain(frames[1])
+        send_frames(sock, [frames[0], encode_minimal(Kind.REPLY, env[1]), frames[2]])  # type: ignore[index]
         if frames[2] == STOP:
             break
     ctx.destroy(linger=0)
@@ -131,8 +129,7 @@ def main(argv: list[str]) -> int:
         ctx = zmq.Context()
         raw = _curve_client(ctx, zmq.REQ, *found["raw"])
         lean = _curve_client(ctx, zmq.DEALER, *found["lean"])
-        lean_poller = zmq.Poller()
-        lean_poller.register(lean, zmq.POLLIN)
+        lean.rcvtimeo = 5000
         ca = zmeshlib.DevCA.load(f"{tmp}/ca")
         mesh = zmeshlib.Mesh(
             identity=ca.issue("spiffe://example.org/ns/bench/sa/client"), registry=registry
@@ -147,12 +144,8 @@ def main(argv: list[str]) -> int:
 
         def lean_call(payload: bytes = PAYLOAD) -> None:
             deadline = int(time.time() * 1000) + 5000
-            lean.send(encode_request(next(ids), "echo", deadline), zmq.SNDMORE)
-            lean.send(payload)
-            lean_poller.poll(5000)
-            frame = lean.recv(zmq.NOBLOCK, copy=False)
-            while frame.more:
-                frame = lean.recv(copy=False)
+            send_frames(lean, [encode_request(next(ids), "echo", deadline), payload])
+            recv_frames(lean)
 
         def mesh_call(payload: bytes = PAYLOAD) -> None:
             req.request(payload, method="echo", timeout=5)

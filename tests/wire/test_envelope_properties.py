@@ -161,7 +161,7 @@ def agrees_with_decode(data: bytes, limits: Limits | None = None) -> None:
     assert attrs.evolve(env, method="", deadline_ms=0) == Envelope(env.kind, env.message_id)
 
 
-@settings(PROPERTY, max_examples=2000)
+@settings(PROPERTY, max_examples=800)
 @given(garbage)
 def test_decode_plain_agrees_with_decode_on_any_bytes(data: bytes) -> None:
     agrees_with_decode(data)

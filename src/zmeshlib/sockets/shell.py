@@ -5,8 +5,11 @@ Rules this module keeps:
 * One shell, two drivers. Every operation that may wait is a generator that
   yields a :class:`Wait` (which underlying sockets, which events, how long)
   and is resumed with the events that happened. The sync classes drive it
-  with a blocking ``zmq.Poller``; the asyncio classes (``zmeshlib.asyncio``)
-  with an awaited one. Nothing else differs, so no logic is written twice.
+  with blocking waits (:func:`sync_wait`: a read under RCVTIMEO when the wait
+  is for one socket, a ``zmq.Poller`` otherwise); the asyncio classes
+  (``zmeshlib.asyncio``) with an awaited poll. Nothing else differs, so no
+  logic is written twice. The sync REQ and the sync receive also make their
+  first wait inline, before building an operation: most calls end there.
 * A mesh socket is used from one thread (or one event loop), as a zmq socket
   is. Other threads talk to it only through the Mesh's policy and registry,
   which the socket reads at its next operation.
@@ -525,8 +528,8 @@ class MeshSocket:
         self._refresh()
         if self._ready:
             return True
-        wait = self._wait(None)
-        events = dict(wait.poller.poll(None if timeout is None else int(timeout * 1000)))  # type: ignore[union-attr]
+        poller = poller_of(self._wait(None))
+        events = dict(poller.poll(None if timeout is None else int(timeout * 1000)))
         self._ready = tuple(sock for sock in events if sock in self._sources)
         return bool(self._ready)
 
@@ -584,12 +587,17 @@ def sync_wait(wait: Wait) -> Events:
         finally:
             if ms != WAIT_MS:
                 sock.setsockopt(zmq.RCVTIMEO, WAIT_MS)
-    poller = wait.poller
-    if poller is None:
-        poller = zmq.Poller()
-        for s in wait.sockets:
-            poller.register(s, wait.events)
-    return dict(poller.poll(ms))
+    return dict(poller_of(wait).poll(ms))
+
+
+def poller_of(wait: Wait) -> zmq.Poller:
+    """The wait's prepared poller, or a new one for its sockets and events."""
+    if wait.poller is not None:
+        return wait.poller
+    poller = zmq.Poller()
+    for sock in wait.sockets:
+        poller.register(sock, wait.events)
+    return poller
 
 
 def drive(op: Op) -> Any:
