@@ -9,11 +9,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+# the compiled frame mover is built at install: a change to its source reinstalls
+$(VENV)/.installed-dev: pyproject.toml src/zmeshlib/sockets/_frames.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml src/zmeshlib/sockets/_frames.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 

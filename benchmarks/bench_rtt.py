@@ -15,9 +15,10 @@ raw        pyzmq REQ -> REP with CURVE, blocking send/recv: the baseline
 lean       the leanest loop of the pattern a non-locking client needs:
            DEALER -> ROUTER with CURVE, an envelope with a request id and a
            deadline, a blocking read under RCVTIMEO (so a lost reply costs a
-           timeout, not the socket), frames read as zmq.Frame (their ``more``
-           flag and the User-Id) as the mesh must; no mesh code on either
-           side. The floor of the design.
+           timeout, not the socket), whole messages moved as the mesh moves
+           them (``zmeshlib.sockets.frames``: one call per message when
+           compiled) with the User-Id read; no mesh logic on either side. The
+           floor of the design.
 mesh       ``REQ.request(method="echo")`` -> ``REP.serve(handler)``, STRICT
 =========  ==================================================================
 """
@@ -35,7 +36,7 @@ from typing import Any
 import zmq
 
 import zmeshlib
-from zmeshlib.sockets.shell import recv_frames, send_frames
+from zmeshlib.sockets.frames import recv_message, send_message
 from zmeshlib.wire import Kind, decode_plain, encode_minimal, encode_request
 
 PAYLOAD = b"x" * 64
@@ -76,13 +77,9 @@ def lean_server(info: Any) -> None:
     sock, address, key = _curve_server(ctx, zmq.ROUTER)
     info.put(("lean", address, key))
     while True:
-        first, frames = recv_frames(sock)
-        try:  # who is asking, as the mesh must (raw CURVE has no ZAP handler to set it)
-            first.get("User-Id")
-        except zmq.ZMQError:
-            pass
+        frames, _user_id = recv_message(sock, 0, True)  # type: ignore[misc]
         env = decode_plain(frames[1])
-        send_frames(sock, [frames[0], encode_minimal(Kind.REPLY, env[1]), frames[2]])  # type: ignore[index]
+        send_message(sock, [frames[0], encode_minimal(Kind.REPLY, env[1]), frames[2]])  # type: ignore[index]
         if frames[2] == STOP:
             break
     ctx.destroy(linger=0)
@@ -144,8 +141,8 @@ def main(argv: list[str]) -> int:
 
         def lean_call(payload: bytes = PAYLOAD) -> None:
             deadline = int(time.time() * 1000) + 5000
-            send_frames(lean, [encode_request(next(ids), "echo", deadline), payload])
-            recv_frames(lean)
+            send_message(lean, [encode_request(next(ids), "echo", deadline), payload])
+            recv_message(lean)
 
         def mesh_call(payload: bytes = PAYLOAD) -> None:
             req.request(payload, method="echo", timeout=5)

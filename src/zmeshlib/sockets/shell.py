@@ -63,6 +63,7 @@ from .core import (
     ServerCore,
     SubscriberCore,
 )
+from .frames import Received, recv_message, send_message
 from .handshake import ZAP_DOMAIN
 
 if TYPE_CHECKING:
@@ -72,8 +73,6 @@ log = logging.getLogger("zmeshlib.sockets")
 
 REFRESH_INTERVAL = 0.1  # seconds between registry/policy checks while waiting or sending
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: enum arithmetic per frame is measurable
-_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
-_MORE = int(zmq.SNDMORE)
 _POLLIN = int(zmq.POLLIN)
 WAIT_MS = int(REFRESH_INTERVAL * 1000)  # every underlying socket's RCVTIMEO: the longest wait
 _FAILURE_NAMES = {
@@ -113,8 +112,8 @@ class Wait:
 
 
 #: What a wait found, by socket: its poll events, or (the sync driver, waiting to read one
-#: socket) the first frame of the message it already received from it.
-Events = Mapping[zmq.Socket, "int | zmq.Frame"]
+#: socket) the message it already received from it.
+Events = Mapping[zmq.Socket, "int | Received"]
 Op = Generator[Wait, Events, Any]
 
 
@@ -407,15 +406,13 @@ class MeshSocket:
 
     def _take(self, sock: zmq.Socket) -> tuple[list[bytes], Peer] | None:
         """One message from ``sock`` without waiting, with its authenticated peer; None if empty."""
-        try:
-            first = sock.recv(_NOBLOCK, copy=False)
-        except zmq.Again:
-            return None
-        return self._finish(sock, first)
+        got = recv_message(sock, _NOBLOCK, sock is self._server)
+        return None if got is None else (got[0], self._peer(sock, got[1]))
 
-    def _finish(self, sock: zmq.Socket, first: zmq.Frame) -> tuple[list[bytes], Peer]:
-        """The rest of a message whose first frame was read, with its authenticated peer."""
-        return rest_frames(sock, first), self._sources.get(sock) or self._user_peer(first)
+    def _peer(self, sock: zmq.Socket, user_id: str | None) -> Peer:
+        """Who sent a message read from ``sock``: the card an upstream was dialled with, or on
+        the bound socket the User-Id its handshake set (none: anonymous)."""
+        return self._sources.get(sock) or self._peers.get(user_id or "")
 
     def _arrivals(self, events: Events) -> Iterator[tuple[list[bytes], Peer]]:
         """The messages a wait found: the one the driver already read, then whatever else is
@@ -424,16 +421,9 @@ class MeshSocket:
             if sock not in self._sources:
                 continue
             if got.__class__ is not int:
-                yield self._finish(sock, got)
+                yield got[0], self._peer(sock, got[1])  # type: ignore[index]
             while (taken := self._take(sock)) is not None:
                 yield taken
-
-    def _user_peer(self, first: zmq.Frame) -> Peer:
-        """The peer of a message on the bound socket: the User-Id its handshake set."""
-        try:
-            return self._peers.get(first.get("User-Id"))
-        except zmq.ZMQError:
-            return ANONYMOUS
 
     def _wait(
         self,
@@ -504,12 +494,9 @@ class MeshSocket:
             start = time.monotonic()
             if len(self._sources) == 1 and (timeout is None or timeout >= REFRESH_INTERVAL):
                 (sock,) = self._sources  # a bound REP, PULL or SUB, or one upstream
-                try:
-                    first = sock.recv(copy=False)  # RCVTIMEO: at most WAIT_MS
-                except zmq.Again:
-                    pass
-                else:
-                    result = judge(*self._finish(sock, first))
+                got = recv_message(sock, 0, sock is self._server)  # RCVTIMEO: at most WAIT_MS
+                if got is not None:
+                    result = judge(got[0], self._peer(sock, got[1]))
                     if result is not None:
                         if self.burst:
                             self._ready = (sock,)
@@ -537,35 +524,6 @@ class MeshSocket:
 # -- drivers -------------------------------------------------------------------------
 
 
-def send_frames(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:
-    """Send a multipart message (several times cheaper than pyzmq's send_multipart)."""
-    more = _MORE_NOBLOCK if flags == _NOBLOCK else flags | _MORE
-    for frame in frames[:-1]:
-        sock.send(frame, more)
-    sock.send(frames[-1], flags)
-
-
-def recv_frames(sock: zmq.Socket, flags: int = 0) -> tuple[zmq.Frame, list[bytes]]:
-    """Receive a multipart message: its first Frame (for metadata) and every frame's bytes."""
-    first = sock.recv(flags, copy=False)
-    return first, rest_frames(sock, first)
-
-
-def rest_frames(sock: zmq.Socket, first: zmq.Frame) -> list[bytes]:
-    """Every frame's bytes of a message whose first frame was read.
-
-    ``Frame.more`` avoids a getsockopt(RCVMORE) per frame, which costs more
-    than the copy. libzmq delivers a multipart message whole, so the reads
-    after the first never wait.
-    """
-    frames = [first.bytes]
-    frame = first
-    while frame.more:
-        frame = sock.recv(copy=False)
-        frames.append(frame.bytes)
-    return frames
-
-
 def sync_wait(wait: Wait) -> Events:
     """One wait of the sync driver.
 
@@ -580,12 +538,11 @@ def sync_wait(wait: Wait) -> Events:
         if ms != WAIT_MS:  # the last wait before a deadline
             sock.setsockopt(zmq.RCVTIMEO, ms)
         try:
-            return {sock: sock.recv(copy=False)}
-        except zmq.Again:
-            return {}
+            got = recv_message(sock, 0, True)
         finally:
             if ms != WAIT_MS:
                 sock.setsockopt(zmq.RCVTIMEO, WAIT_MS)
+        return {} if got is None else {sock: got}
     return dict(poller_of(wait).poll(ms))
 
 
@@ -643,11 +600,9 @@ class PubSocket(MeshSocket):
             self._drain()
         frames = self.core.publication(topic, payload, headers, trace)
         if self._server is not None:
-            send_frames(self._server, frames, _NOBLOCK)
+            send_message(self._server, frames, _NOBLOCK)  # XPUB drops at the HWM itself
         for up in self._upstreams.values():
-            try:
-                send_frames(up.sock, frames, _NOBLOCK)
-            except zmq.Again:
+            if not send_message(up.sock, frames, _NOBLOCK):
                 self.drops.drop("hwm")
 
     def _housekeeping(self) -> None:
@@ -662,11 +617,8 @@ class PubSocket(MeshSocket):
             sockets.append((self._server, None))
         sockets.extend((up.sock, up.peer) for up in self._upstreams.values())
         for sock, known in sockets:
-            while True:
-                try:
-                    first, frames = recv_frames(sock, _NOBLOCK)
-                except zmq.Again:
-                    break
+            while (got := recv_message(sock, _NOBLOCK, known is None)) is not None:
+                frames, user_id = got
                 data = frames[0]
                 if len(frames) != 1 or not data or data[0] > 1:
                     # Not a subscription. libzmq pairs queued subscriptions with their pipes
@@ -677,14 +629,11 @@ class PubSocket(MeshSocket):
                     continue
                 if known is not None:
                     self._apply(sock, data, str(known.spiffe_id or ""), known)
-                    continue
-                try:
-                    user_id = first.get("User-Id")
-                except zmq.ZMQError:
-                    # an unsubscription libzmq generates when a subscriber's connection ends:
-                    # it has already removed that pipe's subscriptions itself
-                    continue
-                self._apply(sock, data, user_id, self._peers.get(user_id))
+                elif user_id is not None:
+                    self._apply(sock, data, user_id, self._peers.get(user_id))
+                # else: an unsubscription libzmq generates when a subscriber's connection
+                # ends (no handshake metadata): it has already removed that pipe's
+                # subscriptions itself
         if self._junk and time.monotonic() >= self._next_junk_restart:
             self._junk = False
             self._next_junk_restart = time.monotonic() + JUNK_RESTART_INTERVAL
@@ -805,9 +754,7 @@ class PushSocket(MeshSocket):
             n = len(targets)
             for i in range(n):
                 sock = targets[(self._rr + i) % n]
-                try:
-                    send_frames(sock, frames, _NOBLOCK)
-                except zmq.Again:
+                if not send_message(sock, frames, _NOBLOCK):
                     continue
                 self._rr = (self._rr + i + 1) % n
                 return None
@@ -892,10 +839,9 @@ class ReqSocket(MeshSocket):
         method = pending.method
         try:
             while frames is not None:
-                try:
-                    send_frames(up.sock, frames, _NOBLOCK)
+                if send_message(up.sock, frames, _NOBLOCK):
                     frames = None
-                except zmq.Again:
+                else:
                     if time.monotonic() >= deadline:
                         raise Timeout(
                             f"{method or 'request'} to {up.address}: could not send within {timeout}s "
@@ -973,21 +919,14 @@ class ReqSocket(MeshSocket):
             trace=trace,
         )
         try:
-            send_frames(sock, frames, _NOBLOCK)
-        except zmq.Again:
-            return drive(self._exchange_op(up, pending, frames, timeout))
+            if not send_message(sock, frames, _NOBLOCK):
+                return drive(self._exchange_op(up, pending, frames, timeout))
+            got = recv_message(sock)  # RCVTIMEO: at most WAIT_MS, within the timeout
         except BaseException:
             self.core.forget(pending)
             raise
-        try:
-            first = sock.recv(copy=False)  # RCVTIMEO: at most WAIT_MS, within the timeout
-        except zmq.Again:
-            pass
-        except BaseException:
-            self.core.forget(pending)
-            raise
-        else:
-            result = self._answer(pending, self._finish(sock, first))
+        if got is not None:
+            result = self._answer(pending, (got[0], up.peer))
             if result is not None:
                 return result
         return drive(self._exchange_op(up, pending, None, timeout))
@@ -1034,9 +973,7 @@ class RepSocket(MeshSocket):
 
     def _send_reply(self, frames: list[bytes]) -> None:
         self._check_open()
-        try:
-            send_frames(self._server, frames, _NOBLOCK)  # type: ignore[arg-type]
-        except zmq.Again:
+        if not send_message(self._server, frames, _NOBLOCK):  # type: ignore[arg-type]
             self.drops.drop("reply-hwm", "the client is not reading its replies")
 
     def _recv_op(self, timeout: float | None) -> Op:

@@ -1,0 +1,248 @@
+/* Whole multipart messages in one call: the hot path's frame mover.
+ *
+ * pyzmq makes one Python call per frame, and on a loaded two-core machine
+ * each costs 3-8 us on the real path; a ROUTER that reads three frames and
+ * writes three makes six where a REP makes two. This module reads or writes
+ * a whole message in one call, with libzmq's own functions on the socket
+ * handle pyzmq exposes (Socket.underlying). Nothing else: no policy, no
+ * envelope, no state but the function table.
+ *
+ * It links against nothing. frames.py finds the libzmq that pyzmq loaded
+ * and hands bind() the addresses of the functions below, so the sockets and
+ * this code share one libzmq. Errors are raised as the zmq.ZMQError class
+ * bind() is given, with libzmq's errno, as pyzmq would.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <string.h>
+
+/* libzmq's zmq_msg_t: 64 opaque bytes, pointer-aligned (zmq.h). */
+typedef struct {
+    unsigned char _[64];
+} __attribute__((aligned(sizeof(void *)))) zmq_msg_t;
+
+#define ZMQ_DONTWAIT 1
+#define ZMQ_SNDMORE 2
+
+static int (*z_msg_init)(zmq_msg_t *);
+static int (*z_msg_recv)(zmq_msg_t *, void *, int);
+static void *(*z_msg_data)(zmq_msg_t *);
+static size_t (*z_msg_size)(const zmq_msg_t *);
+static int (*z_msg_more)(const zmq_msg_t *);
+static const char *(*z_msg_gets)(const zmq_msg_t *, const char *);
+static int (*z_msg_close)(zmq_msg_t *);
+static int (*z_send)(void *, const void *, size_t, int);
+static int (*z_errno)(void);
+static PyObject *zmq_error; /* zmq.ZMQError */
+static PyObject *zmq_again; /* zmq.Again */
+
+static PyObject *raise_zmq(int err) {
+    PyObject *cls = err == EAGAIN ? zmq_again : zmq_error;
+    PyObject *exc = PyObject_CallFunction(cls, "i", err);
+    if (exc != NULL) {
+        PyErr_SetObject(cls, exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+static void *handle_of(PyObject *arg) {
+    void *sock = PyLong_AsVoidPtr(arg);
+    if (sock == NULL && !PyErr_Occurred()) {
+        raise_zmq(ENOTSOCK); /* pyzmq gives 0 for a closed socket */
+    }
+    return sock;
+}
+
+/* bind(addresses: tuple of 9 ints, ZMQError, Again) */
+static PyObject *bind(PyObject *self, PyObject *args) {
+    PyObject *addrs, *error, *again;
+    if (!PyArg_ParseTuple(args, "O!OO", &PyTuple_Type, &addrs, &error, &again)) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(addrs) != 9) {
+        PyErr_SetString(PyExc_ValueError, "bind() takes the addresses of 9 libzmq functions");
+        return NULL;
+    }
+    void *p[9];
+    for (Py_ssize_t i = 0; i < 9; i++) {
+        p[i] = PyLong_AsVoidPtr(PyTuple_GET_ITEM(addrs, i));
+        if (p[i] == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError, "a libzmq function address is 0");
+            }
+            return NULL;
+        }
+    }
+    z_msg_init = p[0];
+    z_msg_recv = p[1];
+    z_msg_data = p[2];
+    z_msg_size = p[3];
+    z_msg_more = p[4];
+    z_msg_gets = p[5];
+    z_msg_close = p[6];
+    z_send = p[7];
+    z_errno = p[8];
+    Py_XSETREF(zmq_error, Py_NewRef(error));
+    Py_XSETREF(zmq_again, Py_NewRef(again));
+    Py_RETURN_NONE;
+}
+
+/* recv(handle, flags, user_id: bool) -> (frames: list[bytes], user_id: str | None),
+ * or None when flags has DONTWAIT (or RCVTIMEO ran out) and no message is there. */
+static PyObject *recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "recv(handle, flags, user_id)");
+        return NULL;
+    }
+    void *sock = handle_of(args[0]);
+    int flags = PyLong_AsLong(args[1]);
+    int want_user_id = PyObject_IsTrue(args[2]);
+    if (sock == NULL || PyErr_Occurred()) {
+        return NULL;
+    }
+    zmq_msg_t msg;
+    int rc, err = 0;
+    for (;;) { /* the first frame may wait: without the GIL */
+        z_msg_init(&msg);
+        Py_BEGIN_ALLOW_THREADS
+        rc = z_msg_recv(&msg, sock, flags);
+        if (rc < 0) {
+            err = z_errno();
+        }
+        Py_END_ALLOW_THREADS
+        if (rc >= 0) {
+            break;
+        }
+        z_msg_close(&msg);
+        if (err == EAGAIN) {
+            Py_RETURN_NONE;
+        }
+        if (err != EINTR) {
+            return raise_zmq(err);
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return NULL;
+        }
+    }
+    PyObject *user_id = Py_NewRef(Py_None);
+    PyObject *frames = PyList_New(0);
+    if (frames == NULL) {
+        goto fail;
+    }
+    if (want_user_id) {
+        const char *value = z_msg_gets(&msg, "User-Id");
+        if (value != NULL) {
+            Py_SETREF(user_id, PyUnicode_DecodeUTF8(value, strlen(value), "replace"));
+            if (user_id == NULL) {
+                goto fail;
+            }
+        }
+    }
+    for (;;) {
+        PyObject *frame = PyBytes_FromStringAndSize(z_msg_data(&msg), z_msg_size(&msg));
+        if (frame == NULL || PyList_Append(frames, frame) < 0) {
+            Py_XDECREF(frame);
+            goto fail;
+        }
+        Py_DECREF(frame);
+        int more = z_msg_more(&msg);
+        z_msg_close(&msg);
+        if (!more) {
+            break;
+        }
+        z_msg_init(&msg); /* libzmq delivers a message whole: the rest never waits */
+        while (z_msg_recv(&msg, sock, 0) < 0) {
+            err = z_errno();
+            if (err != EINTR) {
+                z_msg_close(&msg);
+                Py_DECREF(frames);
+                Py_DECREF(user_id);
+                return raise_zmq(err);
+            }
+        }
+    }
+    PyObject *out = PyTuple_Pack(2, frames, user_id);
+    Py_DECREF(frames);
+    Py_DECREF(user_id);
+    return out;
+fail:
+    z_msg_close(&msg);
+    Py_XDECREF(frames);
+    Py_XDECREF(user_id);
+    return NULL;
+}
+
+/* send(handle, frames: list[bytes], flags) -> True, or False when the first frame would
+ * block (DONTWAIT and the queue is full): then nothing was sent. */
+static PyObject *send(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "send(handle, frames: list[bytes], flags)");
+        return NULL;
+    }
+    void *sock = handle_of(args[0]);
+    PyObject *frames = args[1];
+    int flags = PyLong_AsLong(args[2]);
+    if (sock == NULL || PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(frames);
+    if (n == 0) {
+        PyErr_SetString(PyExc_ValueError, "a message has at least one frame");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyBytes_Check(PyList_GET_ITEM(frames, i))) {
+            PyErr_SetString(PyExc_TypeError, "every frame must be bytes");
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *frame = PyList_GET_ITEM(frames, i);
+        int part = flags | (i < n - 1 ? ZMQ_SNDMORE : 0);
+        int rc, err = 0;
+        for (;;) {
+            if (flags & ZMQ_DONTWAIT) {
+                rc = z_send(sock, PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame), part);
+                if (rc < 0) {
+                    err = z_errno();
+                }
+            } else { /* may wait at the high-water mark: without the GIL */
+                Py_BEGIN_ALLOW_THREADS
+                rc = z_send(sock, PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame), part);
+                if (rc < 0) {
+                    err = z_errno();
+                }
+                Py_END_ALLOW_THREADS
+            }
+            if (rc >= 0) {
+                break;
+            }
+            if (err == EAGAIN && i == 0) {
+                Py_RETURN_FALSE;
+            }
+            if (err != EINTR) {
+                return raise_zmq(err);
+            }
+            if (PyErr_CheckSignals() < 0) {
+                return NULL;
+            }
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyMethodDef methods[] = {
+    {"bind", bind, METH_VARARGS, "Bind the libzmq functions pyzmq loaded, and zmq's errors."},
+    {"recv", (PyCFunction)(void (*)(void))recv, METH_FASTCALL, "Receive one whole message."},
+    {"send", (PyCFunction)(void (*)(void))send, METH_FASTCALL, "Send one whole message."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "zmeshlib.sockets._frames", "Whole multipart messages in one call.",
+    -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__frames(void) { return PyModule_Create(&module); }
