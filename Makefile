@@ -10,11 +10,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # the compiled frame mover is built at install: a change to its source reinstalls
-$(VENV)/.installed-dev: pyproject.toml src/zmeshlib/sockets/_frames.c | $(BIN)/python
+$(VENV)/.installed-dev: pyproject.toml setup.py src/zmeshlib/sockets/_frames.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(VENV)/.installed: pyproject.toml src/zmeshlib/sockets/_frames.c | $(BIN)/python
+$(VENV)/.installed: pyproject.toml setup.py src/zmeshlib/sockets/_frames.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 

@@ -8,6 +8,7 @@ the run to fail, which proves the checks can fail.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import subprocess
 import sys
@@ -27,13 +28,14 @@ PAYMENT = "spiffe://example.org/ns/shop/sa/payment"
 CHECKOUT = "spiffe://example.org/ns/shop/sa/checkout"
 
 
-def run_example(name: str) -> subprocess.CompletedProcess[str]:
+def run_example(name: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(EXAMPLES / name)],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=EXAMPLES.parent,
+        env={**os.environ, **env},
     )
 
 
@@ -87,6 +89,22 @@ def test_reqrep_example() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert_reqrep(done.stdout)
     assert "reqrep: every workload did what the policy says" in done.stdout
+
+
+@pytest.mark.parametrize("name", ["pubsub.py", "reqrep.py"])
+def test_examples_on_the_pure_python_frame_mover(name: str) -> None:
+    """What a machine without a C compiler runs: the same meshes, pyzmq's calls per frame."""
+    done = run_example(name, ZMESHLIB_PURE_PYTHON="1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "every workload did what the policy says" in done.stdout
+    check = subprocess.run(
+        [sys.executable, "-c", "from zmeshlib.sockets import frames; print(frames.COMPILED)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ZMESHLIB_PURE_PYTHON": "1"},
+    )
+    assert check.stdout.strip() == "False", check.stderr
 
 
 def test_zmesh_demo_runs_both(capsys: pytest.CaptureFixture[str]) -> None:
