@@ -181,7 +181,7 @@ class Message:
                 "headers": headers,
                 "message_id": message_id,
                 "method": method,
-                "status": StatusCode.OK,
+                "status": _OK,
                 "trace": trace,
                 "deadline": deadline,
                 "attempt": attempt,
@@ -203,3 +203,4 @@ class Message:
 
 _new = object.__new__
 _set = object.__setattr__
+_OK = StatusCode.OK

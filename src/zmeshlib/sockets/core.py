@@ -71,6 +71,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zmeshlib.sockets")
 
+# Enum members the per-message code tests against, as plain names: looking a member up on
+# its class costs more than the identity test it serves.
+_PUBLISH, _REQUEST, _REPLY, _PUSH = Kind.PUBLISH, Kind.REQUEST, Kind.REPLY, Kind.PUSH
+
 Frames = Sequence[bytes]
 Payload = bytes | Sequence[bytes]
 
@@ -330,7 +334,7 @@ class PublisherCore(_PolicyBound):
                 # allowed, and its first-frame prefix, until the policy changes
                 self._heads[topic] = head
         frames = payload_frames(payload, self.limits)
-        return [head + self.envelope(Kind.PUBLISH, headers, trace), *frames]
+        return [head + self.envelope(_PUBLISH, headers, trace), *frames]
 
 
 class SubscriberCore(_PolicyBound):
@@ -391,7 +395,7 @@ class SubscriberCore(_PolicyBound):
     def message(self, frames: Frames, peer: Peer) -> Message | None:
         """A received ``[topic NUL envelope, payload...]`` (or ``[envelope, payload...]`` for
         pipelines) -> Message, or None (dropped and counted)."""
-        publish = self.kind is Kind.PUBLISH
+        publish = self.kind is _PUBLISH
         head, payload = frames[0], frames[1:]
         if publish:
             sep = head.find(b"\0")
@@ -453,7 +457,7 @@ class PushCore(_PolicyBound):
     ) -> list[bytes]:
         self.require("publish", self._self_id(), self.service, headers)
         body = payload_frames(payload, self.limits)
-        return [self.envelope(Kind.PUSH, headers, trace), *body]
+        return [self.envelope(_PUSH, headers, trace), *body]
 
 
 # -- request / reply -------------------------------------------------------------
@@ -528,7 +532,7 @@ class ClientCore:
             self.drops.drop("malformed", "empty reply")
             return None
         plain = decode_plain(frames[0], self.limits)
-        if plain is not None and plain[0] is Kind.REPLY:  # an OK reply without extras
+        if plain is not None and plain[0] is _REPLY:  # an OK reply without extras
             mid = plain[1]
             if self.pending.pop(mid, None) is None:
                 self.counts["late_replies"] += 1
@@ -588,7 +592,7 @@ class ServerCore(_PolicyBound):
             return None, None
         route, env_b, payload = frames[0], frames[1], frames[2:]
         plain = decode_plain(env_b, self.limits)
-        if plain is not None and plain[0] is Kind.REQUEST:  # the usual request: no Envelope
+        if plain is not None and plain[0] is _REQUEST:  # the usual request: no Envelope
             _, mid, method, deadline_ms = plain
             headers, trace, attempt = NO_HEADERS, None, 0
         else:
@@ -653,7 +657,7 @@ class ServerCore(_PolicyBound):
         if headers:
             env = encode(Envelope(Kind.REPLY, message_id, headers=headers), self.limits)
         else:
-            env = encode_minimal(Kind.REPLY, message_id)
+            env = encode_minimal(_REPLY, message_id)
         return [route, env, *body]
 
     def error_frames(

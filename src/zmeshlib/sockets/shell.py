@@ -74,6 +74,7 @@ log = logging.getLogger("zmeshlib.sockets")
 REFRESH_INTERVAL = 0.1  # seconds between registry/policy checks while waiting or sending
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: enum arithmetic per frame is measurable
 _POLLIN = int(zmq.POLLIN)
+_OK = StatusCode.OK  # a plain name: an enum member lookup per reply is measurable
 WAIT_MS = int(REFRESH_INTERVAL * 1000)  # every underlying socket's RCVTIMEO: the longest wait
 _FAILURE_NAMES = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "no-detail",
@@ -963,7 +964,7 @@ class RepSocket(MeshSocket):
         retriable: bool = False,
     ) -> None:
         """Answer ``msg``, a request that came in on ``route`` (its ``Message.reply``)."""
-        if status is StatusCode.OK:
+        if status is _OK:
             frames = self.core.reply_frames(route, msg.message_id, payload, headers)
         else:
             frames = self.core.error_frames(
