@@ -19,7 +19,7 @@ Why it exists: on a loaded two-core machine each pyzmq call costs 3-8 us on
 the real path. A ROUTER reads three frames and writes three where a REP
 makes one call each way, which made the DEALER/ROUTER pattern under the mesh
 REQ and REP cost 1.5x raw REQ/REP before any mesh work
-(docs/performance.md). One call per message takes that back to about 1.0x.
+(docs/performance.md). One call per message takes that to 1.1x - 1.2x.
 """
 
 from __future__ import annotations
