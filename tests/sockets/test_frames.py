@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sysconfig
+from pathlib import Path
 
 import pytest
 import zmq
@@ -39,9 +40,10 @@ def pipe(zctx):
 
 
 def test_the_compiled_mover_is_in_use_where_it_can_be_built():
-    can_build = shutil.which(sysconfig.get_config_var("CC").split()[0] or "cc") is not None
-    if not can_build:
-        pytest.skip("no C compiler here: the pure-Python mover is in use")
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    if shutil.which(compiler) is None or not headers.exists():
+        pytest.skip("no C compiler or Python headers here: the pure-Python mover is in use")
     assert frames_module.COMPILED, "a C compiler is present, but the compiled mover is not in use"
 
 
