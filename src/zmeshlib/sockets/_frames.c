@@ -4,7 +4,7 @@
  * each costs 3-8 us on the real path; a ROUTER that reads three frames and
  * writes three makes six where a REP makes two. This module reads or writes
  * a whole message in one call, with libzmq's own functions on the socket
- * handle pyzmq exposes (Socket.underlying). Nothing else: no policy, no
+ * handle pyzmq exposes (Socket.underlying, read at every call: 0 once closed). Nothing else: no policy, no
  * envelope, no state but the function table.
  *
  * It links against nothing. frames.py finds the libzmq that pyzmq loaded
@@ -36,6 +36,7 @@ static int (*z_send)(void *, const void *, size_t, int);
 static int (*z_errno)(void);
 static PyObject *zmq_error; /* zmq.ZMQError */
 static PyObject *zmq_again; /* zmq.Again */
+static PyObject *underlying_name; /* "underlying": a pyzmq Socket's libzmq handle */
 
 static PyObject *raise_zmq(int err) {
     PyObject *cls = err == EAGAIN ? zmq_again : zmq_error;
@@ -47,8 +48,14 @@ static PyObject *raise_zmq(int err) {
     return NULL;
 }
 
-static void *handle_of(PyObject *arg) {
-    void *sock = PyLong_AsVoidPtr(arg);
+/* The libzmq handle of a pyzmq Socket, NULL (an exception set) if it has none. */
+static void *handle_of(PyObject *socket) {
+    PyObject *address = PyObject_GetAttr(socket, underlying_name);
+    if (address == NULL) {
+        return NULL;
+    }
+    void *sock = PyLong_AsVoidPtr(address);
+    Py_DECREF(address);
     if (sock == NULL && !PyErr_Occurred()) {
         raise_zmq(ENOTSOCK); /* pyzmq gives 0 for a closed socket */
     }
@@ -89,16 +96,16 @@ static PyObject *bind(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* recv(handle, flags, user_id: bool) -> (frames: list[bytes], user_id: str | None),
+/* recv(socket, flags=0, user_id=False) -> (frames: list[bytes], user_id: str | None),
  * or None when flags has DONTWAIT (or RCVTIMEO ran out) and no message is there. */
 static PyObject *recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "recv(handle, flags, user_id)");
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "recv(socket, flags=0, user_id=False)");
         return NULL;
     }
     void *sock = handle_of(args[0]);
-    int flags = PyLong_AsLong(args[1]);
-    int want_user_id = PyObject_IsTrue(args[2]);
+    int flags = nargs > 1 ? (int)PyLong_AsLong(args[1]) : 0;
+    int want_user_id = nargs > 2 ? PyObject_IsTrue(args[2]) : 0;
     if (sock == NULL || PyErr_Occurred()) {
         return NULL;
     }
@@ -174,16 +181,16 @@ fail:
     return NULL;
 }
 
-/* send(handle, frames: list[bytes], flags) -> True, or False when the first frame would
+/* send(socket, frames: list[bytes], flags=0) -> True, or False when the first frame would
  * block (DONTWAIT and the queue is full): then nothing was sent. */
 static PyObject *send(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyList_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "send(handle, frames: list[bytes], flags)");
+    if (nargs < 2 || nargs > 3 || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "send(socket, frames: list[bytes], flags=0)");
         return NULL;
     }
     void *sock = handle_of(args[0]);
     PyObject *frames = args[1];
-    int flags = PyLong_AsLong(args[2]);
+    int flags = nargs > 2 ? (int)PyLong_AsLong(args[2]) : 0;
     if (sock == NULL || PyErr_Occurred()) {
         return NULL;
     }
@@ -245,4 +252,10 @@ static struct PyModuleDef module = {
     -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__frames(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__frames(void) {
+    underlying_name = PyUnicode_InternFromString("underlying");
+    if (underlying_name == NULL) {
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}

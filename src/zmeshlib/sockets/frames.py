@@ -119,17 +119,7 @@ def _compiled() -> tuple[Callable[..., Received | None], Callable[..., bool]] | 
     except (OSError, AttributeError, ValueError, TypeError) as e:
         log.info("compiled frame mover unavailable (%s): using pyzmq's calls", e)
         return None
-    compiled_recv, compiled_send = _frames.recv, _frames.send
-
-    def recv_message(sock: zmq.Socket, flags: int = 0, user_id: bool = False) -> Received | None:
-        return compiled_recv(sock.underlying, flags, user_id)
-
-    def send_message(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> bool:
-        return compiled_send(sock.underlying, frames, flags)
-
-    recv_message.__doc__ = py_recv_message.__doc__
-    send_message.__doc__ = py_send_message.__doc__
-    return recv_message, send_message
+    return _frames.recv, _frames.send  # the same signatures as py_recv_message / py_send_message
 
 
 _pair = _compiled()

@@ -441,12 +441,16 @@ class MeshSocket:
             socks = tuple(self._sources)
         if events != zmq.POLLIN or len(socks) == 1:  # one socket: the sync driver needs no poller
             return Wait(socks, events, timeout)
+        return Wait(socks, events, timeout, self._read_poller(socks))
+
+    def _read_poller(self, socks: tuple[zmq.Socket, ...]) -> zmq.Poller:
+        """A POLLIN poller of ``socks``, kept while the set of sockets stays the same."""
         if socks != self._poller_key:
             self._poller = zmq.Poller()
             for sock in socks:
                 self._poller.register(sock, zmq.POLLIN)
             self._poller_key = socks
-        return Wait(socks, events, timeout, self._poller)
+        return self._poller
 
     def _drain_ready(self, events: Events, judge: Callable[[list[bytes], Peer], Any]) -> Any:
         """Judge what a wait found until a message gives a result; remembers which sockets
@@ -516,7 +520,7 @@ class MeshSocket:
         self._refresh()
         if self._ready:
             return True
-        poller = poller_of(self._wait(None))
+        poller = self._read_poller(tuple(self._sources))
         events = dict(poller.poll(None if timeout is None else int(timeout * 1000)))
         self._ready = tuple(sock for sock in events if sock in self._sources)
         return bool(self._ready)
@@ -544,17 +548,12 @@ def sync_wait(wait: Wait) -> Events:
             if ms != WAIT_MS:
                 sock.setsockopt(zmq.RCVTIMEO, WAIT_MS)
         return {} if got is None else {sock: got}
-    return dict(poller_of(wait).poll(ms))
-
-
-def poller_of(wait: Wait) -> zmq.Poller:
-    """The wait's prepared poller, or a new one for its sockets and events."""
-    if wait.poller is not None:
-        return wait.poller
-    poller = zmq.Poller()
-    for sock in wait.sockets:
-        poller.register(sock, wait.events)
-    return poller
+    poller = wait.poller
+    if poller is None:
+        poller = zmq.Poller()
+        for sock in wait.sockets:
+            poller.register(sock, wait.events)
+    return dict(poller.poll(ms))
 
 
 def drive(op: Op) -> Any:
