@@ -9,12 +9,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# the compiled frame mover is built at install: a change to its source reinstalls
-$(VENV)/.installed-dev: pyproject.toml setup.py src/zmeshlib/sockets/_frames.c | $(BIN)/python
+# the C extensions are built at install: a change to their sources reinstalls
+$(VENV)/.installed-dev: pyproject.toml setup.py src/zmeshlib/sockets/_frames.c src/zmeshlib/wire/_plain.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(VENV)/.installed: pyproject.toml setup.py src/zmeshlib/sockets/_frames.c | $(BIN)/python
+$(VENV)/.installed: pyproject.toml setup.py src/zmeshlib/sockets/_frames.c src/zmeshlib/wire/_plain.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 

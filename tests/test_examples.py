@@ -93,18 +93,24 @@ def test_reqrep_example() -> None:
 
 @pytest.mark.parametrize("name", ["pubsub.py", "reqrep.py"])
 def test_examples_on_the_pure_python_frame_mover(name: str) -> None:
-    """What a machine without a C compiler runs: the same meshes, pyzmq's calls per frame."""
+    """What a machine without a C compiler runs: the same meshes, pyzmq's calls per frame
+    and the envelope's Python codec."""
     done = run_example(name, ZMESHLIB_PURE_PYTHON="1")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "every workload did what the policy says" in done.stdout
     check = subprocess.run(
-        [sys.executable, "-c", "from zmeshlib.sockets import frames; print(frames.COMPILED)"],
+        [
+            sys.executable,
+            "-c",
+            "from zmeshlib.sockets import frames; from zmeshlib.wire import envelope;"
+            "print(frames.COMPILED, envelope.COMPILED)",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
         env={**os.environ, "ZMESHLIB_PURE_PYTHON": "1"},
     )
-    assert check.stdout.strip() == "False", check.stderr
+    assert check.stdout.strip() == "False False", check.stderr
 
 
 def test_zmesh_demo_runs_both(capsys: pytest.CaptureFixture[str]) -> None:

@@ -319,3 +319,13 @@ def test_encode_checks_the_envelope_size_limit() -> None:
     size = len(encode(env))
     assert len(encode(env, Limits(max_envelope_bytes=size))) == size
     assert encode_reason(env, Limits(max_envelope_bytes=size - 1)) == "too-large"
+
+
+def test_the_compiled_codec_is_in_use_where_it_can_be_built(c_toolchain, monkeypatch):
+    from zmeshlib.wire import envelope
+
+    monkeypatch.delenv("ZMESHLIB_PURE_PYTHON", raising=False)
+    assert envelope._compiled() is not None, "a C compiler is present, but _plain.c was not built"
+    if envelope.COMPILED:  # the names the sockets import are the compiled functions
+        assert envelope.decode_plain is not envelope.py_decode_plain
+        assert envelope.encode_request is not envelope.py_encode_request

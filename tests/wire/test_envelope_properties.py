@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from zmeshlib._exceptions import ProtocolError
 from zmeshlib._models import StatusCode, TraceContext
 from zmeshlib.wire import Envelope, Kind, Limits, decode, decode_plain, encode, encode_request
+from zmeshlib.wire import envelope as envelope_module
 
 # Derandomized: the same examples on every run and every machine.
 PROPERTY = settings(
@@ -236,3 +237,92 @@ def test_encode_of_any_field_value_succeeds_or_raises_protocol_error(
         assert f"[{exc.reason}]" in str(exc)
     else:
         assert encode(decode(data)) == data
+
+
+# -- the compiled hot path: one answer with the Python functions ---------------------
+
+try:
+    from zmeshlib.wire import _plain as compiled_plain  # type: ignore[attr-defined]
+except ImportError:  # built only where there is a C compiler (tests/wire/test_envelope.py)
+    compiled_plain = None
+else:
+    envelope_module._bind(compiled_plain)  # also where ZMESHLIB_PURE_PYTHON keeps it out of use
+
+needs_compiled = pytest.mark.skipif(
+    compiled_plain is None, reason="the compiled codec is not built"
+)
+
+
+def outcome(fn, *args):
+    """What a call gives: its value, or its exception's type and message."""
+    try:
+        return "value", fn(*args)
+    except Exception as exc:
+        return "raised", type(exc), str(exc), getattr(exc, "reason", None)
+
+
+@needs_compiled
+@settings(PROPERTY, max_examples=2000)
+@given(garbage, st.sampled_from([None, 12, 20, 64, 16 * 1024]))
+def test_compiled_decode_plain_is_the_python_one_on_any_bytes(data: bytes, bound) -> None:
+    args = (data,) if bound is None else (data, Limits(max_envelope_bytes=bound))
+    assert outcome(compiled_plain.decode_plain, *args) == outcome(
+        envelope_module.py_decode_plain, *args
+    )
+
+
+@needs_compiled
+@PROPERTY
+@given(envelopes)
+def test_compiled_decode_plain_is_the_python_one_on_envelopes_and_prefixes(env) -> None:
+    data = encode(env)
+    for n in range(len(data) + 1):
+        got = compiled_plain.decode_plain(data[:n])
+        assert got == envelope_module.py_decode_plain(data[:n])
+        assert got is None or all(
+            type(a) is type(b) for a, b in zip(got, (env.kind, 0, "", 0), strict=True)
+        )
+
+
+int_args = st.one_of(
+    st.integers(-(2**65), 2**65),
+    st.sampled_from([0, 1, U64, U64 + 1, -1, True, False, 1.0, "1", None, b"\x01"]),
+)
+method_args = st.one_of(
+    st.text(max_size=300),
+    st.sampled_from(["", "echo", "\ud800", "é" * 128, "x" * 255, "x" * 256, b"echo", None, 5]),
+)
+
+
+@needs_compiled
+@PROPERTY
+@given(int_args, method_args, int_args)
+def test_compiled_encode_request_is_the_python_one_on_any_arguments(mid, method, deadline):
+    assert outcome(compiled_plain.encode_request, mid, method, deadline) == outcome(
+        envelope_module.py_encode_request, mid, method, deadline
+    )
+
+
+@needs_compiled
+@PROPERTY
+@given(st.one_of(st.sampled_from(Kind), st.sampled_from([0, 1, 5, None, "PUBLISH"])), int_args)
+def test_compiled_encode_minimal_and_publish_are_the_python_ones(kind, mid):
+    assert outcome(compiled_plain.encode_minimal, kind, mid) == outcome(
+        envelope_module.py_encode_minimal, kind, mid
+    )
+    assert outcome(compiled_plain.encode_publish, mid) == outcome(
+        envelope_module.py_encode_publish, mid
+    )
+
+
+@needs_compiled
+def test_compiled_functions_check_their_argument_count():
+    for fn, args in [
+        (compiled_plain.decode_plain, ()),
+        (compiled_plain.decode_plain, (b"", None, None)),
+        (compiled_plain.encode_request, (1, "m")),
+        (compiled_plain.encode_minimal, (Kind.PUSH,)),
+        (compiled_plain.encode_publish, ()),
+    ]:
+        with pytest.raises(TypeError):
+            fn(*args)

@@ -74,6 +74,7 @@ a reply whose outcome we cannot name must not be mistaken for a known one, and
 from __future__ import annotations
 
 import enum
+import os
 import struct
 import types
 from collections.abc import Mapping
@@ -627,3 +628,51 @@ def _explain(env: Envelope, limits: Limits) -> ProtocolError:
         except UnicodeError:
             return _error("utf8", f"the {what} cannot be encoded as UTF-8")
     return _error("malformed", f"cannot encode {env!r}")
+
+
+# -- the compiled hot path ----------------------------------------------------------
+
+#: The Python implementations, whichever is in use: the specification the compiled ones
+#: are tested against, and their fallback for anything but the clean case.
+py_decode_plain, py_encode_minimal, py_encode_publish, py_encode_request = (
+    decode_plain,
+    encode_minimal,
+    encode_publish,
+    encode_request,
+)
+
+
+def _bind(module: Any) -> Any:
+    """Hand the compiled module what it falls back on and the format's constants."""
+    module.setup(
+        tuple(Kind(byte) for byte in range(1, 5)),
+        DEFAULT_LIMITS,
+        py_encode_minimal,
+        py_encode_publish,
+        py_encode_request,
+        PROTOCOL_VERSION,
+        _PLAIN_REQUEST,
+    )
+    return module
+
+
+def _compiled() -> Any:
+    """The compiled hot-path functions (``_plain.c``), bound to this module; None without a
+    build of them, or when ``ZMESHLIB_PURE_PYTHON`` is set."""
+    if os.environ.get("ZMESHLIB_PURE_PYTHON"):
+        return None
+    try:
+        from . import _plain  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _bind(_plain)
+
+
+_accelerated = _compiled()
+#: True when the compiled hot-path functions are in use (the same answers, faster).
+COMPILED = _accelerated is not None
+if _accelerated is not None:
+    decode_plain = _accelerated.decode_plain
+    encode_minimal = _accelerated.encode_minimal
+    encode_publish = _accelerated.encode_publish
+    encode_request = _accelerated.encode_request
