@@ -7,13 +7,14 @@ import time
 import pytest
 
 import zmeshlib
-from zmeshlib import PermissionDenied, Policy, ProtocolError, StatusCode
+from zmeshlib import NotFound, PermissionDenied, Policy, ProtocolError, StatusCode
 from zmeshlib._models import Peer
 from zmeshlib.policy import register_provider, unregister_provider
 from zmeshlib.sockets.core import (
     ClientCore,
     Drops,
     PeerBook,
+    Pending,
     PublisherCore,
     ServerCore,
     SubscriberCore,
@@ -173,6 +174,35 @@ def test_client_matches_replies_and_drops_late_ones():
     assert core.reply([b"\x01\x09"], ORDERS) is None and drops.counts["truncated"] == 1
 
 
+def test_client_answer_takes_only_the_awaited_reply():
+    drops = Drops()
+    core = ClientCore("payment", DEFAULT_LIMITS, drops)
+    now, wall = time.monotonic(), time.time()
+
+    def call() -> Pending:
+        pending, _ = core.request(b"x", method="m", timeout=2, now=now, wall=wall, endpoint="e")
+        return pending
+
+    first, second = call(), call()
+    late = [encode(Envelope(Kind.REPLY, first.message_id)), b"late"]
+    assert core.answer(second, late, ORDERS) is None  # another request's reply: not this one's
+    ok = [encode(Envelope(Kind.REPLY, second.message_id)), b"a", b"b"]
+    msg = core.answer(second, ok, ORDERS)
+    assert msg is not None and msg.frames == (b"a", b"b") and msg.peer == ORDERS
+    assert msg.message_id == second.message_id and core.pending == {}
+    assert core.answer(second, ok, ORDERS) is None and core.counts["late_replies"] == 1
+    with_headers = call()
+    reply = Envelope(Kind.REPLY, with_headers.message_id, headers={"k": "v"})
+    msg = core.answer(with_headers, [encode(reply), b"h"], ORDERS)
+    assert msg is not None and msg.headers == {"k": "v"} and msg.payload == b"h"
+    failing = call()
+    error = Envelope(Kind.REPLY, failing.message_id, status=StatusCode.NOT_FOUND, detail="gone")
+    with pytest.raises(NotFound, match="gone"):
+        core.answer(failing, [encode(error)], ORDERS)
+    assert core.answer(call(), [], ORDERS) is None and drops.counts["malformed"] == 1
+    assert core.answer(call(), [b"junk"], ORDERS) is None
+
+
 def test_server_authorizes_calls_and_skips_expired_requests():
     holder = Holder(
         _policy(
@@ -202,7 +232,18 @@ def test_server_authorizes_calls_and_skips_expired_requests():
 
 def test_peer_book_parses_once_and_maps_junk_to_anonymous():
     book = PeerBook()
-    a = book.get("spiffe://example.org/ns/a/sa/b")
-    assert a is book.get("spiffe://example.org/ns/a/sa/b")
-    assert book.get("") is zmeshlib.ANONYMOUS
-    assert book.get("not a spiffe id") is zmeshlib.ANONYMOUS
+    a = book["spiffe://example.org/ns/a/sa/b"]
+    assert a is book["spiffe://example.org/ns/a/sa/b"]
+    assert a.spiffe_id == zmeshlib.SpiffeId.parse("spiffe://example.org/ns/a/sa/b")
+    assert book[""] is zmeshlib.ANONYMOUS
+    assert book["not a spiffe id"] is zmeshlib.ANONYMOUS
+
+
+def test_peer_book_stays_bounded():
+    book = PeerBook()
+    book.limit = 3
+    ids = [f"spiffe://example.org/ns/a/sa/{n}" for n in range(10)]
+    for user_id in ids:
+        assert str(book[user_id].spiffe_id) == user_id
+        assert len(book) <= book.limit + 1
+    assert book[""] is zmeshlib.ANONYMOUS

@@ -96,6 +96,25 @@ static PyObject *bind(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The User-Id as a str. Messages mostly come from a peer seen a moment ago, so the last
+ * value is kept and handed out again while the bytes are the same: no decode, and the
+ * same str object (its hash cached) for the caller's lookups. */
+static char last_user_id[256];
+static PyObject *last_user_id_str;
+
+static PyObject *user_id_str(const char *value) {
+    size_t n = strlen(value);
+    if (last_user_id_str != NULL && n < sizeof last_user_id && memcmp(value, last_user_id, n + 1) == 0) {
+        return Py_NewRef(last_user_id_str);
+    }
+    PyObject *text = PyUnicode_DecodeUTF8(value, (Py_ssize_t)n, "replace");
+    if (text != NULL && n < sizeof last_user_id) {
+        memcpy(last_user_id, value, n + 1);
+        Py_XSETREF(last_user_id_str, Py_NewRef(text));
+    }
+    return text;
+}
+
 /* recv(socket, flags=0, user_id=False) -> (frames: list[bytes], user_id: str | None),
  * or None when flags has DONTWAIT (or RCVTIMEO ran out) and no message is there. */
 static PyObject *recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -141,7 +160,7 @@ static PyObject *recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (want_user_id) {
         const char *value = z_msg_gets(&msg, "User-Id");
         if (value != NULL) {
-            Py_SETREF(user_id, PyUnicode_DecodeUTF8(value, strlen(value), "replace"));
+            Py_SETREF(user_id, user_id_str(value));
             if (user_id == NULL) {
                 goto fail;
             }

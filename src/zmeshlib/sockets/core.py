@@ -119,22 +119,27 @@ def denied(decision: Any) -> PermissionDenied:
     )
 
 
-class PeerBook:
-    """User-Id (the SPIFFE ID string the handshake set) -> Peer, parsed once per peer."""
+class PeerBook(dict[str, Peer]):
+    """User-Id (the SPIFFE ID string the handshake set) -> Peer: ``book[user_id]``.
+
+    A dict, so that a known peer costs one C-level lookup per message; an
+    unknown one is parsed once (anything unparsable is anonymous).
+    """
+
+    limit = 65536  # peers remembered; past it the book starts over
 
     def __init__(self) -> None:
-        self._peers: dict[str, Peer] = {"": ANONYMOUS}
+        super().__init__({"": ANONYMOUS})
 
-    def get(self, user_id: str) -> Peer:
-        peer = self._peers.get(user_id)
-        if peer is None:
-            try:
-                peer = Peer(SpiffeId.parse(user_id))
-            except Exception:
-                peer = ANONYMOUS
-            if len(self._peers) > 65536:
-                self._peers = {"": ANONYMOUS}
-            self._peers[user_id] = peer
+    def __missing__(self, user_id: str) -> Peer:
+        try:
+            peer = Peer(SpiffeId.parse(user_id))
+        except Exception:
+            peer = ANONYMOUS
+        if len(self) > self.limit:  # bounded: forget everyone, keep the anonymous entry
+            self.clear()
+            self[""] = ANONYMOUS
+        self[user_id] = peer
         return peer
 
 
@@ -522,6 +527,24 @@ class ClientCore:
 
     def forget(self, pending: Pending) -> None:
         self.pending.pop(pending.message_id, None)
+
+    def answer(self, pending: Pending, frames: Frames, peer: Peer) -> Message | None:
+        """The reply to ``pending`` if ``frames`` are it (an error reply raises the error it
+        stands for); None when they were dropped, or answer another request (late)."""
+        plain = decode_plain(frames[0], self.limits) if frames else None
+        if (
+            plain is not None
+            and plain[1] == pending.message_id
+            and plain[0] is _REPLY
+            and self.pending.pop(plain[1], None) is not None
+        ):  # the usual reply: OK, no extras, to the request awaited, the first copy
+            return Message._received(tuple(frames[1:]), peer, None, NO_HEADERS, plain[1], None)
+        answer = self.reply(frames, peer)
+        if answer is None or answer[0] != pending.message_id:
+            return None
+        if isinstance(answer[1], RemoteError):
+            raise answer[1]
+        return answer[1]
 
     def reply(self, frames: Frames, peer: Peer) -> tuple[int, Message | RemoteError] | None:
         """A received ``[envelope, payload...]`` -> (request id, reply or the error it stands for).

@@ -67,6 +67,7 @@ from .frames import Received, recv_message, send_message
 from .handshake import ZAP_DOMAIN
 
 if TYPE_CHECKING:
+    from ..policy import Policy
     from .mesh import Mesh
 
 log = logging.getLogger("zmeshlib.sockets")
@@ -147,6 +148,9 @@ class MeshSocket:
 
     def __init__(self, mesh: Mesh, kind: SocketKind) -> None:
         self._mesh = mesh
+        # the policy in force, as the cores ask for it per message: a C-level attribute read
+        # (``Mesh.policy`` is a property, and a property or a lambda is a Python frame)
+        self._policy_now: Callable[[], Policy] = partial(getattr, mesh, "_policy")
         self.kind = kind
         self.service = ""
         self.drops = Drops()
@@ -413,7 +417,7 @@ class MeshSocket:
     def _peer(self, sock: zmq.Socket, user_id: str | None) -> Peer:
         """Who sent a message read from ``sock``: the card an upstream was dialled with, or on
         the bound socket the User-Id its handshake set (none: anonymous)."""
-        return self._sources.get(sock) or self._peers.get(user_id or "")
+        return self._sources.get(sock) or self._peers[user_id or ""]
 
     def _arrivals(self, events: Events) -> Iterator[tuple[list[bytes], Peer]]:
         """The messages a wait found: the one the driver already read, then whatever else is
@@ -575,7 +579,7 @@ class PubSocket(MeshSocket):
     def __init__(self, mesh: Mesh) -> None:
         super().__init__(mesh, SocketKind.PUB)
         self.core = PublisherCore(
-            lambda: mesh.policy, "", lambda: mesh.spiffe_id, mesh.limits, self.drops
+            self._policy_now, "", lambda: mesh.spiffe_id, mesh.limits, self.drops
         )
         self._next_drain = 0.0
         self._junk = False
@@ -630,7 +634,7 @@ class PubSocket(MeshSocket):
                 if known is not None:
                     self._apply(sock, data, str(known.spiffe_id or ""), known)
                 elif user_id is not None:
-                    self._apply(sock, data, user_id, self._peers.get(user_id))
+                    self._apply(sock, data, user_id, self._peers[user_id])
                 # else: an unsubscription libzmq generates when a subscriber's connection
                 # ends (no handshake metadata): it has already removed that pipe's
                 # subscriptions itself
@@ -695,7 +699,7 @@ class SubSocket(_Receiving):
     def __init__(self, mesh: Mesh) -> None:
         super().__init__(mesh, SocketKind.SUB)
         self.core = SubscriberCore(
-            lambda: mesh.policy, "", lambda: mesh.spiffe_id, mesh.limits, self.drops
+            self._policy_now, "", lambda: mesh.spiffe_id, mesh.limits, self.drops
         )
         self._prefixes: list[bytes] = []
 
@@ -728,7 +732,7 @@ class PullSocket(_Receiving):
     def __init__(self, mesh: Mesh) -> None:
         super().__init__(mesh, SocketKind.PULL)
         self.core = SubscriberCore(
-            lambda: mesh.policy, "", lambda: mesh.spiffe_id, mesh.limits, self.drops, kind=Kind.PUSH
+            self._policy_now, "", lambda: mesh.spiffe_id, mesh.limits, self.drops, kind=Kind.PUSH
         )
 
 
@@ -737,7 +741,7 @@ class PushSocket(MeshSocket):
 
     def __init__(self, mesh: Mesh) -> None:
         super().__init__(mesh, SocketKind.PUSH)
-        self.core = PushCore(lambda: mesh.policy, "", lambda: mesh.spiffe_id, mesh.limits)
+        self.core = PushCore(self._policy_now, "", lambda: mesh.spiffe_id, mesh.limits)
 
     def _send_op(
         self,
@@ -854,7 +858,7 @@ class ReqSocket(MeshSocket):
             while True:
                 events = yield self._wait(deadline, socks=only)
                 for taken in self._arrivals(events):
-                    result = self._answer(pending, taken)
+                    result = self.core.answer(pending, *taken)
                     if result is not None:
                         return result
                 self._refresh()
@@ -876,15 +880,6 @@ class ReqSocket(MeshSocket):
                     )
         finally:
             self.core.forget(pending)
-
-    def _answer(self, pending: Pending, taken: tuple[list[bytes], Peer]) -> Message | None:
-        """The reply to ``pending`` if ``taken`` is it (an error reply raises); None otherwise."""
-        answer = self.core.reply(*taken)
-        if answer is None or answer[0] != pending.message_id:
-            return None
-        if isinstance(answer[1], RemoteError):
-            raise answer[1]
-        return answer[1]
 
     def request(
         self,
@@ -926,7 +921,7 @@ class ReqSocket(MeshSocket):
             self.core.forget(pending)
             raise
         if got is not None:
-            result = self._answer(pending, (got[0], up.peer))
+            result = self.core.answer(pending, got[0], up.peer)
             if result is not None:
                 return result
         return drive(self._exchange_op(up, pending, None, timeout))
@@ -939,17 +934,16 @@ class RepSocket(MeshSocket):
 
     def __init__(self, mesh: Mesh) -> None:
         super().__init__(mesh, SocketKind.REP)
-        self.core = ServerCore(lambda: mesh.policy, "", mesh.limits, self.drops)
+        self.core = ServerCore(self._policy_now, "", mesh.limits, self.drops)
         self._last: Message | None = None
+        # route -> the request's Message.reply: partial(self._reply, route), built in C
+        self._replier_for: Callable[[bytes], Callable[..., None]] = partial(partial, self._reply)
 
     def _judge(self, frames: list[bytes], peer: Peer) -> Message | None:
         msg, immediate = self.core.request(frames, peer, time.time(), self._replier_for)
         if immediate is not None:
             self._send_reply(immediate)
         return msg
-
-    def _replier_for(self, route: bytes) -> Callable[..., None]:
-        return partial(self._reply, route)
 
     def _reply(
         self,
@@ -972,7 +966,8 @@ class RepSocket(MeshSocket):
         self._send_reply(frames)
 
     def _send_reply(self, frames: list[bytes]) -> None:
-        self._check_open()
+        if self._closed:
+            self._check_open()  # raises
         if not send_message(self._server, frames, _NOBLOCK):  # type: ignore[arg-type]
             self.drops.drop("reply-hwm", "the client is not reading its replies")
 
@@ -1025,7 +1020,7 @@ class RepSocket(MeshSocket):
         served = 0
         while (max_requests is None or served < max_requests) and not (stop and stop()):
             try:
-                msg = self.recv(timeout=REFRESH_INTERVAL * 5)
+                msg = self._receive(REFRESH_INTERVAL * 5, self._judge)
             except Timeout:
                 continue
             self.handle(msg, handler)
