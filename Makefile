@@ -10,11 +10,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # the C extensions are built at install: a change to their sources reinstalls
-$(VENV)/.installed-dev: pyproject.toml setup.py src/zmeshlib/sockets/_frames.c src/zmeshlib/wire/_plain.c | $(BIN)/python
+$(VENV)/.installed-dev: pyproject.toml setup.py $(wildcard src/zmeshlib/*.c src/zmeshlib/*/*.c) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(VENV)/.installed: pyproject.toml setup.py src/zmeshlib/sockets/_frames.c src/zmeshlib/wire/_plain.c | $(BIN)/python
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard src/zmeshlib/*.c src/zmeshlib/*/*.c) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 

@@ -1,9 +1,8 @@
 """The one thing pyproject.toml cannot say without an experimental table: the C extensions.
 
-Both are optional: without a C compiler the build skips them and the package
-runs on their pure-Python equivalents. They are the hot path's frame mover
-(src/zmeshlib/sockets/frames.py) and the envelope's hot-path shapes
-(src/zmeshlib/wire/envelope.py, "the compiled hot path").
+All are optional: without a C compiler the build skips them and the package
+runs on their pure-Python equivalents (src/zmeshlib/_compiled.py says which
+exist and how to switch them off).
 """
 
 from setuptools import Extension, setup
@@ -18,6 +17,11 @@ setup(
         Extension(
             "zmeshlib.wire._plain",
             sources=["src/zmeshlib/wire/_plain.c"],
+            optional=True,
+        ),
+        Extension(
+            "zmeshlib._message",
+            sources=["src/zmeshlib/_message.c"],
             optional=True,
         ),
     ]

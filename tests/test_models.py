@@ -6,11 +6,12 @@ import attrs
 import pytest
 
 import zmeshlib
-from zmeshlib import ANONYMOUS, Message, StatusCode
+from zmeshlib import ANONYMOUS, Message, StatusCode, _models
 from zmeshlib._exceptions import _BY_STATUS
 
 
 def test_fast_message_constructor_equals_init():
+    """Message._received, compiled where it could be built; py_received is the Python one."""
     peer = zmeshlib.Peer(zmeshlib.SpiffeId.parse("spiffe://example.org/a"))
     fast = Message._received((b"a", b"b"), peer, "t.x", {"k": "v"}, 7, None)
     slow = Message(frames=(b"a", b"b"), peer=peer, topic="t.x", headers={"k": "v"}, message_id=7)
@@ -27,6 +28,45 @@ def test_fast_message_constructor_equals_init():
     # the fast path skips __init__: that is only right while no field validates or converts
     for field in attrs.fields(Message):
         assert field.validator is None and field.converter is None, field.name
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ((b"a", b"b"), ANONYMOUS, "t.x", {"k": "v"}, 7, None),
+        ((b"a",), ANONYMOUS, None, {}, 8, None, "m"),
+        ((b"a",), ANONYMOUS, None, {}, 8, None, "m", 5.0),
+        ((), ANONYMOUS, None, {}, 2**64 - 1, None, "m", None, 3),
+        ((b"",), ANONYMOUS, None, {}, 0, None, "", 1.5, 0, print),
+    ],
+)
+def test_both_received_constructors_build_the_same_message(args):
+    compiled, python = Message._received(*args), _models.py_received(*args)
+    assert type(compiled) is type(python) is Message
+    assert vars(compiled) == vars(python) and list(vars(compiled)) == list(vars(python))
+    assert compiled == python and repr(compiled) == repr(python)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        compiled.topic = "changed"  # type: ignore[misc]
+    assert attrs.evolve(compiled, topic="t") == attrs.evolve(python, topic="t")
+
+
+def test_the_received_constructor_checks_its_arguments():
+    for args in [
+        (),
+        ((b"a",), ANONYMOUS, None, {}, 1),
+        ((b"a",), ANONYMOUS, None, {}, 1, None) * 2,
+    ]:
+        with pytest.raises(TypeError):
+            Message._received(*args)
+
+
+def test_the_compiled_constructor_is_in_use_where_it_can_be_built(c_toolchain, monkeypatch):
+    from zmeshlib import _compiled
+
+    monkeypatch.delenv("ZMESHLIB_PURE_PYTHON", raising=False)
+    assert _compiled.load("_message") is not None, (
+        "a C compiler is present, but no _message.c build"
+    )
 
 
 def test_reply_on_a_message_that_is_not_a_request():

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from . import _compiled
+
 if TYPE_CHECKING:
     from .identity.spiffe_id import SpiffeId
 
@@ -204,3 +206,11 @@ class Message:
 _new = object.__new__
 _set = object.__setattr__
 _OK = StatusCode.OK
+
+#: The Python constructor of received messages, whichever is in use: the specification
+#: of the compiled one (``_message.c``), which takes the same arguments.
+py_received = Message._received
+_message = _compiled.load("_message")
+if _message is not None:
+    _message.setup(Message, _OK)
+    Message._received = staticmethod(_message.received)  # type: ignore[method-assign,assignment]

@@ -35,8 +35,9 @@ def pipe(zctx):
     b.close(0)
 
 
-def test_the_compiled_mover_is_in_use_where_it_can_be_built(c_toolchain):
-    assert frames_module.COMPILED, "a C compiler is present, but the compiled mover is not in use"
+def test_the_compiled_mover_is_in_use_where_it_can_be_built(c_toolchain, monkeypatch):
+    monkeypatch.delenv("ZMESHLIB_PURE_PYTHON", raising=False)
+    assert frames_module._compiled_pair() is not None, "a C compiler is present, but no mover"
 
 
 @pytest.mark.parametrize(

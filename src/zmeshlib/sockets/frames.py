@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 from collections.abc import Callable
 
 import zmq
+
+from .. import _compiled
 
 log = logging.getLogger("zmeshlib.sockets")
 
@@ -95,13 +96,10 @@ def _libzmq_path() -> str | None:
     return paths.pop() if len(paths) == 1 else None
 
 
-def _compiled() -> tuple[Callable[..., Received | None], Callable[..., bool]] | None:
+def _compiled_pair() -> tuple[Callable[..., Received | None], Callable[..., bool]] | None:
     """The compiled pair, bound to pyzmq's libzmq; None when that cannot be done safely."""
-    if os.environ.get("ZMESHLIB_PURE_PYTHON"):
-        return None
-    try:
-        from . import _frames  # type: ignore[attr-defined]
-    except ImportError:
+    _frames = _compiled.load("sockets._frames")
+    if _frames is None:
         return None
     path = _libzmq_path()
     if path is None:
@@ -122,7 +120,7 @@ def _compiled() -> tuple[Callable[..., Received | None], Callable[..., bool]] | 
     return _frames.recv, _frames.send  # the same signatures as py_recv_message / py_send_message
 
 
-_pair = _compiled()
+_pair = _compiled_pair()
 #: True when the compiled implementation is in use.
 COMPILED = _pair is not None
 recv_message, send_message = _pair if _pair is not None else (py_recv_message, py_send_message)

@@ -74,7 +74,6 @@ a reply whose outcome we cannot name must not be mistaken for a known one, and
 from __future__ import annotations
 
 import enum
-import os
 import struct
 import types
 from collections.abc import Mapping
@@ -83,6 +82,7 @@ from typing import Any, Final
 
 import attrs
 
+from .. import _compiled
 from .._exceptions import ProtocolError
 from .._models import StatusCode, TraceContext
 
@@ -656,22 +656,11 @@ def _bind(module: Any) -> Any:
     return module
 
 
-def _compiled() -> Any:
-    """The compiled hot-path functions (``_plain.c``), bound to this module; None without a
-    build of them, or when ``ZMESHLIB_PURE_PYTHON`` is set."""
-    if os.environ.get("ZMESHLIB_PURE_PYTHON"):
-        return None
-    try:
-        from . import _plain  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return _bind(_plain)
-
-
-_accelerated = _compiled()
+_accelerated = _compiled.load("wire._plain")
 #: True when the compiled hot-path functions are in use (the same answers, faster).
 COMPILED = _accelerated is not None
 if _accelerated is not None:
+    _bind(_accelerated)
     decode_plain = _accelerated.decode_plain
     encode_minimal = _accelerated.encode_minimal
     encode_publish = _accelerated.encode_publish

@@ -1,0 +1,26 @@
+"""The optional C extensions, and the one switch that turns them all off.
+
+Three hot-path pieces have a compiled twin, built at install time where
+there is a C compiler: the frame mover (``sockets/_frames.c``), the
+envelope's hot-path shapes (``wire/_plain.c``) and the received-Message
+constructor (``_message.c``). Each Python module keeps its own pure-Python
+version as the specification and the fallback, and the tests hold the two
+to one answer. ``ZMESHLIB_PURE_PYTHON=1`` makes every one of them use the
+Python version, as on a machine without a compiler.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+
+def load(name: str) -> ModuleType | None:
+    """The compiled module ``zmeshlib.<name>``; None where it is not built, or is switched off."""
+    if os.environ.get("ZMESHLIB_PURE_PYTHON"):
+        return None
+    try:
+        return importlib.import_module(f"zmeshlib.{name}")
+    except ImportError:
+        return None
