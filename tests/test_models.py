@@ -38,6 +38,7 @@ def test_fast_message_constructor_equals_init():
         ((b"a",), ANONYMOUS, None, {}, 8, None, "m", 5.0),
         ((), ANONYMOUS, None, {}, 2**64 - 1, None, "m", None, 3),
         ((b"",), ANONYMOUS, None, {}, 0, None, "", 1.5, 0, print),
+        ((b"",), ANONYMOUS, None, {}, 0, None, "", 1.5, 0, print, b"route"),
     ],
 )
 def test_both_received_constructors_build_the_same_message(args):
@@ -48,6 +49,14 @@ def test_both_received_constructors_build_the_same_message(args):
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         compiled.topic = "changed"  # type: ignore[misc]
     assert attrs.evolve(compiled, topic="t") == attrs.evolve(python, topic="t")
+
+
+def test_both_received_constructors_take_the_optional_arguments_by_keyword():
+    base = ((b"a",), ANONYMOUS, None, {}, 3, None)
+    keywords = {"method": "m", "deadline": 2.0, "attempt": 1, "replier": print, "route": b"r"}
+    compiled, python = Message._received(*base, **keywords), _models.py_received(*base, **keywords)
+    assert vars(compiled) == vars(python)
+    assert (compiled._replier, compiled._route) == (print, b"r")
 
 
 def test_the_received_constructor_checks_its_arguments():

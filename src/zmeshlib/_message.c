@@ -21,7 +21,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#define FIELDS 11
+#define FIELDS 12
+#define OPTIONAL 5
 
 static PyObject *message_cls; /* zmeshlib.Message */
 static PyObject *status_ok;   /* StatusCode.OK */
@@ -29,10 +30,13 @@ static PyObject *empty_args;  /* () for object.__new__ */
 static PyObject *empty_str;
 static PyObject *zero;
 static PyObject *names[FIELDS];
-static const int optional_field[4] = {5, 8, 9, 10}; /* method, deadline, attempt, _replier */
+static PyObject *empty_bytes;
+static PyObject *keywords[OPTIONAL]; /* their argument names */
+static const char *const keyword_names[OPTIONAL] = {"method", "deadline", "attempt", "replier",
+                                                     "route"};
 static const char *const field_names[FIELDS] = {
     "frames", "peer",  "topic",    "headers", "message_id", "method",
-    "status", "trace", "deadline", "attempt", "_replier",
+    "status", "trace", "deadline", "attempt", "_replier", "_route",
 };
 
 /* setup(Message, StatusCode.OK) */
@@ -47,17 +51,17 @@ static PyObject *setup(PyObject *self, PyObject *args) {
 }
 
 /* received(frames, peer, topic, headers, message_id, trace, method="", deadline=None,
- *          attempt=0, replier=None) -> Message; the last four also by keyword */
+ *          attempt=0, replier=None, route=b"") -> Message; the last five also by keyword */
 static PyObject *received(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames) {
     if (message_cls == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "zmeshlib._message: setup() was not called");
         return NULL;
     }
-    /* the optional arguments, in signature order: method, deadline, attempt, replier */
-    PyObject *optional[4] = {empty_str, Py_None, zero, Py_None};
+    /* the optional arguments, in signature order: method, deadline, attempt, replier, route */
+    PyObject *optional[OPTIONAL] = {empty_str, Py_None, zero, Py_None, empty_bytes};
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    if (nargs < 6 || nargs > 10) {
+    if (nargs < 6 || nargs > 6 + OPTIONAL) {
         goto usage;
     }
     for (Py_ssize_t i = 6; i < nargs; i++) {
@@ -66,9 +70,8 @@ static PyObject *received(PyObject *self, PyObject *const *args, Py_ssize_t narg
     for (Py_ssize_t i = 0; i < nkw; i++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
         int slot = -1;
-        for (int j = 0; j < 4; j++) {
-            int eq = PyUnicode_Compare(name, names[optional_field[j]]) == 0;
-            if (eq) {
+        for (int j = 0; j < OPTIONAL; j++) {
+            if (PyUnicode_Compare(name, keywords[j]) == 0) {
                 slot = j;
                 break;
             }
@@ -90,6 +93,7 @@ static PyObject *received(PyObject *self, PyObject *const *args, Py_ssize_t narg
         optional[1], /* deadline */
         optional[2], /* attempt */
         optional[3], /* _replier */
+        optional[4], /* _route */
     };
     PyObject *msg = PyBaseObject_Type.tp_new((PyTypeObject *)message_cls, empty_args, NULL);
     if (msg == NULL) {
@@ -107,7 +111,7 @@ static PyObject *received(PyObject *self, PyObject *const *args, Py_ssize_t narg
 usage:
     PyErr_SetString(PyExc_TypeError,
                     "received(frames, peer, topic, headers, message_id, trace, method='', "
-                    "deadline=None, attempt=0, replier=None)");
+                    "deadline=None, attempt=0, replier=None, route=b'')");
     return NULL;
 }
 
@@ -126,12 +130,19 @@ PyMODINIT_FUNC PyInit__message(void) {
     empty_args = PyTuple_New(0);
     empty_str = PyUnicode_InternFromString("");
     zero = PyLong_FromLong(0);
-    if (empty_args == NULL || empty_str == NULL || zero == NULL) {
+    empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
+    if (empty_args == NULL || empty_str == NULL || zero == NULL || empty_bytes == NULL) {
         return NULL;
     }
     for (int i = 0; i < FIELDS; i++) {
         names[i] = PyUnicode_InternFromString(field_names[i]);
         if (names[i] == NULL) {
+            return NULL;
+        }
+    }
+    for (int i = 0; i < OPTIONAL; i++) {
+        keywords[i] = PyUnicode_InternFromString(keyword_names[i]);
+        if (keywords[i] == NULL) {
             return NULL;
         }
     }

@@ -128,6 +128,8 @@ class Message:
     _replier: Callable[..., Any] | None = attrs.field(
         default=None, eq=False, repr=False, alias="replier"
     )
+    # where a request's reply goes: its routing id on the REP socket's ROUTER
+    _route: bytes = attrs.field(default=b"", eq=False, repr=False, alias="route")
 
     @property
     def payload(self) -> bytes:
@@ -149,7 +151,7 @@ class Message:
             raise MeshError(
                 "this message is not a request: only messages received on a REP socket can be replied to"
             )
-        self._replier(self, payload, headers=headers)
+        self._replier(self, payload, headers)
 
     @classmethod
     def _received(
@@ -164,6 +166,7 @@ class Message:
         deadline: float | None = None,
         attempt: int = 0,
         replier: Callable[..., Any] | None = None,
+        route: bytes = b"",
     ) -> Message:
         """The receive hot path's constructor: gives a bare instance its whole ``__dict__`` at
         once (a fifth of the cost of the generated ``__init__``, which sets each field
@@ -188,6 +191,7 @@ class Message:
                 "deadline": deadline,
                 "attempt": attempt,
                 "_replier": replier,
+                "_route": route,
             },
         )
         return msg

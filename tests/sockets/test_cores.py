@@ -19,9 +19,15 @@ from zmeshlib.sockets.core import (
     ServerCore,
     SubscriberCore,
 )
-from zmeshlib.wire import DEFAULT_LIMITS, Envelope, Kind, decode, encode
+from zmeshlib.wire import DEFAULT_LIMITS, Envelope, Kind, decode, encode, encode_request
 
 ME = zmeshlib.SpiffeId.parse("spiffe://example.org/ns/shop/sa/me")
+
+
+def NO_REPLY(*args: object, **kwargs: object) -> None:
+    """A replier for requests the test never answers."""
+
+
 ORDERS = Peer(zmeshlib.SpiffeId.parse("spiffe://example.org/ns/shop/sa/orders"))
 ROGUE = Peer(zmeshlib.SpiffeId.parse("spiffe://example.org/ns/rogue/sa/evil"))
 
@@ -216,18 +222,52 @@ def test_server_authorizes_calls_and_skips_expired_requests():
     core = ServerCore(lambda: holder.policy, "payment", DEFAULT_LIMITS, Drops())
     wall = time.time()
     req = encode(Envelope(Kind.REQUEST, 5, method="charge", deadline_ms=int((wall + 5) * 1000)))
-    msg, immediate = core.request([b"route", req, b"3"], ORDERS, wall, lambda route: None)
+    replies: list[tuple[object, bytes]] = []
+    msg, immediate = core.request(
+        [b"route", req, b"3"],
+        ORDERS,
+        wall,
+        lambda m, payload, *a, **kw: replies.append((m, payload)),
+    )
     assert immediate is None and msg is not None and msg.method == "charge" and msg.payload == b"3"
-    msg, immediate = core.request([b"route", req], ROGUE, wall, lambda route: None)
+    msg.reply(b"ok")  # the replier gets the request, the route travels with it
+    assert replies == [(msg, b"ok")] and msg._route == b"route"
+    msg, immediate = core.request([b"route", req], ROGUE, wall, NO_REPLY)
     assert msg is None and immediate is not None
     reply = decode(immediate[1])
     assert (reply.status, reply.message_id) == (StatusCode.PERMISSION_DENIED, 5)
     assert "'callers'" in reply.detail and "charge" in reply.detail
     old = encode(Envelope(Kind.REQUEST, 6, method="charge", deadline_ms=int((wall - 1) * 1000)))
-    assert core.request([b"route", old], ORDERS, wall, lambda route: None) == (None, None)
+    assert core.request([b"route", old], ORDERS, wall, NO_REPLY) == (None, None)
     assert core.counts["expired"] == 1
-    msg, immediate = core.request([b"route", b"garbage"], ORDERS, wall, lambda route: None)
+    msg, immediate = core.request([b"route", b"garbage"], ORDERS, wall, NO_REPLY)
     assert decode(immediate[1]).status is StatusCode.INVALID_ARGUMENT  # type: ignore[index]
+
+
+def test_server_decisions_follow_policy_changes_and_audits_log_every_call(caplog):
+    allow = {
+        "name": "callers",
+        "action": "ALLOW",
+        "rules": [{"from": {"namespaces": ["shop"]}, "to": {"call": ["charge"]}}],
+    }
+    holder = Holder(_policy(allow))
+    core = ServerCore(lambda: holder.policy, "payment", DEFAULT_LIMITS, Drops())
+    wall = time.time()
+
+    def call(peer: Peer, mid: int = 5) -> bool:
+        req = encode_request(mid, "charge", int((wall + 5) * 1000))
+        msg, _ = core.request([b"route", req, b"x"], peer, wall, NO_REPLY)
+        return msg is not None
+
+    assert [call(ORDERS) for _ in range(3)] == [True] * 3  # decided once, remembered
+    assert not call(ROGUE)
+    holder.policy = _policy({**allow, "action": "DENY"})  # the next call sees the new policy
+    assert [call(ORDERS), call(ROGUE)] == [False, True]  # no ALLOW policy left: only shop denied
+    holder.policy = _policy(allow, {**allow, "name": "watch", "action": "AUDIT"})
+    with caplog.at_level("INFO", logger="zmeshlib"):
+        assert [call(ORDERS) for _ in range(3)] == [True] * 3
+    assert sum("watch" in r.getMessage() for r in caplog.records) == 3  # one log line per call
+    assert core.counts["requests"] == 7 and core.counts["calls_denied"] == 2
 
 
 def test_peer_book_parses_once_and_maps_junk_to_anonymous():

@@ -600,20 +600,36 @@ class ServerCore(_PolicyBound):
     ) -> None:
         super().__init__(policy, service, lambda: None, limits)  # a server makes no calls itself
         self.drops = drops
-        self.counts: Counter[str] = Counter()
+        self.served = 0  # requests delivered: an int, counted per request
+        self._events: Counter[str] = Counter()  # everything rarer
+
+    @property
+    def counts(self) -> Counter[str]:
+        """What this core counted: ``requests`` delivered, ``expired``, ``calls_denied``."""
+        return self._events + Counter(requests=self.served)
+
+    def policy_changed(self) -> None:
+        # (id(peer), method) -> (peer, decision) of header-free calls, for one policy; the peer
+        # is kept so that its id cannot be reused. Audited decisions are not kept (each call
+        # is logged), nor is anything when a CUSTOM provider could answer differently.
+        self._calls: dict[tuple[int, str], tuple[Peer, Any]] = {}
 
     def request(
         self,
         frames: Frames,
         peer: Peer,
         wall: float,
-        replier: Callable[[bytes], Callable[..., Any]],
+        replier: Callable[..., Any],
     ) -> tuple[Message | None, list[bytes] | None]:
-        """``[routing id, envelope, payload...]`` -> (request to deliver, or an immediate reply)."""
+        """``[routing id, envelope, payload...]`` -> (request to deliver, or an immediate reply).
+
+        The request's ``reply`` calls ``replier(msg, payload, ...)``; its routing id goes with
+        it (``msg._route``).
+        """
         if len(frames) < 2:
             self.drops.drop("malformed", "request without an envelope")
             return None, None
-        route, env_b, payload = frames[0], frames[1], frames[2:]
+        route, env_b = frames[0], frames[1]
         plain = decode_plain(env_b, self.limits)
         if plain is not None and plain[0] is _REQUEST:  # the usual request: no Envelope
             _, mid, method, deadline_ms = plain
@@ -632,17 +648,27 @@ class ServerCore(_PolicyBound):
                 return None, None
             mid, method, deadline_ms = env.message_id, env.method, env.deadline_ms
             headers, trace, attempt = env.headers, env.trace, env.attempt
-        if payload_size(payload) > self.limits.max_message_bytes:
+        payload = tuple(frames[2:])
+        size = len(payload[0]) if len(payload) == 1 else payload_size(payload)  # one frame: inline
+        if size > self.limits.max_message_bytes:
             self.drops.drop("too-large")
             return None, self.error_frames(
                 route, mid, StatusCode.RESOURCE_EXHAUSTED, "request too large"
             )
         if deadline_ms and deadline_ms < wall * 1000:
-            self.counts["expired"] += 1  # the client has given up: do not spend work on it
+            self._events["expired"] += 1  # the client has given up: do not spend work on it
             return None, None
-        decision = self._authorizer().check(peer.spiffe_id, "call", self.service, method, headers)
+        if self._policy_fn() is not self._policy:
+            self._authorizer()  # a new policy: a new authorizer, and no remembered calls
+        known = self._calls.get((id(peer), method)) if not headers else None
+        if known is not None and known[0] is peer:
+            decision = known[1]
+        else:
+            decision = self._authz.check(peer.spiffe_id, "call", self.service, method, headers)
+            if not (headers or decision.audited) and self._pure and len(self._calls) < 65536:
+                self._calls[id(peer), method] = (peer, decision)
         if not decision.allowed:
-            self.counts["calls_denied"] += 1
+            self._events["calls_denied"] += 1
             log.warning(
                 "call %r by %s denied by policy %s", method, peer, decision.policy or "default"
             )
@@ -654,9 +680,9 @@ class ServerCore(_PolicyBound):
                 policy=decision.policy,
             )
             return None, [route, self._encode_reply(reply)]
-        self.counts["requests"] += 1
+        self.served += 1
         msg = Message._received(
-            tuple(payload),
+            payload,
             peer,
             None,
             headers,
@@ -665,7 +691,8 @@ class ServerCore(_PolicyBound):
             method,
             deadline_ms / 1000 if deadline_ms else None,
             attempt,
-            replier(route),
+            replier,
+            route,
         )
         return msg, None
 
@@ -676,6 +703,8 @@ class ServerCore(_PolicyBound):
         payload: Payload,
         headers: Mapping[str, str] | None = None,
     ) -> list[bytes]:
+        if type(payload) is bytes and not headers and len(payload) <= self.limits.max_message_bytes:
+            return [route, encode_minimal(_REPLY, message_id), payload]  # the usual reply
         body = payload_frames(payload, self.limits)
         if headers:
             env = encode(Envelope(Kind.REPLY, message_id, headers=headers), self.limits)

@@ -505,7 +505,8 @@ class MeshSocket:
                 (sock,) = self._sources  # a bound REP, PULL or SUB, or one upstream
                 got = recv_message(sock, 0, sock is self._server)  # RCVTIMEO: at most WAIT_MS
                 if got is not None:
-                    result = judge(got[0], self._peer(sock, got[1]))
+                    # self._peer(sock, got[1]), inlined: this runs once per message
+                    result = judge(got[0], self._sources[sock] or self._peers[got[1] or ""])
                     if result is not None:
                         if self.burst:
                             self._ready = (sock,)
@@ -936,32 +937,31 @@ class RepSocket(MeshSocket):
         super().__init__(mesh, SocketKind.REP)
         self.core = ServerCore(self._policy_now, "", mesh.limits, self.drops)
         self._last: Message | None = None
-        # route -> the request's Message.reply: partial(self._reply, route), built in C
-        self._replier_for: Callable[[bytes], Callable[..., None]] = partial(partial, self._reply)
+        # what a request's Message.reply calls: one bound method for every request
+        self._replier: Callable[..., None] = self._reply
 
     def _judge(self, frames: list[bytes], peer: Peer) -> Message | None:
-        msg, immediate = self.core.request(frames, peer, time.time(), self._replier_for)
+        msg, immediate = self.core.request(frames, peer, time.time(), self._replier)
         if immediate is not None:
             self._send_reply(immediate)
         return msg
 
     def _reply(
         self,
-        route: bytes,
         msg: Message,
         payload: Payload,
-        *,
         headers: Mapping[str, str] | None = None,
+        *,
         status: StatusCode = StatusCode.OK,
         detail: str = "",
         retriable: bool = False,
     ) -> None:
-        """Answer ``msg``, a request that came in on ``route`` (its ``Message.reply``)."""
+        """Answer ``msg``, a request received here (its ``Message.reply``)."""
         if status is _OK:
-            frames = self.core.reply_frames(route, msg.message_id, payload, headers)
+            frames = self.core.reply_frames(msg._route, msg.message_id, payload, headers)
         else:
             frames = self.core.error_frames(
-                route, msg.message_id, status, detail, retriable=retriable
+                msg._route, msg.message_id, status, detail, retriable=retriable
             )
         self._send_reply(frames)
 
