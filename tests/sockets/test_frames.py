@@ -42,13 +42,21 @@ def test_the_compiled_mover_is_in_use_where_it_can_be_built(c_toolchain, monkeyp
 
 @pytest.mark.parametrize(
     "message",
-    [[b"one"], [b"a", b"", b"c"], [b""], [b"x" * 100_000, b"y"], [bytes(range(256))] * 7],
+    [
+        [b"one"],
+        [b"a", b"", b"c"],
+        [b""],
+        [b"x" * 100_000, b"y"],
+        [bytes(range(256))] * 7,
+        *([b"%d" % i for i in range(n)] for n in (8, 9, 30)),  # around the compiled one's 8
+    ],
 )
 def test_a_message_arrives_whole_and_in_order(mover, pipe, message):
     recv, send = mover
     a, b = pipe
     assert send(a, list(message), 0) is True
-    assert recv(b, 0, False) == (message, None)
+    got = recv(b, 0, False)
+    assert got == (tuple(message), None) and type(got[0]) is tuple
     assert recv(b, zmq.NOBLOCK, False) is None  # nothing else was sent
 
 
@@ -57,7 +65,7 @@ def test_both_movers_speak_to_each_other(pipe):
     for _, send in IMPLEMENTATIONS.values():
         for recv, _ in IMPLEMENTATIONS.values():
             send(a, [b"k", b"v"], 0)
-            assert recv(b, 0, True) == ([b"k", b"v"], None)  # inproc: no User-Id
+            assert recv(b, 0, True) == ((b"k", b"v"), None)  # inproc: no User-Id
 
 
 def test_an_empty_socket_gives_none_with_noblock_and_after_rcvtimeo(mover, pipe):
@@ -123,9 +131,14 @@ def test_the_user_id_of_an_authenticated_connection(mover, zctx):
     got = recv(server, 0, True)
     assert got is not None
     message, user_id = got
-    assert message[1:] == [b"hello", b"world"]  # after the routing id
+    assert message[1:] == (b"hello", b"world")  # after the routing id
     assert user_id == "spiffe://example.org/a"
     assert recv(server, zmq.NOBLOCK, True) is None
+    send(client, [b"again"], 0)
+    again = recv(server, 0, True)
+    assert again is not None and again[1] == user_id
+    if frames_module.COMPILED and recv is frames_module.recv_message:
+        assert again[1] is user_id  # the same peer's User-Id: one str, not one per message
     for sock in (client, server, zap):
         sock.close(0)
 

@@ -115,7 +115,9 @@ static PyObject *user_id_str(const char *value) {
     return text;
 }
 
-/* recv(socket, flags=0, user_id=False) -> (frames: list[bytes], user_id: str | None),
+#define FEW 8 /* frames a message usually has at most: held on the stack until the tuple */
+
+/* recv(socket, flags=0, user_id=False) -> (frames: tuple[bytes, ...], user_id: str | None),
  * or None when flags has DONTWAIT (or RCVTIMEO ran out) and no message is there. */
 static PyObject *recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 1 || nargs > 3) {
@@ -153,10 +155,10 @@ static PyObject *recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         }
     }
     PyObject *user_id = Py_NewRef(Py_None);
-    PyObject *frames = PyList_New(0);
-    if (frames == NULL) {
-        goto fail;
-    }
+    PyObject *few[FEW]; /* the frames of a usual message, before their tuple is made */
+    Py_ssize_t n = 0;
+    PyObject *many = NULL; /* a list, once a message has more than FEW frames */
+    PyObject *frames = NULL;
     if (want_user_id) {
         const char *value = z_msg_gets(&msg, "User-Id");
         if (value != NULL) {
@@ -168,11 +170,34 @@ static PyObject *recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     for (;;) {
         PyObject *frame = PyBytes_FromStringAndSize(z_msg_data(&msg), z_msg_size(&msg));
-        if (frame == NULL || PyList_Append(frames, frame) < 0) {
-            Py_XDECREF(frame);
+        if (frame == NULL) {
             goto fail;
         }
-        Py_DECREF(frame);
+        if (many == NULL && n < FEW) {
+            few[n++] = frame;
+        } else {
+            if (many == NULL) {
+                many = PyList_New(0);
+                for (Py_ssize_t i = 0; many != NULL && i < n; i++) {
+                    if (PyList_Append(many, few[i]) < 0) {
+                        Py_CLEAR(many);
+                    }
+                }
+                if (many == NULL) {
+                    Py_DECREF(frame);
+                    goto fail;
+                }
+                for (Py_ssize_t i = 0; i < n; i++) {
+                    Py_DECREF(few[i]);
+                }
+                n = 0;
+            }
+            int rc = PyList_Append(many, frame);
+            Py_DECREF(frame);
+            if (rc < 0) {
+                goto fail;
+            }
+        }
         int more = z_msg_more(&msg);
         z_msg_close(&msg);
         if (!more) {
@@ -182,12 +207,26 @@ static PyObject *recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         while (z_msg_recv(&msg, sock, 0) < 0) {
             err = z_errno();
             if (err != EINTR) {
-                z_msg_close(&msg);
-                Py_DECREF(frames);
-                Py_DECREF(user_id);
-                return raise_zmq(err);
+                raise_zmq(err);
+                goto fail;
             }
         }
+    }
+    z_msg_init(&msg); /* every frame is read and closed: what fail closes is empty */
+    if (many != NULL) {
+        frames = PyList_AsTuple(many);
+        Py_CLEAR(many);
+    } else {
+        frames = PyTuple_New(n);
+        if (frames != NULL) {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                PyTuple_SET_ITEM(frames, i, few[i]); /* the tuple takes the reference */
+            }
+            n = 0;
+        }
+    }
+    if (frames == NULL) {
+        goto fail;
     }
     PyObject *out = PyTuple_Pack(2, frames, user_id);
     Py_DECREF(frames);
@@ -195,7 +234,10 @@ static PyObject *recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     return out;
 fail:
     z_msg_close(&msg);
-    Py_XDECREF(frames);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_DECREF(few[i]);
+    }
+    Py_XDECREF(many);
     Py_XDECREF(user_id);
     return NULL;
 }

@@ -500,10 +500,31 @@ class ClientCore:
         trace: TraceContext | None = None,
         attempt: int = 0,
     ) -> tuple[Pending, list[bytes]]:
-        """Frames ``[envelope, payload...]`` for one request, and its pending record."""
-        body = payload_frames(payload, self.limits)
+        """Frames ``[envelope, payload...]`` for one request, and its pending record.
+
+        :meth:`request_frames` then :meth:`expect`, for a caller that needs the record
+        before it sends.
+        """
+        frames, mid = self.request_frames(
+            payload, method, int((wall + timeout) * 1000), headers, trace, attempt
+        )
+        return self.expect(mid, now + timeout, method, endpoint), frames
+
+    def request_frames(
+        self,
+        payload: Payload,
+        method: str,
+        deadline_ms: int,
+        headers: Mapping[str, str] | None = None,
+        trace: TraceContext | None = None,
+        attempt: int = 0,
+    ) -> tuple[list[bytes], int]:
+        """Frames ``[envelope, payload...]`` for one request with a fresh id, and the id."""
+        if type(payload) is bytes and len(payload) <= self.limits.max_message_bytes:
+            body = [payload]  # payload_frames' first case, without the call
+        else:
+            body = payload_frames(payload, self.limits)
         mid = self.next_id()
-        deadline_ms = int((wall + timeout) * 1000)
         if method and not (headers or trace or attempt):
             env_b = encode_request(mid, method, deadline_ms)
             if len(env_b) > self.limits.max_envelope_bytes:  # let encode() say why
@@ -521,9 +542,13 @@ class ClientCore:
                 trace=trace,
             )
             env_b = encode(env, self.limits)
-        pending = Pending(mid, now + timeout, method, endpoint)
-        self.pending[mid] = pending
-        return pending, [env_b, *body]
+        return [env_b, *body], mid
+
+    def expect(self, message_id: int, deadline: float, method: str, endpoint: str) -> Pending:
+        """Await the reply to request ``message_id`` until ``deadline`` (monotonic): a sync
+        caller sends first and expects after, so the bookkeeping overlaps the round trip."""
+        pending = self.pending[message_id] = Pending(message_id, deadline, method, endpoint)
+        return pending
 
     def forget(self, pending: Pending) -> None:
         self.pending.pop(pending.message_id, None)

@@ -36,7 +36,7 @@ log = logging.getLogger("zmeshlib.sockets")
 
 #: One received message: its frames, and the User-Id its connection's handshake set
 #: (None when asked not to read it, or when there is none).
-Received = tuple[list[bytes], "str | None"]
+Received = tuple[tuple[bytes, ...], "str | None"]
 
 _LIBZMQ_FUNCTIONS = (
     "zmq_msg_init",
@@ -68,7 +68,7 @@ def py_recv_message(sock: zmq.Socket, flags: int = 0, user_id: bool = False) -> 
     while frame.more:  # Frame.more: cheaper than a getsockopt(RCVMORE) per frame
         frame = sock.recv(copy=False)
         frames.append(frame.bytes)
-    return frames, uid
+    return tuple(frames), uid
 
 
 def py_send_message(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> bool:

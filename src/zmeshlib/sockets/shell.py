@@ -409,7 +409,7 @@ class MeshSocket:
 
     # -- internals: receiving ------------------------------------------------------------
 
-    def _take(self, sock: zmq.Socket) -> tuple[list[bytes], Peer] | None:
+    def _take(self, sock: zmq.Socket) -> tuple[tuple[bytes, ...], Peer] | None:
         """One message from ``sock`` without waiting, with its authenticated peer; None if empty."""
         got = recv_message(sock, _NOBLOCK, sock is self._server)
         return None if got is None else (got[0], self._peer(sock, got[1]))
@@ -419,7 +419,7 @@ class MeshSocket:
         the bound socket the User-Id its handshake set (none: anonymous)."""
         return self._sources.get(sock) or self._peers[user_id or ""]
 
-    def _arrivals(self, events: Events) -> Iterator[tuple[list[bytes], Peer]]:
+    def _arrivals(self, events: Events) -> Iterator[tuple[tuple[bytes, ...], Peer]]:
         """The messages a wait found: the one the driver already read, then whatever else is
         queued on the ready sockets, read without waiting."""
         for sock, got in events.items():
@@ -456,7 +456,7 @@ class MeshSocket:
             self._poller_key = socks
         return self._poller
 
-    def _drain_ready(self, events: Events, judge: Callable[[list[bytes], Peer], Any]) -> Any:
+    def _drain_ready(self, events: Events, judge: Callable[[tuple[bytes, ...], Peer], Any]) -> Any:
         """Judge what a wait found until a message gives a result; remembers which sockets
         may hold more (read first next time, without a wait, when ``burst``)."""
         for taken in self._arrivals(events):
@@ -467,7 +467,9 @@ class MeshSocket:
         self._ready = ()
         return None
 
-    def _receive_op(self, timeout: float | None, judge: Callable[[list[bytes], Peer], Any]) -> Op:
+    def _receive_op(
+        self, timeout: float | None, judge: Callable[[tuple[bytes, ...], Peer], Any]
+    ) -> Op:
         """Wait for the next message that ``judge`` turns into a result (None = dropped, keep waiting)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         events: Events = dict.fromkeys(self._ready, 0)
@@ -483,7 +485,9 @@ class MeshSocket:
                 )
             events = yield self._wait(deadline)
 
-    def _receive(self, timeout: float | None, judge: Callable[[list[bytes], Peer], Any]) -> Any:
+    def _receive(
+        self, timeout: float | None, judge: Callable[[tuple[bytes, ...], Peer], Any]
+    ) -> Any:
         """Sync receive. The fast path (inlined: it runs once per message) reads a socket the
         last wait said was readable, or waits once, without building an operation."""
         ready = self._ready
@@ -904,25 +908,21 @@ class ReqSocket(MeshSocket):
             return drive(self._request_op(payload, method, timeout, headers, trace))
         (up,) = self._upstreams.values()
         sock = up.sock
-        pending, frames = self.core.request(
-            payload,
-            method=method,
-            timeout=timeout,
-            now=now,
-            wall=time.time(),
-            endpoint=up.address,
-            headers=headers,
-            trace=trace,
+        core = self.core
+        frames, mid = core.request_frames(
+            payload, method, int((time.time() + timeout) * 1000), headers, trace
         )
+        sent = send_message(sock, frames, _NOBLOCK)
+        pending = core.expect(mid, now + timeout, method, up.address)  # while the request travels
+        if not sent:
+            return drive(self._exchange_op(up, pending, frames, timeout))
         try:
-            if not send_message(sock, frames, _NOBLOCK):
-                return drive(self._exchange_op(up, pending, frames, timeout))
             got = recv_message(sock)  # RCVTIMEO: at most WAIT_MS, within the timeout
         except BaseException:
-            self.core.forget(pending)
+            core.forget(pending)
             raise
         if got is not None:
-            result = self.core.answer(pending, got[0], up.peer)
+            result = core.answer(pending, got[0], up.peer)
             if result is not None:
                 return result
         return drive(self._exchange_op(up, pending, None, timeout))
@@ -940,7 +940,7 @@ class RepSocket(MeshSocket):
         # what a request's Message.reply calls: one bound method for every request
         self._replier: Callable[..., None] = self._reply
 
-    def _judge(self, frames: list[bytes], peer: Peer) -> Message | None:
+    def _judge(self, frames: tuple[bytes, ...], peer: Peer) -> Message | None:
         msg, immediate = self.core.request(frames, peer, time.time(), self._replier)
         if immediate is not None:
             self._send_reply(immediate)
