@@ -21,6 +21,13 @@ lean       the leanest loop of the pattern a non-locking client needs:
            floor of the design.
 mesh       ``REQ.request(method="echo")`` -> ``REP.serve(handler)``, STRICT
 =========  ==================================================================
+
+``--split`` also says where the mesh's own time goes on the critical path:
+the server's time from a request's read to its reply's write, and the
+client's from ``request()`` to its write and from the reply's read to
+``request()``'s return, against the same spans of the lean loop. It wraps
+the frame mover the sockets call (two clock reads a message), so take the
+ratio from a run without it.
 """
 
 from __future__ import annotations
@@ -41,6 +48,36 @@ from zmeshlib.wire import Kind, decode_plain, encode_minimal, encode_request
 
 PAYLOAD = b"x" * 64
 STOP = b"stop"
+ns = time.perf_counter_ns
+
+
+class Spans:
+    """Times from a read's return to the next write, by wrapping the mover the sockets call."""
+
+    def __init__(self) -> None:
+        self.read_at = 0
+        self.total = 0
+        self.count = 0
+
+    def install(self) -> None:
+        from zmeshlib.sockets import shell
+
+        recv, send = shell.recv_message, shell.send_message
+
+        def timed_recv(sock: zmq.Socket, flags: int = 0, user_id: bool = False) -> Any:
+            got = recv(sock, flags, user_id)
+            self.read_at = ns()
+            return got
+
+        def timed_send(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> bool:
+            self.total += ns() - self.read_at
+            self.count += 1
+            return send(sock, frames, flags)
+
+        shell.recv_message, shell.send_message = timed_recv, timed_send  # type: ignore[assignment]
+
+    def mean_us(self) -> float:
+        return self.total / max(self.count, 1) / 1000
 
 
 def _curve_server(ctx: zmq.Context, kind: int) -> tuple[zmq.Socket, str, bytes]:
@@ -72,20 +109,30 @@ def raw_server(info: Any) -> None:
     ctx.destroy(linger=0)
 
 
-def lean_server(info: Any) -> None:
+def lean_server(info: Any, split: bool) -> None:
     ctx = zmq.Context()
     sock, address, key = _curve_server(ctx, zmq.ROUTER)
     info.put(("lean", address, key))
+    spans = Spans()
     while True:
         frames, _user_id = recv_message(sock, 0, True)  # type: ignore[misc]
+        read_at = ns()
         env = decode_plain(frames[1])
-        send_message(sock, [frames[0], encode_minimal(Kind.REPLY, env[1]), frames[2]])  # type: ignore[index]
+        reply = [frames[0], encode_minimal(Kind.REPLY, env[1]), frames[2]]  # type: ignore[index]
+        spans.total += ns() - read_at
+        spans.count += 1
+        send_message(sock, reply)
         if frames[2] == STOP:
             break
+    if split:
+        info.put(("lean-server", spans.mean_us()))
     ctx.destroy(linger=0)
 
 
-def mesh_server(ca_dir: str, registry: str, info: Any) -> None:
+def mesh_server(ca_dir: str, registry: str, info: Any, split: bool) -> None:
+    spans = Spans()
+    if split:
+        spans.install()
     ca = zmeshlib.DevCA.load(ca_dir)
     with zmeshlib.Mesh(
         identity=ca.issue("spiffe://example.org/ns/bench/sa/server"), registry=registry
@@ -101,12 +148,15 @@ def mesh_server(ca_dir: str, registry: str, info: Any) -> None:
             return msg.payload
 
         rep.serve(echo, stop=lambda: bool(stopped))
+    if split:
+        info.put(("mesh-server", spans.mean_us()))
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--size", type=int, default=300, help="round trips per batch")
+    parser.add_argument("--split", action="store_true", help="where the mesh's time goes")
     args = parser.parse_args(argv)
     mp = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="zmesh-bench-rtt-") as tmp:
@@ -115,8 +165,8 @@ def main(argv: list[str]) -> int:
         info = mp.Queue()
         servers = [
             mp.Process(target=raw_server, args=(info,)),
-            mp.Process(target=lean_server, args=(info,)),
-            mp.Process(target=mesh_server, args=(f"{tmp}/ca", registry, info)),
+            mp.Process(target=lean_server, args=(info, args.split)),
+            mp.Process(target=mesh_server, args=(f"{tmp}/ca", registry, info, args.split)),
         ]
         for s in servers:
             s.start()
@@ -134,23 +184,36 @@ def main(argv: list[str]) -> int:
         req = mesh.socket(zmq.REQ)
         req.connect(service="bench")
         ids = iter(range(1, 1 << 62))
+        client = {
+            name: Spans() for name in ("lean-send", "mesh-send", "lean-return", "mesh-return")
+        }
+        if args.split:
+            client["mesh-send"].install()  # the mesh sockets' mover: request() -> its write
 
         def raw_call(payload: bytes = PAYLOAD) -> None:
             raw.send(payload)
             raw.recv()
 
         def lean_call(payload: bytes = PAYLOAD) -> None:
+            start = ns()
             deadline = int(time.time() * 1000) + 5000
-            send_message(lean, [encode_request(next(ids), "echo", deadline), payload])
-            recv_message(lean)
+            frames = [encode_request(next(ids), "echo", deadline), payload]
+            client["lean-send"].total += ns() - start
+            send_message(lean, frames)
+            recv_message(lean)  # the reply's read is the last thing it does: nothing after
 
         def mesh_call(payload: bytes = PAYLOAD) -> None:
+            sending = client["mesh-send"]
+            sending.read_at = ns()  # request()'s start, for the span to its write
             req.request(payload, method="echo", timeout=5)
+            client["mesh-return"].total += ns() - sending.read_at  # from the reply's read
 
         calls = {"raw": raw_call, "lean": lean_call, "mesh": mesh_call}
         for call in calls.values():  # warm up: handshakes, caches
             for _ in range(args.size):
                 call()
+        for spans in client.values():
+            spans.total = spans.count = 0
         per: dict[str, list[float]] = {name: [] for name in calls}
         for _ in range(args.batches):
             for name, call in calls.items():
@@ -158,8 +221,12 @@ def main(argv: list[str]) -> int:
                 for _ in range(args.size):
                     call()
                 per[name].append((time.perf_counter() - t0) / args.size * 1e6)
+        timed = args.batches * args.size
+        for spans in client.values():
+            spans.count = timed
         for call in calls.values():
             call(STOP)
+        spent = dict(info.get(timeout=30) for _ in range(2)) if args.split else {}
         for s in servers:
             s.join(10)
         mesh.close()
@@ -172,6 +239,17 @@ def main(argv: list[str]) -> int:
     for name in ("lean", "mesh"):
         ratios = [x / r for x, r in zip(per[name], per["raw"], strict=True)]
         print(f"{name}/raw median ratio {statistics.median(ratios):.2f}x")
+    if args.split:
+        print("where the time goes (us per round trip, mean)    lean    mesh")
+        rows = [
+            ("client: call -> its request written", "lean-send", "mesh-send"),
+            ("server: request read -> reply written", "lean-server", "mesh-server"),
+            ("client: reply read -> call returns", "lean-return", "mesh-return"),
+        ]
+        for label, lean_key, mesh_key in rows:
+            lean_us = spent[lean_key] if lean_key in spent else client[lean_key].mean_us()
+            mesh_us = spent[mesh_key] if mesh_key in spent else client[mesh_key].mean_us()
+            print(f"  {label:<44} {lean_us:6.1f}  {mesh_us:6.1f}")
     ratio = statistics.median(m / r for m, r in zip(per["mesh"], per["raw"], strict=True))
     print(f"target mesh/raw <= 1.3x: {'met' if ratio <= 1.3 else 'MISSED'}")
     return 0
