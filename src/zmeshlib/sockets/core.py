@@ -521,7 +521,7 @@ class ClientCore:
     ) -> tuple[list[bytes], int]:
         """Frames ``[envelope, payload...]`` for one request with a fresh id, and the id."""
         if type(payload) is bytes and len(payload) <= self.limits.max_message_bytes:
-            body = [payload]  # payload_frames' first case, without the call
+            body = None  # payload_frames' first case, without the call or a list
         else:
             body = payload_frames(payload, self.limits)
         mid = self.next_id()
@@ -542,7 +542,7 @@ class ClientCore:
                 trace=trace,
             )
             env_b = encode(env, self.limits)
-        return [env_b, *body], mid
+        return ([env_b, payload] if body is None else [env_b, *body]), mid  # type: ignore[list-item]
 
     def expect(self, message_id: int, deadline: float, method: str, endpoint: str) -> Pending:
         """Await the reply to request ``message_id`` until ``deadline`` (monotonic): a sync
