@@ -251,7 +251,10 @@ def main(argv: list[str]) -> int:
             mesh_us = spent[mesh_key] if mesh_key in spent else client[mesh_key].mean_us()
             print(f"  {label:<44} {lean_us:6.1f}  {mesh_us:6.1f}")
     ratio = statistics.median(m / r for m, r in zip(per["mesh"], per["raw"], strict=True))
-    print(f"target mesh/raw <= 1.3x: {'met' if ratio <= 1.3 else 'MISSED'}")
+    if args.split:
+        print("target: not judged with --split (its clock reads slow the mesh down)")
+    else:
+        print(f"target mesh/raw <= 1.3x: {'met' if ratio <= 1.3 else 'MISSED'}")
     return 0
 
 
