@@ -634,10 +634,11 @@ class ServerCore(_PolicyBound):
         return self._events + Counter(requests=self.served)
 
     def policy_changed(self) -> None:
-        # (id(peer), method) -> (peer, decision) of header-free calls, for one policy; the peer
-        # is kept so that its id cannot be reused. Audited decisions are not kept (each call
-        # is logged), nor is anything when a CUSTOM provider could answer differently.
-        self._calls: dict[tuple[int, str], tuple[Peer, Any]] = {}
+        # (id(peer), method) -> peer, for header-free calls the policy allows: a known caller
+        # costs one lookup. The peer is kept so that its id cannot be reused; valid for one
+        # policy. Not kept: audited calls (each is logged), denied ones, and anything when a
+        # CUSTOM provider could answer differently next time.
+        self._allowed: dict[tuple[int, str], Peer] = {}
 
     def request(
         self,
@@ -685,26 +686,24 @@ class ServerCore(_PolicyBound):
             return None, None
         if self._policy_fn() is not self._policy:
             self._authorizer()  # a new policy: a new authorizer, and no remembered calls
-        known = self._calls.get((id(peer), method)) if not headers else None
-        if known is not None and known[0] is peer:
-            decision = known[1]
-        else:
+        key = (id(peer), method)
+        if headers or self._allowed.get(key) is not peer:  # not a call known to be allowed
             decision = self._authz.check(peer.spiffe_id, "call", self.service, method, headers)
-            if not (headers or decision.audited) and self._pure and len(self._calls) < 65536:
-                self._calls[id(peer), method] = (peer, decision)
-        if not decision.allowed:
-            self._events["calls_denied"] += 1
-            log.warning(
-                "call %r by %s denied by policy %s", method, peer, decision.policy or "default"
-            )
-            reply = Envelope(
-                Kind.REPLY,
-                mid,
-                status=StatusCode.PERMISSION_DENIED,
-                detail=decision.reason,
-                policy=decision.policy,
-            )
-            return None, [route, self._encode_reply(reply)]
+            if not decision.allowed:
+                self._events["calls_denied"] += 1
+                log.warning(
+                    "call %r by %s denied by policy %s", method, peer, decision.policy or "default"
+                )
+                reply = Envelope(
+                    Kind.REPLY,
+                    mid,
+                    status=StatusCode.PERMISSION_DENIED,
+                    detail=decision.reason,
+                    policy=decision.policy,
+                )
+                return None, [route, self._encode_reply(reply)]
+            if not (headers or decision.audited) and self._pure and len(self._allowed) < 65536:
+                self._allowed[key] = peer
         self.served += 1
         msg = Message._received(
             payload,
