@@ -263,7 +263,7 @@ def outcome(fn, *args):
 
 @needs_compiled
 @settings(PROPERTY, max_examples=2000)
-@given(garbage, st.sampled_from([None, 12, 20, 64, 16 * 1024]))
+@given(garbage, st.sampled_from([None, 12, 20, 64, 16 * 1024, 2**70, -1, 20.5]))
 def test_compiled_decode_plain_is_the_python_one_on_any_bytes(data: bytes, bound) -> None:
     args = (data,) if bound is None else (data, Limits(max_envelope_bytes=bound))
     assert outcome(compiled_plain.decode_plain, *args) == outcome(

@@ -29,7 +29,8 @@
 
 static PyObject *kinds[5];          /* Kind members by their byte, 1-4 */
 static PyObject *default_limits;    /* DEFAULT_LIMITS */
-static PyObject *py_encode_minimal; /* the Python functions, for whatever is not plain */
+static PyObject *py_decode_plain; /* the Python functions, for whatever is not plain */
+static PyObject *py_encode_minimal;
 static PyObject *py_encode_publish;
 static PyObject *py_encode_request;
 static PyObject *empty_str;
@@ -85,13 +86,13 @@ static void fill_fixed(unsigned char *p, unsigned char kind, uint16_t flags, uns
     put_u64(p + 4, id);
 }
 
-/* setup(kinds: tuple of the 4 Kind members in byte order, default_limits, encode_minimal,
- *       encode_publish, encode_request, protocol_version, plain_request_flags) */
+/* setup(kinds: tuple of the 4 Kind members in byte order, default_limits, decode_plain,
+ *       encode_minimal, encode_publish, encode_request, protocol_version, plain_request_flags) */
 static PyObject *setup(PyObject *self, PyObject *args) {
-    PyObject *members, *limits, *minimal, *publish, *request;
+    PyObject *members, *limits, *decode, *minimal, *publish, *request;
     int ver, flags;
-    if (!PyArg_ParseTuple(args, "O!OOOOii", &PyTuple_Type, &members, &limits, &minimal, &publish,
-                          &request, &ver, &flags)) {
+    if (!PyArg_ParseTuple(args, "O!OOOOOii", &PyTuple_Type, &members, &limits, &decode, &minimal,
+                          &publish, &request, &ver, &flags)) {
         return NULL;
     }
     if (PyTuple_GET_SIZE(members) != 4) {
@@ -102,6 +103,7 @@ static PyObject *setup(PyObject *self, PyObject *args) {
         Py_XSETREF(kinds[i + 1], Py_NewRef(PyTuple_GET_ITEM(members, i)));
     }
     Py_XSETREF(default_limits, Py_NewRef(limits));
+    Py_XSETREF(py_decode_plain, Py_NewRef(decode));
     Py_XSETREF(py_encode_minimal, Py_NewRef(minimal));
     Py_XSETREF(py_encode_publish, Py_NewRef(publish));
     Py_XSETREF(py_encode_request, Py_NewRef(request));
@@ -111,7 +113,10 @@ static PyObject *setup(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* max_envelope_bytes of a Limits, read once per Limits object; -1 with an error set. */
+#define NOT_PLAIN (-2) /* max_envelope_bytes is not an int in 0..PY_SSIZE_T_MAX: ask Python */
+
+/* max_envelope_bytes of a Limits, read once per Limits object; -1 with an error set, or
+ * NOT_PLAIN when the Python function must compare it (a float, a huge or negative int). */
 static Py_ssize_t max_envelope(PyObject *limits) {
     if (limits == last_limits) {
         return last_max;
@@ -120,13 +125,19 @@ static Py_ssize_t max_envelope(PyObject *limits) {
     if (value == NULL) {
         return -1;
     }
-    Py_ssize_t max = PyLong_AsSsize_t(value);
-    Py_DECREF(value);
-    if (max == -1 && PyErr_Occurred()) {
-        return -1;
+    Py_ssize_t max = NOT_PLAIN;
+    if (PyLong_CheckExact(value)) {
+        max = PyLong_AsSsize_t(value);
+        if (max < 0) {
+            PyErr_Clear(); /* too big for a size, or negative */
+            max = NOT_PLAIN;
+        }
     }
-    Py_XSETREF(last_limits, Py_NewRef(limits));
-    last_max = max;
+    Py_DECREF(value);
+    if (max != NOT_PLAIN) {
+        Py_XSETREF(last_limits, Py_NewRef(limits));
+        last_max = max;
+    }
     return max;
 }
 
@@ -144,7 +155,10 @@ static PyObject *decode_plain(PyObject *self, PyObject *const *args, Py_ssize_t 
         Py_RETURN_NONE;
     }
     Py_ssize_t max = max_envelope(nargs > 1 ? args[1] : default_limits);
-    if (max < 0 && PyErr_Occurred()) {
+    if (max == NOT_PLAIN) {
+        return fallback(py_decode_plain, args, nargs);
+    }
+    if (max < 0) {
         return NULL;
     }
     Py_ssize_t size = PyBytes_GET_SIZE(data);

@@ -647,6 +647,7 @@ def _bind(module: Any) -> Any:
     module.setup(
         tuple(Kind(byte) for byte in range(1, 5)),
         DEFAULT_LIMITS,
+        py_decode_plain,
         py_encode_minimal,
         py_encode_publish,
         py_encode_request,
