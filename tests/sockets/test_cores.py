@@ -15,6 +15,7 @@ from zmeshlib.sockets.core import (
     Drops,
     PeerBook,
     Pending,
+    PolicyInForce,
     PublisherCore,
     ServerCore,
     SubscriberCore,
@@ -51,22 +52,13 @@ ORDERS_ONLY = _policy(
 )
 
 
-class Holder:
-    """What a Mesh gives the cores: the current policy, swappable."""
-
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
-
-
 def _publication(topic: str, payload: bytes = b"p", mid: int = 1) -> list[bytes]:
     return [topic.encode() + b"\0" + encode(Envelope(Kind.PUBLISH, mid)), payload]
 
 
 def test_publisher_frames_and_own_permission():
-    holder = Holder(ORDERS_ONLY)
-    core = PublisherCore(
-        lambda: holder.policy, "orders", lambda: ORDERS.spiffe_id, DEFAULT_LIMITS, Drops()
-    )
+    holder = PolicyInForce(ORDERS_ONLY)
+    core = PublisherCore(holder, "orders", lambda: ORDERS.spiffe_id, DEFAULT_LIMITS, Drops())
     head, payload = core.publication("orders.created", b"x", None, None)
     topic, env = head.split(b"\0", 1)
     assert topic == b"orders.created" and payload == b"x"
@@ -83,8 +75,8 @@ def test_publisher_frames_and_own_permission():
 
 
 def test_publisher_judges_subscriptions_and_notices_policy_changes():
-    holder = Holder(ORDERS_ONLY)
-    core = PublisherCore(lambda: holder.policy, "orders", lambda: ME, DEFAULT_LIMITS, Drops())
+    holder = PolicyInForce(ORDERS_ONLY)
+    core = PublisherCore(holder, "orders", lambda: ME, DEFAULT_LIMITS, Drops())
     change = core.on_subscription(b"\x01", str(ROGUE.spiffe_id), ROGUE)
     assert change is not None and change.prefixes == (b"orders.",)  # "" narrowed
     assert core.on_subscription(b"\x01pay", str(ROGUE.spiffe_id), ROGUE) is None  # denied
@@ -105,9 +97,9 @@ def test_publisher_judges_subscriptions_and_notices_policy_changes():
 
 
 def test_subscriber_drops_what_the_sender_may_not_publish():
-    holder = Holder(ORDERS_ONLY)
+    holder = PolicyInForce(ORDERS_ONLY)
     drops = Drops()
-    core = SubscriberCore(lambda: holder.policy, "orders", lambda: ME, DEFAULT_LIMITS, drops)
+    core = SubscriberCore(holder, "orders", lambda: ME, DEFAULT_LIMITS, drops)
     msg = core.message(_publication("orders.created", b"hi", 7), ORDERS)
     assert msg is not None and (msg.topic, msg.payload, msg.message_id, msg.peer) == (
         "orders.created",
@@ -142,10 +134,10 @@ def test_custom_provider_decisions_are_never_frozen():
     answers = iter([True, False, True])
     register_provider("flaky", lambda req: req.action == "subscribe" or next(answers))
     try:
-        holder = Holder(
+        holder = PolicyInForce(
             _policy({"name": "ext", "action": "CUSTOM", "provider": "flaky", "rules": [{}]})
         )
-        core = SubscriberCore(lambda: holder.policy, "s", lambda: ME, DEFAULT_LIMITS, Drops())
+        core = SubscriberCore(holder, "s", lambda: ME, DEFAULT_LIMITS, Drops())
         outcomes = [core.message(_publication("t.x"), ORDERS) is not None for _ in range(3)]
         assert outcomes == [True, False, True]
     finally:
@@ -210,7 +202,7 @@ def test_client_answer_takes_only_the_awaited_reply():
 
 
 def test_server_authorizes_calls_and_skips_expired_requests():
-    holder = Holder(
+    holder = PolicyInForce(
         _policy(
             {
                 "name": "callers",
@@ -219,7 +211,7 @@ def test_server_authorizes_calls_and_skips_expired_requests():
             }
         )
     )
-    core = ServerCore(lambda: holder.policy, "payment", DEFAULT_LIMITS, Drops())
+    core = ServerCore(holder, "payment", DEFAULT_LIMITS, Drops())
     wall = time.time()
     req = encode(Envelope(Kind.REQUEST, 5, method="charge", deadline_ms=int((wall + 5) * 1000)))
     replies: list[tuple[object, bytes]] = []
@@ -250,8 +242,8 @@ def test_server_decisions_follow_policy_changes_and_audits_log_every_call(caplog
         "action": "ALLOW",
         "rules": [{"from": {"namespaces": ["shop"]}, "to": {"call": ["charge"]}}],
     }
-    holder = Holder(_policy(allow))
-    core = ServerCore(lambda: holder.policy, "payment", DEFAULT_LIMITS, Drops())
+    holder = PolicyInForce(_policy(allow))
+    core = ServerCore(holder, "payment", DEFAULT_LIMITS, Drops())
     wall = time.time()
 
     def call(peer: Peer, mid: int = 5) -> bool:

@@ -158,17 +158,33 @@ class Drops:
             log.warning("dropped a message (%s)%s", reason, f": {detail}" if detail else "")
 
 
+class PolicyInForce:
+    """The policy in force: the one reference ``Mesh.update_policy`` replaces, and which
+    every core reads once per message (one attribute of a small object: the cheapest
+    look there is, where a property or a call would be a Python frame per message)."""
+
+    __slots__ = ("policy",)
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+
 class _PolicyBound:
-    """A core whose caches live as long as one policy object."""
+    """A core whose caches live as long as one policy object.
+
+    ``policy`` is anything with a ``policy`` attribute holding the policy in force
+    (a :class:`PolicyInForce`), read once per message: a new policy takes effect at the
+    next message.
+    """
 
     def __init__(
         self,
-        policy: Callable[[], Policy],
+        policy: PolicyInForce,
         service: str,
         self_id: Callable[[], SpiffeId | None],
         limits: Limits,
     ) -> None:
-        self._policy_fn = policy
+        self._in_force = policy
         self.service = service
         self._self_id = self_id
         self.limits = limits
@@ -177,7 +193,7 @@ class _PolicyBound:
         self._authz: Any = None
 
     def _authorizer(self) -> Any:
-        policy = self._policy_fn()
+        policy = self._in_force.policy
         if policy is not self._policy:
             self._policy = policy
             self._authz = policy.authorizer()
@@ -243,7 +259,7 @@ class PublisherCore(_PolicyBound):
 
     def __init__(
         self,
-        policy: Callable[[], Policy],
+        policy: PolicyInForce,
         service: str,
         self_id: Callable[[], SpiffeId | None],
         limits: Limits,
@@ -347,7 +363,7 @@ class SubscriberCore(_PolicyBound):
 
     def __init__(
         self,
-        policy: Callable[[], Policy],
+        policy: PolicyInForce,
         service: str,
         self_id: Callable[[], SpiffeId | None],
         limits: Limits,
@@ -450,7 +466,7 @@ class PushCore(_PolicyBound):
 
     def __init__(
         self,
-        policy: Callable[[], Policy],
+        policy: PolicyInForce,
         service: str,
         self_id: Callable[[], SpiffeId | None],
         limits: Limits,
@@ -620,9 +636,7 @@ class ClientCore:
 class ServerCore(_PolicyBound):
     """Requests in, replies out, for a REP socket (over ROUTER)."""
 
-    def __init__(
-        self, policy: Callable[[], Policy], service: str, limits: Limits, drops: Drops
-    ) -> None:
+    def __init__(self, policy: PolicyInForce, service: str, limits: Limits, drops: Drops) -> None:
         super().__init__(policy, service, lambda: None, limits)  # a server makes no calls itself
         self.drops = drops
         self.served = 0  # requests delivered: an int, counted per request
@@ -684,7 +698,7 @@ class ServerCore(_PolicyBound):
         if deadline_ms and deadline_ms < wall * 1000:
             self._events["expired"] += 1  # the client has given up: do not spend work on it
             return None, None
-        if self._policy_fn() is not self._policy:
+        if self._in_force.policy is not self._policy:
             self._authorizer()  # a new policy: a new authorizer, and no remembered calls
         key = (id(peer), method)
         if headers or self._allowed.get(key) is not peer:  # not a call known to be allowed

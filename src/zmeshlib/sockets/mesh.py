@@ -7,8 +7,9 @@ Rules this module keeps:
   and re-published whenever the SVID rotates or an endpoint is added, so a
   new handshake always finds a card that verifies. Established connections
   are not disturbed by a rotation (as with TLS).
-* The policy is one immutable object behind one reference: ``update_policy``
-  swaps it, and every socket sees the new one at its next operation.
+* The policy is one immutable object behind one reference (a
+  ``PolicyInForce`` the sockets' cores share): ``update_policy`` swaps it,
+  and every socket sees the new one at its next operation.
 * ``close()`` leaves nothing behind: sockets closed, card withdrawn, the ZAP
   and renewal threads stopped, the context terminated if the Mesh made it.
 
@@ -40,6 +41,7 @@ from ..policy import Policy, PolicyWatcher
 from ..registry import Registry
 from ..telemetry import MeshMetrics
 from ..wire.envelope import DEFAULT_LIMITS, Limits
+from .core import PolicyInForce
 from .handshake import ZapHandler
 from .shell import SYNC_CLASSES, MeshSocket
 
@@ -73,7 +75,7 @@ class Mesh:
         limits: Limits = DEFAULT_LIMITS,
         meter_provider: Any = None,
     ) -> None:
-        self._policy = policy if policy is not None else Policy()
+        self._in_force = PolicyInForce(policy if policy is not None else Policy())
         if identity is None and self.mode != "DISABLE":
             raise IdentityError(
                 f"peer_authentication mode {self.mode} needs an identity: pass "
@@ -124,7 +126,7 @@ class Mesh:
             "mesh member %s up (mode %s, policy %s)",
             self.spiffe_id or "anonymous",
             self.mode,
-            self._policy.revision,
+            self._in_force.policy.revision,
         )
 
     def _new_context(self) -> zmq.Context:
@@ -140,7 +142,7 @@ class Mesh:
         return self.identity.bundles if self.identity is not None else Bundles()
 
     def _may_serve(self, service: str, spiffe_id: SpiffeId) -> bool:
-        return self._policy.may_serve(service, spiffe_id)
+        return self._in_force.policy.may_serve(service, spiffe_id)
 
     def _publish_card(self) -> None:
         """Sign this workload's card with the current SVID and publish it."""
@@ -188,23 +190,23 @@ class Mesh:
 
     @property
     def policy(self) -> Policy:
-        return self._policy
+        return self._in_force.policy
 
     @property
     def mode(self) -> str:
-        return self._policy.peer_authentication.mode
+        return self._in_force.policy.peer_authentication.mode
 
     @property
     def policy_version(self) -> str:
         """The revision (content hash) of the active policy."""
-        return self._policy.revision
+        return self._in_force.policy.revision
 
     def update_policy(self, policy: Policy) -> None:
         """Swap the policy: the next message, call or subscription of every socket sees it."""
         if not isinstance(policy, Policy):
             raise MeshError(f"update_policy takes a zmeshlib.Policy, not {type(policy).__name__}")
-        old = self._policy
-        self._policy = policy
+        old = self._in_force.policy
+        self._in_force.policy = policy
         self._policy_updates += 1
         self.metrics.policy_updates.add(1, {"revision": policy.revision})
         log.info("policy %s -> %s", old.revision, policy.revision)

@@ -41,7 +41,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -67,7 +66,6 @@ from .frames import Received, recv_message, send_message
 from .handshake import ZAP_DOMAIN
 
 if TYPE_CHECKING:
-    from ..policy import Policy
     from .mesh import Mesh
 
 log = logging.getLogger("zmeshlib.sockets")
@@ -148,9 +146,6 @@ class MeshSocket:
 
     def __init__(self, mesh: Mesh, kind: SocketKind) -> None:
         self._mesh = mesh
-        # the policy in force, as the cores ask for it per message: a C-level attribute read
-        # (``Mesh.policy`` is a property, and a property or a lambda is a Python frame)
-        self._policy_now: Callable[[], Policy] = partial(getattr, mesh, "_policy")
         self.kind = kind
         self.service = ""
         self.drops = Drops()
@@ -584,7 +579,7 @@ class PubSocket(MeshSocket):
     def __init__(self, mesh: Mesh) -> None:
         super().__init__(mesh, SocketKind.PUB)
         self.core = PublisherCore(
-            self._policy_now, "", lambda: mesh.spiffe_id, mesh.limits, self.drops
+            mesh._in_force, "", lambda: mesh.spiffe_id, mesh.limits, self.drops
         )
         self._next_drain = 0.0
         self._junk = False
@@ -704,7 +699,7 @@ class SubSocket(_Receiving):
     def __init__(self, mesh: Mesh) -> None:
         super().__init__(mesh, SocketKind.SUB)
         self.core = SubscriberCore(
-            self._policy_now, "", lambda: mesh.spiffe_id, mesh.limits, self.drops
+            mesh._in_force, "", lambda: mesh.spiffe_id, mesh.limits, self.drops
         )
         self._prefixes: list[bytes] = []
 
@@ -737,7 +732,7 @@ class PullSocket(_Receiving):
     def __init__(self, mesh: Mesh) -> None:
         super().__init__(mesh, SocketKind.PULL)
         self.core = SubscriberCore(
-            self._policy_now, "", lambda: mesh.spiffe_id, mesh.limits, self.drops, kind=Kind.PUSH
+            mesh._in_force, "", lambda: mesh.spiffe_id, mesh.limits, self.drops, kind=Kind.PUSH
         )
 
 
@@ -746,7 +741,7 @@ class PushSocket(MeshSocket):
 
     def __init__(self, mesh: Mesh) -> None:
         super().__init__(mesh, SocketKind.PUSH)
-        self.core = PushCore(self._policy_now, "", lambda: mesh.spiffe_id, mesh.limits)
+        self.core = PushCore(mesh._in_force, "", lambda: mesh.spiffe_id, mesh.limits)
 
     def _send_op(
         self,
@@ -935,7 +930,7 @@ class RepSocket(MeshSocket):
 
     def __init__(self, mesh: Mesh) -> None:
         super().__init__(mesh, SocketKind.REP)
-        self.core = ServerCore(self._policy_now, "", mesh.limits, self.drops)
+        self.core = ServerCore(mesh._in_force, "", mesh.limits, self.drops)
         self._last: Message | None = None
         # what a request's Message.reply calls: one bound method for every request
         self._replier: Callable[..., None] = self._reply
