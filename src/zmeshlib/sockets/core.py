@@ -595,13 +595,6 @@ class ClientCore:
         if not frames:
             self.drops.drop("malformed", "empty reply")
             return None
-        plain = decode_plain(frames[0], self.limits)
-        if plain is not None and plain[0] is _REPLY:  # an OK reply without extras
-            mid = plain[1]
-            if self.pending.pop(mid, None) is None:
-                self.counts["late_replies"] += 1
-                return None
-            return mid, Message._received(tuple(frames[1:]), peer, None, NO_HEADERS, mid, None)
         try:
             env = decode(frames[0], self.limits)
         except ProtocolError as e:
