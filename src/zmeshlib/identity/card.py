@@ -1,11 +1,13 @@
 """Identity cards: a CURVE public key bound to a SPIFFE ID by the SVID's own key.
 
 A card is self-authenticating. It carries the X.509-SVID chain (leaf first),
-the 32-byte CURVE public key, a validity window, labels and endpoints, and a
-signature made with the SVID's private key over a canonical, domain-separated
-encoding. Anyone may store or forward a card; a forged, altered or stale one
-fails :meth:`Card.verify`. The byte layout is specified in docs/protocol.md,
-section "Identity cards", with test vectors in tests/vectors/cards.json.
+the 32-byte CURVE public key, a validity window, labels and endpoints, a proof
+that its maker holds the CURVE secret key, and a signature made with the
+SVID's private key over a canonical, domain-separated encoding. Anyone may
+store or forward a card; a forged, altered or stale one fails
+:meth:`Card.verify`, and so does a card binding a CURVE key its signer does
+not hold. The byte layout is specified in docs/protocol.md, section "Identity
+cards", with test vectors in tests/vectors/cards.json.
 
 Rules this module keeps:
 
@@ -17,8 +19,32 @@ Rules this module keeps:
 * The signed bytes start with :data:`MAGIC` and the version byte, so a card
   signature can never be mistaken for a signature over anything else the SVID
   key signs (TLS handshakes, JWTs, envelopes).
+* A card proves possession of its CURVE key. The SVID signature alone only
+  says "this SVID's holder published this": a workload could publish a card
+  binding another workload's CURVE public key (which is public, on that
+  workload's own card) to its own SPIFFE ID, and every connection made with
+  that key would then be authenticated as the wrong identity. So the CURVE
+  secret key signs too: ``key_proof`` is an XEdDSA signature
+  (:mod:`zmeshlib.identity._xeddsa`) over :meth:`Card.key_proof_message`, which
+  is :data:`KEY_PROOF_DOMAIN` followed by everything the card says except the
+  proof and the SVID signature (version, SPIFFE ID, CURVE key, window, labels,
+  endpoints, chain). A card for a key its signer does not hold cannot be made.
+* The two signatures are nested, proof inside: the CURVE key signs the
+  content, and the SVID key signs the content *and the proof*
+  (:meth:`Card.signed_bytes`). Neither can be lifted onto another card: the
+  proof names the SPIFFE ID, the chain, the labels and endpoints, so it
+  verifies on no card that differs in any of them, and the SVID signature
+  covers the proof, so no proof can be swapped under it. This order (rather
+  than a proof over the SVID-signed bytes) lets the verifier check the SVID
+  signature first, so the failures stay apart: any change to the bytes is
+  ``card-signature`` (tampering), while ``card-key-proof`` means exactly that
+  the SVID's holder published a binding to a key it cannot sign with. It also
+  keeps a card ``signed_bytes || signature`` as in every version.
 * The signature algorithm follows from the leaf's key type (table below);
-  nothing in the card names it, so it cannot be downgraded.
+  nothing in the card names it, so it cannot be downgraded. The proof is
+  always XEdDSA, since CURVE keys are always X25519.
+* Version 1 cards carry no proof of key possession; they are refused
+  (``card-version``), never accepted on the SVID signature alone.
 * :meth:`Card.from_bytes` raises only :class:`IdentityError` (``card-malformed``,
   ``card-too-large``, ``card-version``), whatever the input.
 * Every verification failure names its own rule (``IdentityError.rule``):
@@ -26,12 +52,16 @@ Rules this module keeps:
   ========================  ===================================================
   rule                      the card is rejected because
   ========================  ===================================================
-  ``card-version``          its format version is not one this code knows
+  ``card-version``          its format version is not one this code accepts
+                            (version 1 has no key proof; later ones are unknown)
   ``card-malformed``        a field breaks the layout limits
   ``card-too-large``        it encodes to more than :data:`MAX_CARD_SIZE` bytes
   ``card-wrong-key``        its CURVE key is not the key it was presented for
   ``card-signature``        the signature does not verify with the leaf's key
   ``card-key-type``         the leaf's key type has no card signature algorithm
+  ``card-key-proof``        its key proof does not verify with its CURVE key,
+                            or that key is one no secret key has (u >= p,
+                            u = p - 1, or a point of small order)
   (SVID rules)              the chain fails :func:`verify_chain` at ``now``;
                             the SVID's own rule is passed through
   ``card-id-mismatch``      its SPIFFE ID is not the leaf certificate's
@@ -41,7 +71,8 @@ Rules this module keeps:
   ========================  ===================================================
 
   Signing refuses with ``card-no-private-key`` (a peer's SVID),
-  ``card-svid-expired`` (an empty window) or ``card-key-type``.
+  ``card-key-mismatch`` (``curve_secret`` is not the secret of the CURVE
+  public key), ``card-svid-expired`` (an empty window) or ``card-key-type``.
 
 Signature algorithms, by the leaf certificate's public key:
 
@@ -54,13 +85,17 @@ EC P-384           ECDSA with SHA-384, DER-encoded (r, s)
 RSA (>= 2048 bit)  RSASSA-PSS, SHA-256, MGF1-SHA-256, salt length 32
 =================  ============================================================
 
-Theory of operation: :meth:`Card.sign` clamps the window to the SVID chain's
-and signs :meth:`Card.signed_bytes`; :meth:`Card.to_bytes` appends the
-signature. A verifier checks the cheap things first (version, expected key),
-then the signature, then the chain, then time. Because a valid card's window
-lies inside its chain's, a verdict reached at any instant of the window holds
-for the whole window: a cache (the registry's) may verify once and afterwards
-re-check only :meth:`Card.check_window`.
+Theory of operation: :meth:`Card.sign` checks that the CURVE secret is the
+public key's, clamps the window to the SVID chain's, makes the key proof over
+:meth:`Card.key_proof_message`, then signs :meth:`Card.signed_bytes` (which end
+with the proof) with the SVID key; :meth:`Card.to_bytes` appends the
+signature. Nothing of the CURVE secret is kept on the card. A verifier checks
+the cheap things first (version, expected key), then the SVID signature, then
+the key proof (an Ed25519 verification, as cheap as the signature's), then the
+chain, then time. Because a valid card's window lies inside its chain's, a
+verdict reached at any instant of the window holds for the whole window: a
+cache (the registry's) may verify once and afterwards re-check only
+:meth:`Card.check_window`.
 """
 
 from __future__ import annotations
@@ -72,6 +107,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 
 import attrs
+import zmq
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -81,13 +117,18 @@ from zmq.utils import z85
 
 from .._exceptions import IdentityError
 from .._models import Endpoint, Peer
+from . import _xeddsa
 from .spiffe_id import SpiffeId
 from .svid import Bundles, X509Svid, verify_chain
 
 #: Domain-separation prefix of every card encoding (and of the signed bytes).
 MAGIC = b"zmeshlib-card\x00"
+#: Domain-separation prefix of the message the CURVE key signs (the key proof).
+KEY_PROOF_DOMAIN = b"zmeshlib-card-key-proof\x00"
 #: The card format version this module writes and reads.
-VERSION = 1
+VERSION = 2
+#: Size of the key proof (an XEdDSA signature), in bytes.
+KEY_PROOF_SIZE = 64
 #: Default bound on an encoded card, in bytes.
 MAX_CARD_SIZE = 64 * 1024
 
@@ -116,6 +157,23 @@ def _malformed(why: str) -> IdentityError:
     return IdentityError(f"malformed identity card: {why}", rule="card-malformed")
 
 
+def _check_version(version: int) -> None:
+    if version == VERSION:
+        return
+    if version == 1:
+        raise IdentityError(
+            "identity card version 1 carries no proof that its signer holds the card's CURVE "
+            f"secret key, so it is refused: the workload that published it must upgrade zmeshlib "
+            f"and publish a version {VERSION} card",
+            rule="card-version",
+        )
+    raise IdentityError(
+        f"identity card version {version} is not supported (this zmeshlib reads version "
+        f"{VERSION}); upgrade zmeshlib",
+        rule="card-version",
+    )
+
+
 # -- field conversion (constructor) --------------------------------------------
 
 
@@ -132,6 +190,30 @@ def coerce_curve_key(key: bytes | str) -> bytes:
                 raise _malformed("the CURVE key is 40 bytes but not valid Z85") from e
         return key
     raise _malformed(f"a CURVE key is bytes or a Z85 str, not {type(key).__name__}")
+
+
+def _curve_secret(secret: object) -> bytes:
+    """A CURVE secret key, raw (32 bytes) or in Z85 (40 characters, as pyzmq returns it)."""
+    if isinstance(secret, str):
+        secret = secret.encode("ascii", "replace")
+    if isinstance(secret, (bytes, bytearray, memoryview)):
+        raw = bytes(secret)
+        if len(raw) == 40:
+            try:
+                raw = z85.decode(raw)
+            except (ValueError, KeyError, IndexError, struct.error):
+                raw = b""
+        if len(raw) == _CURVE_KEY_SIZE:
+            return raw
+    raise IdentityError(
+        "curve_secret must be the CURVE secret key, 32 raw bytes or 40 Z85 characters "
+        "(the second half of zmq.curve_keypair())",
+        rule="card-key-mismatch",
+    )
+
+
+def _spiffe_id(value: str | SpiffeId) -> SpiffeId:
+    return SpiffeId.coerce(value)
 
 
 def _labels(value: Mapping[str, str] | None) -> dict[str, str]:
@@ -270,13 +352,15 @@ def chain_window(certificates: Iterable[x509.Certificate]) -> tuple[float, float
 
 @attrs.frozen
 class Card:
-    """A CURVE public key bound to a SPIFFE ID, signed with the SVID's key.
+    """A CURVE public key bound to a SPIFFE ID, signed with the SVID's key and the CURVE key.
 
     Build with :meth:`sign` or :meth:`from_bytes`; trust only what
-    :meth:`verify` returns.
+    :meth:`verify` returns. ``key_proof`` defaults to empty only so that a card
+    can be assembled before it is proven; such a card neither encodes nor
+    verifies.
     """
 
-    spiffe_id: SpiffeId = attrs.field(converter=SpiffeId.coerce)
+    spiffe_id: SpiffeId = attrs.field(converter=_spiffe_id)
     curve_key: bytes = attrs.field(converter=coerce_curve_key)
     not_before: float
     not_after: float
@@ -284,6 +368,7 @@ class Card:
     endpoints: tuple[Endpoint, ...] = attrs.field(converter=_endpoints)
     certificates: tuple[x509.Certificate, ...] = attrs.field(converter=_certificates)
     signature: bytes = attrs.field(converter=bytes)
+    key_proof: bytes = attrs.field(default=b"", converter=bytes)
     version: int = VERSION
 
     # -- building --------------------------------------------------------------
@@ -292,8 +377,9 @@ class Card:
     def sign(
         cls,
         svid: X509Svid,
-        curve_key: bytes | str,
+        curve_public: bytes | str,
         *,
+        curve_secret: bytes | str,
         labels: Mapping[str, str] | None = None,
         endpoints: Iterable[Endpoint] = (),
         now: float | None = None,
@@ -301,14 +387,28 @@ class Card:
     ) -> Card:
         """Sign a card valid from ``now`` until ``now + ttl``, cut to the SVID's validity.
 
-        Times are rounded down to whole milliseconds (the encoding's unit), so
-        the card returned equals the card its bytes decode to.
+        ``curve_secret`` must be the secret key of ``curve_public`` (both raw
+        or Z85, as ``zmq.curve_keypair()`` returns them): it makes the key
+        proof, and is not kept. Times are rounded down to whole milliseconds
+        (the encoding's unit), so the card returned equals the card its bytes
+        decode to.
         """
         if svid.private_key is None:
             raise IdentityError(
                 f"cannot sign a card for {svid.spiffe_id}: the SVID has no private key "
                 "(load it with the key PEM)",
                 rule="card-no-private-key",
+            )
+        public = coerce_curve_key(curve_public)
+        if len(public) != _CURVE_KEY_SIZE:
+            raise _malformed(f"the CURVE key is {len(public)} bytes, not 32")
+        secret = _curve_secret(curve_secret)
+        if z85.decode(zmq.curve_public(z85.encode(secret))) != public:
+            raise IdentityError(
+                f"cannot sign a card for {svid.spiffe_id} and CURVE key {public.hex()}: "
+                "curve_secret is not that key's secret key (pass the pair zmq.curve_keypair() "
+                "returned, the one the sockets use)",
+                rule="card-key-mismatch",
             )
         if now is None:
             now = time.time()
@@ -324,9 +424,9 @@ class Card:
                 f"{start:.3f} (expired, or ttl is not positive); renew the SVID",
                 rule="card-svid-expired",
             )
-        unsigned = cls(
+        unproven = cls(
             spiffe_id=svid.spiffe_id,
-            curve_key=curve_key,
+            curve_key=public,
             not_before=not_before,
             not_after=not_after,
             labels=labels,
@@ -334,19 +434,37 @@ class Card:
             certificates=svid.certificates,
             signature=b"",
         )
-        signature = _sign_with(svid.private_key, unsigned.signed_bytes())
-        return attrs.evolve(unsigned, signature=signature)
+        proven = attrs.evolve(
+            unproven, key_proof=_xeddsa.sign(secret, unproven.key_proof_message())
+        )
+        signature = _sign_with(svid.private_key, proven.signed_bytes())
+        return attrs.evolve(proven, signature=signature)
 
     # -- encoding --------------------------------------------------------------
 
+    def key_proof_message(self) -> bytes:
+        """What the CURVE key signs: :data:`KEY_PROOF_DOMAIN`, then the card's content.
+
+        The content is :meth:`signed_bytes` without the proof at its end (the
+        layout's fields 1 to 9), so the proof binds the version, SPIFFE ID,
+        CURVE key, window, labels, endpoints and chain.
+        """
+        return KEY_PROOF_DOMAIN + self._content_bytes()
+
     def signed_bytes(self) -> bytes:
-        """The canonical, domain-separated encoding of everything but the signature."""
-        if self.version != VERSION:
-            raise IdentityError(
-                f"identity card version {self.version} is not supported (this zmeshlib "
-                f"reads version {VERSION}); upgrade zmeshlib",
-                rule="card-version",
+        """What the SVID key signs: the canonical, domain-separated content, then the key proof."""
+        return self._content_bytes() + self._checked_proof()
+
+    def _checked_proof(self) -> bytes:
+        if len(self.key_proof) != KEY_PROOF_SIZE:
+            raise _malformed(
+                f"the key proof is {len(self.key_proof)} bytes, not {KEY_PROOF_SIZE} "
+                "(sign the card with Card.sign)"
             )
+        return self.key_proof
+
+    def _content_bytes(self) -> bytes:
+        _check_version(self.version)
         w = _Writer()
         w.raw(MAGIC)
         w.uint(">B", self.version, "version")
@@ -408,12 +526,7 @@ class Card:
         if r.take(len(MAGIC), "magic") != MAGIC:
             raise _malformed("it does not start with the zmeshlib card magic")
         version = r.uint(">B", "version")
-        if version != VERSION:
-            raise IdentityError(
-                f"identity card version {version} is not supported (this zmeshlib reads "
-                f"version {VERSION}); upgrade zmeshlib",
-                rule="card-version",
-            )
+        _check_version(version)
         spiffe_text = r.text(">H", "spiffe_id")
         curve_key = r.take(_CURVE_KEY_SIZE, "curve key")
         not_before = r.uint(">Q", "not_before")
@@ -438,6 +551,7 @@ class Card:
                     certificates.append(x509.load_der_x509_certificate(der))
             except (ValueError, x509.InvalidVersion, CryptographyDeprecationWarning) as e:
                 raise _malformed(f"certificate {len(certificates)} is not DER X.509: {e}") from e
+        key_proof = r.take(KEY_PROOF_SIZE, "key proof")
         signature = r.blob(">H", "signature")
         if r.pos != len(data):
             raise _malformed(f"{len(data) - r.pos} bytes follow the signature")
@@ -451,6 +565,7 @@ class Card:
                 endpoints=tuple(endpoints),
                 certificates=tuple(certificates),
                 signature=signature,
+                key_proof=key_proof,
                 version=version,
             )
             canonical = card.to_bytes()
@@ -474,7 +589,8 @@ class Card:
         """Check every rule of the module docstring's table; return the authenticated peer."""
         if now is None:
             now = time.time()
-        signed = self.signed_bytes()  # card-version, card-malformed
+        content = self._content_bytes()  # card-version, card-malformed
+        signed = content + self._checked_proof()
         if curve_key is not None and coerce_curve_key(curve_key) != self.curve_key:
             raise IdentityError(
                 f"the card of {self.spiffe_id} is for CURVE key {self.key_id}, not for "
@@ -501,6 +617,7 @@ class Card:
                 "with its SVID's key: it was altered or signed by another key",
                 rule="card-signature",
             ) from None
+        self._verify_key_proof(KEY_PROOF_DOMAIN + content)
         try:
             leaf_id = verify_chain(self.certificates, bundles, at=now)
         except IdentityError as e:
@@ -521,6 +638,25 @@ class Card:
             )
         self.check_window(now)
         return self.peer
+
+    def _verify_key_proof(self, message: bytes) -> None:
+        try:
+            edwards = _xeddsa.edwards_public_key(self.curve_key)
+        except _xeddsa.UnusableKey as e:
+            raise IdentityError(
+                f"the card claiming {self.spiffe_id} is for CURVE key {self.key_id}, which no "
+                f"secret key has ({e}): it proves nothing and is refused",
+                rule="card-key-proof",
+            ) from None
+        try:
+            ed25519.Ed25519PublicKey.from_public_bytes(edwards).verify(self.key_proof, message)
+        except (InvalidSignature, ValueError):
+            raise IdentityError(
+                f"the card claiming {self.spiffe_id} for CURVE key {self.key_id} has a key proof "
+                "that does not verify with that key: its signer does not hold the key's secret "
+                "(or the proof was taken from another card), so it may not bind it",
+                rule="card-key-proof",
+            ) from None
 
     def check_window(self, now: float) -> None:
         """Raise ``card-not-yet-valid`` / ``card-expired`` unless ``not_before <= now < not_after``."""

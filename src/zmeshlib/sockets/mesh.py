@@ -158,6 +158,7 @@ class Mesh:
             self.card = Card.sign(
                 self.identity.svid,
                 self.curve_public,
+                curve_secret=self._curve_secret,
                 labels=labels,
                 endpoints=tuple(self._endpoints),
             )
