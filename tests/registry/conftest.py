@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,27 @@ class Clock:
         return self.now
 
 
+def _sign_card(
+    svid: Any, public: bytes | None = None, secret: bytes | None = None, **kw: Any
+) -> Card:
+    """``Card.sign`` with a CURVE key pair (a fresh one unless given).
+
+    The secret is passed when ``Card.sign`` asks for it (cards that prove possession of
+    their CURVE key), so these tests sign cards the way the card module in use does.
+    """
+    if public is None:
+        public, secret = zmq.curve_keypair()
+    if "curve_secret" in inspect.signature(Card.sign).parameters:
+        kw["curve_secret"] = secret
+    return Card.sign(svid, public, **kw)
+
+
+@pytest.fixture(scope="session")
+def sign_card() -> Callable[..., Card]:
+    """``sign_card(svid, public=None, secret=None, **Card.sign kwargs)``: see :func:`_sign_card`."""
+    return _sign_card
+
+
 @pytest.fixture(scope="session")
 def ca() -> DevCA:
     return DevCA.create("example.org")
@@ -47,8 +69,7 @@ def make_card(svids: dict[str, Any], clock: Clock) -> Callable[..., Card]:
     """``make_card(spiffe_id=ORDERS, **Card.sign kwargs)``: a fresh CURVE key, signed at ``clock``."""
 
     def make(spiffe_id: str = ORDERS, **kw: Any) -> Card:
-        public, _ = zmq.curve_keypair()
         kw.setdefault("now", clock.now)
-        return Card.sign(svids[spiffe_id], public, **kw)
+        return _sign_card(svids[spiffe_id], **kw)
 
     return make

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 
 import zmeshlib.identity.card as card_module
 from zmeshlib.registry import Registry
@@ -82,7 +83,7 @@ def test_a_process_polling_the_registry_finds_a_card_published_later(files, ca, 
 
 
 def test_concurrent_publishers_do_not_corrupt_each_others_files(files, ca, tmp_path):
-    shared = os.urandom(32).hex()
+    shared, shared_secret = (k.decode() for k in zmq.curve_keypair())
     writers = [
         spawn(
             files
@@ -91,6 +92,7 @@ def test_concurrent_publishers_do_not_corrupt_each_others_files(files, ca, tmp_p
                 "count": 20,
                 "rewrites": 20,
                 "shared_key": shared,
+                "shared_secret": shared_secret,
                 "name": f"w{n}",
             }
         )
@@ -105,7 +107,7 @@ def test_concurrent_publishers_do_not_corrupt_each_others_files(files, ca, tmp_p
         assert len(keys) == 80
         found = registry.by_service("orders")
         assert {c.key_id for c in found} == keys
-        last = registry.by_key(bytes.fromhex(shared))
+        last = registry.by_key(shared)
         assert last is not None and last.labels["writer"].endswith("-19")
         assert registry.rejected() == {}
         assert registry.stats["corrupt"] == registry.stats["invalid"] == 0

@@ -6,7 +6,6 @@ import threading
 
 import attrs
 import pytest
-import zmq
 
 from zmeshlib._exceptions import IdentityError, RegistryError
 from zmeshlib._models import Endpoint
@@ -69,14 +68,14 @@ def test_by_service_is_ordered_by_key_id_and_filters_by_kind(registry, make_card
     assert registry.by_service("orders", kind="REP") == [rep]
 
 
-def test_publish_refuses_invalid_and_misnamed_cards(registry, make_card, store):
+def test_publish_refuses_invalid_and_misnamed_cards(registry, make_card, store, sign_card):
     rogue_orders = make_card(ROGUE, labels={"service": "orders"})
     with pytest.raises(IdentityError) as info:
         registry.publish(rogue_orders)
     assert info.value.rule == "card-misnamed"
     foreign = DevCA.create("example.org").issue_svid(ORDERS, key="ed25519")
     with pytest.raises(IdentityError) as info:
-        registry.publish(Card.sign(foreign, zmq.curve_keypair()[0]))
+        registry.publish(sign_card(foreign))
     assert info.value.rule == "untrusted"
     assert list(store.scan()) == []
 
@@ -105,14 +104,14 @@ def test_without_may_serve_every_claim_is_accepted(store, ca, make_card):
         assert open_registry.by_service("orders") == [rogue]
 
 
-def test_corrupt_and_invalid_entries_are_skipped_and_counted_once(registry, store, make_card):
+def test_corrupt_and_invalid_entries_are_skipped_and_counted_once(
+    registry, store, make_card, sign_card
+):
     good = orders_card(make_card)
     registry.publish(good)
     store.put("junk", b"not a card")
     store.put("f" * 64, good.to_bytes()[:-5])
-    foreign = Card.sign(
-        DevCA.create("example.org").issue_svid(ORDERS, key="ed25519"), good.curve_key
-    )
+    foreign = sign_card(DevCA.create("example.org").issue_svid(ORDERS, key="ed25519"))
     store.put("e" * 64, foreign.to_bytes())
     misfiled = orders_card(make_card)
     store.put("d" * 64, misfiled.to_bytes())  # a valid card under another key's id

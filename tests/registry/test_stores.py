@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import threading
 
 import pytest
 
 from zmeshlib._exceptions import RegistryError
-from zmeshlib.registry import CardStore, DirStore, MemoryStore, check_key_id, open_store
+from zmeshlib.registry import (
+    CardStore,
+    DirStore,
+    MemoryStore,
+    Unreadable,
+    check_key_id,
+    open_store,
+)
 
 
 @pytest.fixture(params=["memory", "dir"])
@@ -63,7 +72,8 @@ def test_dir_store_writes_one_file_per_card_and_ignores_other_files(tmp_path):
     (tmp_path / ".tmp-ab12-1-x").write_bytes(b"half a card")  # a writer in progress
     (tmp_path / "notes.txt").write_bytes(b"x")
     (tmp_path / ".hidden.card").write_bytes(b"x")
-    (tmp_path / "sub.card").mkdir()
+    (tmp_path / "no spaces.card").write_bytes(b"x")  # not a key id
+    (tmp_path / "sub").mkdir()
     assert list(store.scan()) == [("ab12", b"card")]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-ab12-")) == [
         ".tmp-ab12-1-x"
@@ -160,3 +170,63 @@ def test_dir_store_write_failure_is_a_registry_error_and_leaves_no_temp_file(tmp
     with pytest.raises(RegistryError, match="cannot write card k"):
         store.put("k", b"x")
     assert sorted(os.listdir(tmp_path)) == ["k.card"]
+
+
+def special_files(directory) -> dict[str, str]:
+    """Make every kind of name a card file must not be; returns key id -> what it is."""
+    os.mkfifo(directory / "fifo.card")
+    os.symlink("loop-b.card", directory / "loop-a.card")
+    os.symlink("loop-a.card", directory / "loop-b.card")
+    (directory / "target").write_bytes(b"a regular file elsewhere")
+    os.symlink(directory / "target", directory / "link.card")
+    os.symlink(directory / "missing", directory / "dangling.card")
+    (directory / "dir.card").mkdir()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(directory / "sock.card"))
+    server.close()  # the socket file stays; nobody listens
+    return {
+        "dangling": "symlink",
+        "dir": "directory",
+        "fifo": "FIFO",
+        "link": "symlink",
+        "loop-a": "symlink",
+        "loop-b": "symlink",
+        "sock": "socket",
+    }
+
+
+def test_dir_store_refuses_every_entry_that_is_not_a_regular_file(tmp_path):
+    store = DirStore(tmp_path)
+    store.put("good", b"card bytes")
+    kinds = special_files(tmp_path)
+    # no read blocks (a FIFO without a writer, a socket), follows a link or raises
+    scanned = dict(store.scan())
+    assert scanned.pop("good") == b"card bytes"
+    assert sorted(scanned) == sorted(kinds)
+    for key_id, kind in kinds.items():
+        entry = store.get(key_id)
+        assert isinstance(entry, Unreadable) and entry.rule == "not-a-file", key_id
+        assert scanned[key_id] == entry
+        assert f"{key_id}.card" in entry.reason
+        if kind in ("directory", "FIFO"):
+            assert kind in entry.reason
+
+
+def test_dir_store_reports_a_card_file_it_may_not_read_instead_of_raising(tmp_path, monkeypatch):
+    store = DirStore(tmp_path)
+    store.put("secret", b"x")
+    store.put("open", b"y")
+    real_open = os.open
+
+    def open_refusing(path, flags, *args):
+        # running as root, file modes cannot make a file unreadable: refuse as the kernel would
+        if os.fspath(path).endswith("secret.card"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_refusing)
+    assert store.get("secret") == Unreadable(
+        "unreadable", "secret.card cannot be opened: Permission denied"
+    )
+    assert [k for k, v in store.scan() if isinstance(v, Unreadable)] == ["secret"]
+    assert store.get("open") == b"y"

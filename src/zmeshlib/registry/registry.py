@@ -5,15 +5,27 @@ Rules this module keeps:
 * A store is untrusted. Every card it returns is decoded and verified against
   the current trust bundles before any lookup hands it out; what fails is
   ignored and counted, never raised (a bad entry must not break a lookup or a
-  handshake).
+  handshake). That holds for *any* failure: an entry whose decoding or
+  verification raises something other than :class:`~zmeshlib.IdentityError`
+  (a certificate that trips the X.509 parser, say) is rejected as
+  ``card-unverifiable``, and an entry the store cannot read as bytes (a FIFO,
+  a symlink) is rejected with the store's rule (``not-a-file``).
 * Secure naming: a card is returned for service ``S`` (by :meth:`by_service`
   or :meth:`by_endpoint`) only if ``may_serve(S, spiffe_id)`` allows its
   identity. :meth:`by_key` applies no naming: it answers "who holds this key".
-* Verification is cached per card bytes (SHA-256) and trust bundles object.
-  The cached verdict is reached at the card's own ``not_before``; because a
-  valid card's window lies inside its SVID chain's, that verdict holds for the
-  whole window, so a later lookup re-checks only the window (no signature
-  or chain work). A new bundles object re-verifies lazily.
+* Nothing slow happens under the lock that lookups share: store reads and
+  verification run outside it, and the lock is taken only to look a verdict
+  up and to install one. A card that is slow to verify delays the lookups
+  that need that card, never the others (the ZAP handler calls
+  :meth:`by_key` for every handshake). Two threads may verify the same bytes
+  at once; both reach the same verdict.
+* A verdict holds only as long as everything it rested on: see "How long a
+  verdict holds" below.
+* Memory and work are bounded per entry: the verdict cache holds at most
+  ``cache_entries`` verdicts and about ``cache_bytes`` bytes (least recently
+  used go first), and the index of the whole store keeps the verdict of
+  every entry it lists, so a rescan decodes no entry twice: a store full of
+  junk costs one read per entry per rescan and one decode per distinct entry.
 * Counters count distinct entries, not lookups: a corrupt file read a
   thousand times counts once.
 
@@ -21,21 +33,49 @@ Rules this module keeps:
 counter                 counts
 ======================  ======================================================
 ``published``           cards this registry published
-``corrupt``             entries that do not decode (``Card.from_bytes`` failed)
-``invalid``             cards that decode but fail verification, or sit under
-                        another key's id
+``corrupt``             entries that do not decode (``Card.from_bytes`` refused
+                        them) or that the store cannot read (``not-a-file``)
+``invalid``             cards that fail verification, whose decoding or
+                        verification failed unexpectedly
+                        (``card-unverifiable``), or that sit under another
+                        key's id
 ``stale``               verified cards seen after their ``not_after``
 ``not_yet_valid``       verified cards seen before their ``not_before``
 ``misnamed``            (card, service) pairs refused by secure naming
 ======================  ======================================================
 
+How long a verdict holds. Verdicts are cached per card bytes (SHA-256) and
+trust bundles object. A card's window lies inside its own SVID chain's, so
+the chain it carries is valid for the whole window; the trust bundle's
+authorities are not in the card, and may expire first. A verdict is reached
+at the lookup's clock when that lies inside the card's window (else at the
+card's ``not_before``), and holds:
+
+==========================================  ===================================
+at a later lookup, ``now`` is               the answer
+==========================================  ===================================
+before the card's ``not_before``            not yet valid (counted)
+at or after the card's ``not_after``        stale (counted)
+after ``trusted_until``: the earliest       verify again, at ``now``; the new
+``not_after`` of the card's trust domain's  verdict replaces the old (an
+authorities that were valid when the        expired root makes it ``expired``,
+verdict was reached                         another root may still vouch)
+otherwise                                   the cached verdict: no signature or
+                                            chain work
+==========================================  ===================================
+
+A new bundles object re-verifies lazily.
+
 Theory of operation: :meth:`by_key` reads one entry (one file for a
 :class:`~zmeshlib.registry.DirStore`) per call and serves its verdict from the
 cache. :meth:`by_service` and :meth:`by_endpoint` read an index of the whole
-store, rebuilt only when the store's ``version()`` token changes.
+store, rebuilt only when the store's ``version()`` token or the bundles
+change; each rebuild is tagged with a sequence number taken under the lock
+when it started, so a slow rebuild never replaces one that started later.
 :meth:`changed_since` is meant to be polled (every ~100 ms): its token
-combines the index's content digest, the bundles generation, and how many
-card window boundaries (a ``not_before`` or ``not_after``) have passed, so it
+combines the index's content digest (entries and their verdicts), the bundles
+generation, and how many window boundaries have passed (each card's
+``not_before`` and ``not_after``, and each verdict's ``trusted_until``), so it
 moves when a lookup's answer may move, and only then.
 """
 
@@ -43,38 +83,179 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import logging
+import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from .._exceptions import IdentityError, RegistryError
 from ..identity.card import Card, coerce_curve_key
-from .stores import CardStore, open_store
+from .stores import CardStore, Unreadable, open_store
 
 if TYPE_CHECKING:
     from ..identity.spiffe_id import SpiffeId
     from ..identity.svid import Bundles
 
+log = logging.getLogger("zmeshlib.registry")
+
 COUNTERS = ("published", "corrupt", "invalid", "stale", "not_yet_valid", "misnamed")
-_CACHE_SIZE = 4096
+#: The rule of an entry whose decoding or verification raised something unexpected.
+UNVERIFIABLE = "card-unverifiable"
+CACHE_ENTRIES = 4096
+CACHE_BYTES = 16 << 20
+# What a cached verdict costs beyond its card's bytes: the entry, the digest, the
+# decoded card's Python objects. A decoded card holds its certificates twice (the
+# parsed X.509 objects keep their DER), hence twice its encoded size.
+_ENTRY_COST = 512
+_CARD_COST_FACTOR = 2
 
 
 class _Entry:
-    """The cached verdict on one card's bytes under one bundles object."""
+    """The verdict on one entry's bytes under one bundles object."""
 
-    __slots__ = ("bundles", "card", "digest", "noted", "problem", "rule")
+    __slots__ = ("bundles", "card", "cost", "digest", "noted", "problem", "rule", "trusted_until")
 
     def __init__(
-        self, digest: bytes, bundles: object, card: Card | None, problem: str, rule: str
+        self,
+        digest: bytes,
+        bundles: object,
+        card: Card | None,
+        problem: str,
+        rule: str,
+        *,
+        cost: int = _ENTRY_COST,
+        trusted_until: float = math.inf,
     ) -> None:
-        self.digest = digest  # SHA-256 of the card bytes
+        self.digest = digest  # SHA-256 of the card bytes (33 bytes for an Unreadable)
         self.bundles = bundles
-        self.card = card  # decoded card (None when corrupt)
+        self.card = card  # decoded card (None when corrupt or unreadable)
         self.problem = problem  # "" (verified), "corrupt" or "invalid"
-        self.rule = rule  # the IdentityError rule when problem is set
+        self.rule = rule  # the rule that rejects the entry when problem is set
+        self.cost = cost  # bytes charged to the cache
+        self.trusted_until = trusted_until  # the bundle authorities vouch until then
         self.noted: set[str] = set()  # counter events already counted for this entry
+
+    def lapsed(self, now: float) -> bool:
+        """Whether this verified card must be verified again: its authorities may have expired."""
+        card = self.card
+        return (
+            not self.problem
+            and card is not None
+            and self.trusted_until < now < card.not_after
+            and now >= card.not_before
+        )
+
+
+class _Index:
+    """Every entry of the store with its verdict, as of one store token and bundles generation."""
+
+    __slots__ = (
+        "authority_bounds",
+        "by_digest",
+        "card_bounds",
+        "content",
+        "entries",
+        "gen",
+        "next_lapse",
+        "token",
+    )
+
+    def __init__(self, entries: list[tuple[str, _Entry]], token: object, gen: int) -> None:
+        self.entries = entries
+        self.token = token
+        self.gen = gen
+        self.by_digest = {entry.digest: entry for _, entry in entries}
+        content = hashlib.sha256()
+        card_bounds: list[float] = []
+        authority_bounds: list[float] = []
+        for key_id, entry in entries:
+            content.update(
+                b"%s\x00%s\x00%s\x00" % (key_id.encode(), entry.digest, entry.rule.encode())
+            )
+            if not entry.problem and entry.card is not None:
+                card_bounds += (entry.card.not_before, entry.card.not_after)
+                if entry.trusted_until < entry.card.not_after:
+                    authority_bounds.append(entry.trusted_until)
+        self.content = content.digest()
+        self.card_bounds = sorted(card_bounds)
+        self.authority_bounds = sorted(authority_bounds)
+        self.next_lapse = self.authority_bounds[0] if authority_bounds else math.inf
+
+    def epoch(self, now: float) -> int:
+        """How many boundaries have passed: a card bound at ``now``, an authority's after it."""
+        return bisect.bisect_right(self.card_bounds, now) + bisect.bisect_left(
+            self.authority_bounds, now
+        )
+
+
+_EMPTY = _Index([], None, -1)
+
+
+def _authority_bound(card: Card, bundles: Bundles, at: float) -> float:
+    """The earliest ``not_after`` of the card's trust domain's authorities still valid at ``at``."""
+    bundle = bundles.get(card.spiffe_id.trust_domain)
+    if bundle is None:  # verification passed, so there is one; be safe all the same
+        return at
+    ends = (a.not_valid_after_utc.timestamp() for a in bundle.authorities)
+    return min((end for end in ends if end >= at), default=at)
+
+
+def _judge(digest: bytes, data: bytes | Unreadable, bundles: Bundles, now: float) -> _Entry:
+    """The verdict on one entry (pure: no registry state). Raises nothing but BaseException."""
+    if isinstance(data, Unreadable):
+        return _Entry(digest, bundles, None, "corrupt", data.rule)
+    try:
+        card = Card.from_bytes(data)
+    except IdentityError as e:
+        return _Entry(digest, bundles, None, "corrupt", e.rule)
+    except Exception as e:
+        log.warning("a stored card could not be decoded (%s: %s); ignoring it", type(e).__name__, e)
+        return _Entry(digest, bundles, None, "invalid", UNVERIFIABLE)
+    return _verify(digest, card, _ENTRY_COST + _CARD_COST_FACTOR * len(data), bundles, now)
+
+
+def _verify(digest: bytes, card: Card, cost: int, bundles: Bundles, now: float) -> _Entry:
+    """The verdict on a decoded card, reached at ``now`` if inside its window, else at its start."""
+    at = now if card.not_before <= now < card.not_after else card.not_before
+    try:
+        card.verify(bundles, now=at)
+        until = _authority_bound(card, bundles, at)
+    except IdentityError as e:
+        return _Entry(digest, bundles, card, "invalid", e.rule, cost=cost)
+    except Exception as e:
+        log.warning(
+            "the stored card of %s could not be verified (%s: %s); ignoring it",
+            card.spiffe_id,
+            type(e).__name__,
+            e,
+        )
+        return _Entry(digest, bundles, card, "invalid", UNVERIFIABLE, cost=cost)
+    return _Entry(digest, bundles, card, "", "", cost=cost, trusted_until=until)
+
+
+def _rule(key_id: str, entry: _Entry, now: float) -> str:
+    """Why no lookup returns ``entry`` filed under ``key_id`` at ``now``; "" when one does."""
+    if entry.problem:
+        return entry.rule
+    if entry.card is None:  # pragma: no cover - a verdict without a problem has a card
+        return UNVERIFIABLE
+    if entry.card.key_id != key_id:
+        return "card-wrong-key"
+    try:
+        entry.card.check_window(now)
+    except IdentityError as e:
+        return e.rule
+    return ""
+
+
+def _digest(data: bytes | Unreadable, key_id: str) -> bytes:
+    """The cache key of an entry: its bytes' SHA-256, or (33 bytes, never equal) its failure."""
+    if isinstance(data, Unreadable):
+        return b"!" + hashlib.sha256(f"{key_id}\x00{data.rule}".encode()).digest()
+    return hashlib.sha256(data).digest()
 
 
 class Registry:
@@ -87,24 +268,34 @@ class Registry:
         bundles: Callable[[], Bundles] | Bundles,
         may_serve: Callable[[str, SpiffeId], bool] | None = None,
         clock: Callable[[], float] = time.time,
+        cache_entries: int = CACHE_ENTRIES,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
+        if cache_entries < 1 or cache_bytes < 1:
+            raise RegistryError(
+                f"cache_entries and cache_bytes must be positive, not {cache_entries} and "
+                f"{cache_bytes}; the defaults are {CACHE_ENTRIES} and {CACHE_BYTES}"
+            )
         self._owns_store = isinstance(store, str)
         self.store: CardStore = open_store(store) if isinstance(store, str) else store
-        self._bundles_fn: Callable[[], Bundles] = (
-            bundles if callable(bundles) else (lambda: bundles)  # type: ignore[assignment,return-value]
-        )
+        if callable(bundles):
+            self._bundles_fn: Callable[[], Bundles] = bundles
+        else:
+            fixed = bundles
+            self._bundles_fn = lambda: fixed
         self._may_serve = may_serve
         self._clock = clock
+        self._cache_entries = cache_entries
+        self._cache_bytes = cache_bytes
         self._lock = threading.RLock()
         self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._cached_bytes = 0
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._bundles: object = None
         self._bundles_gen = 0
-        self._store_token: object = None
-        self._index: list[tuple[str, _Entry]] = []
-        self._index_gen = -1
-        self._content = b""
-        self._boundaries: list[float] = []
+        self._index = _EMPTY
+        self._index_seq = 0  # sequence number of the installed index's rebuild
+        self._seq = 0  # last sequence number handed out
         self._closed = False
 
     # -- writing ---------------------------------------------------------------
@@ -113,22 +304,34 @@ class Registry:
         """Verify ``card`` (and that its identity may serve what it claims), then store it."""
         with self._lock:
             self._check_open()
-            card.verify(self._current_bundles(), self._clock())
-            for service in sorted(card.services):
-                if not self._allowed(service, card):
-                    raise IdentityError(
-                        f"{card.spiffe_id} may not serve {service!r} (secure naming): add it to "
-                        f"the policy's services.{service}.identities or remove the claim",
-                        rule="card-misnamed",
-                    )
-            self.store.put(card.key_id, card.to_bytes())
+            bundles, _ = self._current_bundles()
+        try:
+            card.verify(bundles, self._clock())  # outside the lock: lookups go on meanwhile
+        except IdentityError:
+            raise
+        except Exception as e:
+            raise IdentityError(
+                f"the card of {card.spiffe_id} could not be verified ({type(e).__name__}: {e}); "
+                "sign it again from a valid SVID",
+                rule=UNVERIFIABLE,
+            ) from e
+        for service in sorted(card.services):
+            if not self._allowed(service, card):
+                raise IdentityError(
+                    f"{card.spiffe_id} may not serve {service!r} (secure naming): add it to "
+                    f"the policy's services.{service}.identities or remove the claim",
+                    rule="card-misnamed",
+                )
+        self.store.put(card.key_id, card.to_bytes())
+        with self._lock:
             self._counters["published"] += 1
 
     def withdraw(self, curve_key: bytes | str) -> None:
         """Remove the card of ``curve_key`` (the store is untrusted: anyone may; this is housekeeping)."""
+        key_id = coerce_curve_key(curve_key).hex()
         with self._lock:
             self._check_open()
-            self.store.delete(coerce_curve_key(curve_key).hex())
+        self.store.delete(key_id)
 
     # -- lookups -----------------------------------------------------------------
 
@@ -137,20 +340,26 @@ class Registry:
         key_id = coerce_curve_key(curve_key).hex()
         with self._lock:
             self._check_open()
-            data = self.store.get(key_id)
-            if data is None:
-                return None
-            return self._usable(key_id, self._entry(data), self._clock())
+            bundles, _ = self._current_bundles()
+            index = self._index
+        data = self.store.get(key_id)
+        if data is None:
+            return None
+        now = self._clock()
+        entry = self._verdict(key_id, data, bundles, now, index.by_digest)
+        with self._lock:
+            return self._usable(key_id, entry, now)
 
     def by_service(self, service: str, kind: str | None = None) -> list[Card]:
         """Verified cards serving ``service`` (with an endpoint of socket ``kind`` when given).
 
         Ordered by key id, so every process sees the same order.
         """
+        index, now = self._current()
         with self._lock:
             return [
                 card
-                for entry, card in self._claimants(service, kind)
+                for entry, card in self._claimants(index, now, service, kind)
                 if self._named(entry, service)
             ]
 
@@ -159,34 +368,20 @@ class Registry:
 
         What :meth:`by_service` leaves out, so a client can say why it found nothing.
         """
+        index, now = self._current()
         with self._lock:
             return [
                 card
-                for _, card in self._claimants(service, kind)
+                for _, card in self._claimants(index, now, service, kind)
                 if not self._allowed(service, card)
             ]
 
-    def _claimants(self, service: str, kind: str | None) -> list[tuple[_Entry, Card]]:
-        """Usable cards that claim ``service`` (with an endpoint of ``kind``); caller holds the lock."""
-        self._refresh()
-        now = self._clock()
-        found = []
-        for key_id, entry in self._index:
-            card = self._usable(key_id, entry, now)
-            if card is None or service not in card.services:
-                continue
-            if kind is not None and not card.endpoints_for(service, kind):
-                continue
-            found.append((entry, card))
-        return found
-
     def by_endpoint(self, address: str) -> Card | None:
         """The verified card that lists ``address`` (exact string); the newest one if several do."""
+        index, now = self._current()
         with self._lock:
-            self._refresh()
-            now = self._clock()
             best: Card | None = None
-            for key_id, entry in self._index:
+            for key_id, entry in index.entries:
                 card = self._usable(key_id, entry, now)
                 if card is None:
                     continue
@@ -205,29 +400,31 @@ class Registry:
         Start with ``token=None``. Cheap when nothing changed (a ``stat`` for a
         :class:`~zmeshlib.registry.DirStore`).
         """
-        with self._lock:
-            self._refresh()
-            epoch = bisect.bisect_right(self._boundaries, self._clock())
-            current = (self._content, self._bundles_gen, epoch)
-            return current != token, current
+        index, now = self._current()
+        current = (index.content, index.gen, index.epoch(now))
+        return current != token, current
 
     def rejected(self) -> dict[str, str]:
         """Entries of the store that no lookup returns, by key id: the rule that rejects each."""
-        with self._lock:
-            self._refresh()
-            now = self._clock()
-            out = {}
-            for key_id, entry in self._index:
-                if entry.problem:
-                    out[key_id] = entry.rule
-                elif entry.card is not None and entry.card.key_id != key_id:
-                    out[key_id] = "card-wrong-key"
-                elif entry.card is not None:
-                    try:
-                        entry.card.check_window(now)
-                    except IdentityError as e:
-                        out[key_id] = e.rule
-            return out
+        index, now = self._current()
+        out = {}
+        for key_id, entry in index.entries:
+            rule = _rule(key_id, entry, now)
+            if rule:
+                out[key_id] = rule
+        return out
+
+    def entries(self) -> list[tuple[str, Card | None, str]]:
+        """Every entry of the store as ``(key_id, card or None, rule)``, ordered by key id.
+
+        ``rule`` is ``""`` for a card a lookup by key would return now, else
+        the rule that rejects the entry (as :meth:`rejected`); ``card`` is the
+        decoded card whenever the entry decodes, even when it is rejected, so
+        a listing can show what an entry claims and why it is not believed.
+        Secure naming is not applied (it depends on the service asked for).
+        """
+        index, now = self._current()
+        return [(key_id, entry.card, _rule(key_id, entry, now)) for key_id, entry in index.entries]
 
     @property
     def stats(self) -> dict[str, int]:
@@ -242,9 +439,10 @@ class Registry:
                 return
             self._closed = True
             self._cache.clear()
-            self._index = []
-            if self._owns_store:
-                self.store.close()
+            self._cached_bytes = 0
+            self._index = _EMPTY
+        if self._owns_store:
+            self.store.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -255,41 +453,118 @@ class Registry:
     def __repr__(self) -> str:
         return f"Registry({self.store!r})"
 
-    # -- internals (call with the lock held) --------------------------------------
+    # -- verdicts and the index (the lock only around shared state) ---------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise RegistryError("this registry is closed; open a new one")
 
-    def _current_bundles(self) -> object:
+    def _current_bundles(self) -> tuple[Bundles, int]:
+        """The bundles in force and their generation; call with the lock held."""
         bundles = self._bundles_fn()
         if bundles is not self._bundles:
             self._bundles = bundles
             self._bundles_gen += 1
-        return bundles
+        return bundles, self._bundles_gen
 
-    def _entry(self, data: bytes) -> _Entry:
-        """The cached verdict on ``data`` under the current bundles (verifying on a miss)."""
-        bundles = self._current_bundles()
-        digest = hashlib.sha256(data).digest()
-        entry = self._cache.get(digest)
-        if entry is not None and entry.bundles is bundles:
-            self._cache.move_to_end(digest)
+    def _verdict(
+        self,
+        key_id: str,
+        data: bytes | Unreadable,
+        bundles: Bundles,
+        now: float,
+        known: Mapping[bytes, _Entry],
+    ) -> _Entry:
+        """The verdict on ``data`` under ``bundles``: remembered, or reached outside the lock."""
+        digest = _digest(data, key_id)
+        entry = known.get(digest)
+        if entry is None or entry.bundles is not bundles:
+            with self._lock:
+                entry = self._cache.get(digest)
+                if entry is not None:
+                    self._cache.move_to_end(digest)
+        if entry is not None and entry.bundles is bundles and not entry.lapsed(now):
             return entry
-        try:
-            card = Card.from_bytes(data)
-        except IdentityError as e:
-            entry = _Entry(digest, bundles, None, "corrupt", e.rule)
-        else:
-            try:
-                card.verify(bundles, now=card.not_before)  # type: ignore[arg-type]
-                entry = _Entry(digest, bundles, card, "", "")
-            except IdentityError as e:
-                entry = _Entry(digest, bundles, card, "invalid", e.rule)
-        self._cache[digest] = entry
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
+        entry = _judge(digest, data, bundles, now)
+        with self._lock:
+            if not self._closed:
+                self._remember(entry)
         return entry
+
+    def _remember(self, entry: _Entry) -> None:
+        """Cache ``entry``, evicting the least recently used past either bound; lock held."""
+        old = self._cache.pop(entry.digest, None)
+        if old is not None:
+            self._cached_bytes -= old.cost
+        self._cache[entry.digest] = entry
+        self._cached_bytes += entry.cost
+        while len(self._cache) > self._cache_entries or (
+            self._cached_bytes > self._cache_bytes and len(self._cache) > 1
+        ):
+            _, evicted = self._cache.popitem(last=False)
+            self._cached_bytes -= evicted.cost
+
+    def _current(self) -> tuple[_Index, float]:
+        """The index, brought up to date, and the instant it answers for.
+
+        The store is read and entries verified outside the lock; the result is
+        installed only if no rebuild that started later was installed first.
+        """
+        with self._lock:
+            self._check_open()
+            bundles, gen = self._current_bundles()
+            index = self._index
+            self._seq += 1
+            seq = self._seq
+        now = self._clock()
+        token = self.store.version()
+        if index.gen == gen and index.token == token:
+            if now <= index.next_lapse:
+                return index, now
+            lapsed = [i for i, (_, entry) in enumerate(index.entries) if entry.lapsed(now)]
+            if not lapsed:
+                return index, now
+            entries = list(index.entries)
+            for i in lapsed:
+                key_id, entry = entries[i]
+                entries[i] = (key_id, self._reverify(entry, bundles, now))
+        else:
+            known = index.by_digest if index.gen == gen else {}
+            entries = [
+                (key_id, self._verdict(key_id, data, bundles, now, known))
+                for key_id, data in self.store.scan()
+            ]
+        fresh = _Index(entries, token, gen)
+        with self._lock:
+            if seq > self._index_seq and not self._closed:
+                self._index = fresh
+                self._index_seq = seq
+            return (self._index if self._index_seq > seq else fresh), now
+
+    def _reverify(self, entry: _Entry, bundles: Bundles, now: float) -> _Entry:
+        """A lapsed verdict reached again at ``now`` (outside the lock)."""
+        assert entry.card is not None
+        fresh = _verify(entry.digest, entry.card, entry.cost, bundles, now)
+        with self._lock:
+            if not self._closed:
+                self._remember(fresh)
+        return fresh
+
+    # -- decisions on verdicts (call with the lock held: they count) ---------------
+
+    def _claimants(
+        self, index: _Index, now: float, service: str, kind: str | None
+    ) -> list[tuple[_Entry, Card]]:
+        """Usable cards that claim ``service`` (with an endpoint of ``kind``)."""
+        found = []
+        for key_id, entry in index.entries:
+            card = self._usable(key_id, entry, now)
+            if card is None or service not in card.services:
+                continue
+            if kind is not None and not card.endpoints_for(service, kind):
+                continue
+            found.append((entry, card))
+        return found
 
     def _note(self, entry: _Entry, counter: str, detail: str = "") -> None:
         event = f"{counter}:{detail}"
@@ -300,7 +575,7 @@ class Registry:
     def _usable(self, key_id: str, entry: _Entry, now: float) -> Card | None:
         """The entry's card if it verified, is filed under its own key and is in its window."""
         if entry.problem:
-            self._note(entry, entry.problem)
+            self._note(entry, entry.problem, key_id)  # one verdict may serve several names
             return None
         card = entry.card
         assert card is not None
@@ -325,23 +600,3 @@ class Registry:
             return True
         self._note(entry, "misnamed", service)
         return False
-
-    def _refresh(self) -> None:
-        """Rebuild the index when the store or the bundles changed."""
-        self._check_open()
-        self._current_bundles()
-        token = self.store.version()
-        if token == self._store_token and self._index_gen == self._bundles_gen:
-            return
-        index = [(key_id, self._entry(data)) for key_id, data in self.store.scan()]
-        content = hashlib.sha256()
-        boundaries = []
-        for key_id, entry in index:
-            content.update(key_id.encode() + b"\x00" + entry.digest)
-            if not entry.problem and entry.card is not None:
-                boundaries += (entry.card.not_before, entry.card.not_after)
-        self._index = index
-        self._index_gen = self._bundles_gen
-        self._store_token = token
-        self._content = content.digest()
-        self._boundaries = sorted(boundaries)

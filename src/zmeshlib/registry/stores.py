@@ -11,6 +11,10 @@ Rules every store keeps:
 * ``version()`` is a cheap change token: it differs from an earlier token
   whenever the content may have changed since (a spurious change is allowed,
   a missed one is not).
+* One bad entry never fails a read of the others: an entry that exists but
+  cannot be read as bytes is returned as an :class:`Unreadable` naming why
+  (``get`` and ``scan``), and the registry lists it as rejected. Only a store
+  that cannot be reached at all raises :class:`~zmeshlib.RegistryError`.
 
 ==================  ===========================================================
 URL                 store
@@ -29,13 +33,33 @@ directory's mtime; a token taken while that mtime is too recent to tell two
 changes apart (the file system clock ticks coarsely) is a fresh object, so a
 poller rescans until the directory has been quiet for ``racy_window``
 seconds. This is git's "racy timestamp" rule.
+
+A card file is therefore always a regular file made by a rename, and a reader
+opens nothing else: whoever can write the directory could otherwise park a
+lookup forever (a FIFO blocks ``open``, a socket or device answers
+unpredictably) or point it anywhere on the host (a symlink). Each read is:
+
+=====================================  ========================================
+the name ``<key_id>.card`` is          the read gives
+=====================================  ========================================
+missing (also: removed since listing)  nothing (``None``; ``scan`` skips it)
+a symlink (to anything, or a loop)     ``Unreadable("not-a-file")``: opened
+                                       with ``O_NOFOLLOW``, never followed
+a FIFO, socket, device or directory    ``Unreadable("not-a-file")``: opened
+                                       with ``O_NONBLOCK``, so a FIFO does not
+                                       wait for a writer; ``fstat`` refuses it
+a regular file it may not read         ``Unreadable("unreadable")``
+a regular file                         its first ``max_file_size + 1`` bytes
+=====================================  ========================================
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -47,6 +71,44 @@ from .._exceptions import RegistryError
 _KEY_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 _SUFFIX = ".card"
 _TMP_PREFIX = ".tmp-"
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | os.O_NONBLOCK
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+# what open(O_NOFOLLOW | O_NONBLOCK) answers for a name that is no regular file
+_NOT_A_FILE_ERRNOS = frozenset(
+    {errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENODEV, errno.EOPNOTSUPP, errno.EMLINK}
+)
+
+
+class Unreadable:
+    """A store entry that exists but cannot be read as card bytes, and why.
+
+    ``rule`` is a stable name (``"not-a-file"``, ``"unreadable"``); ``reason``
+    is the sentence for a person. Stores return it from ``get`` and ``scan``
+    instead of raising, so one bad entry cannot fail a lookup of the others.
+    """
+
+    __slots__ = ("reason", "rule")
+
+    def __init__(self, rule: str, reason: str) -> None:
+        self.rule = rule
+        self.reason = reason
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unreadable) and (self.rule, self.reason) == (
+            other.rule,
+            other.reason,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.rule, self.reason))
+
+    def __repr__(self) -> str:
+        return f"Unreadable({self.rule!r}, {self.reason!r})"
 
 
 def check_key_id(key_id: str) -> str:
@@ -67,9 +129,9 @@ class CardStore(Protocol):
 
     def delete(self, key_id: str) -> None: ...
 
-    def get(self, key_id: str) -> bytes | None: ...
+    def get(self, key_id: str) -> bytes | Unreadable | None: ...
 
-    def scan(self) -> Iterator[tuple[str, bytes]]: ...
+    def scan(self) -> Iterator[tuple[str, bytes | Unreadable]]: ...
 
     def version(self) -> object: ...
 
@@ -101,7 +163,7 @@ class MemoryStore:
         with self._lock:
             return self._cards.get(key_id)
 
-    def scan(self) -> Iterator[tuple[str, bytes]]:
+    def scan(self) -> Iterator[tuple[str, bytes | Unreadable]]:
         with self._lock:
             snapshot = sorted(self._cards.items())
         return iter(snapshot)
@@ -174,20 +236,41 @@ class DirStore:
                 f"cannot delete card {key_id} from {str(self.path)!r}: {e.strerror}"
             ) from e
 
-    def _read(self, path: Path) -> bytes | None:
-        """The file's bytes (at most ``max_file_size + 1``: an oversized card stays rejectable)."""
+    def _read(self, path: Path) -> bytes | Unreadable | None:
+        """The file's bytes (at most ``max_file_size + 1``: an oversized card stays rejectable).
+
+        The module docstring's table says what anything but a regular file gives.
+        """
         try:
-            with open(path, "rb") as f:
-                return f.read(self.max_file_size + 1)
-        except (FileNotFoundError, IsADirectoryError):
+            fd = os.open(path, _OPEN_FLAGS)
+        except FileNotFoundError:
             return None
         except OSError as e:
-            raise RegistryError(f"cannot read card file {str(path)!r}: {e.strerror}") from e
+            if e.errno in _NOT_A_FILE_ERRNOS:
+                return Unreadable("not-a-file", f"{path.name} is not a regular file ({e.strerror})")
+            return Unreadable("unreadable", f"{path.name} cannot be opened: {e.strerror}")
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                return Unreadable("not-a-file", f"{path.name} is a {_file_kind(mode)}, not a file")
+            chunks = []
+            left = self.max_file_size + 1
+            while left > 0:
+                chunk = os.read(fd, left)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks)
+        except OSError as e:
+            return Unreadable("unreadable", f"{path.name} cannot be read: {e.strerror}")
+        finally:
+            os.close(fd)
 
-    def get(self, key_id: str) -> bytes | None:
+    def get(self, key_id: str) -> bytes | Unreadable | None:
         return self._read(self._file(key_id))
 
-    def scan(self) -> Iterator[tuple[str, bytes]]:
+    def scan(self) -> Iterator[tuple[str, bytes | Unreadable]]:
         try:
             names = sorted(os.listdir(self.path))
         except OSError as e:
@@ -220,6 +303,19 @@ class DirStore:
 
     def __repr__(self) -> str:
         return f"DirStore({str(self.path)!r})"
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return kind
+    return "special file"
 
 
 _MEMORY: dict[str, MemoryStore] = {}
