@@ -47,7 +47,7 @@ def test_the_cache_is_bounded_by_bytes_as_well_as_entries(ca, make_card, monkeyp
             assert registry.by_key(card.curve_key) == card
 
     # room for every entry by count, and for the small cards' bytes, not the big one's too
-    with Registry(store, bundles=ca.bundles, cache_bytes=100_000) as registry:
+    with Registry(store, bundles=ca.bundles, cache_bytes=150_000) as registry:
         look_up_all()
         assert len(verified) == 31
         for card in small:  # the most recent ones are still cached

@@ -230,3 +230,15 @@ def test_dir_store_reports_a_card_file_it_may_not_read_instead_of_raising(tmp_pa
     )
     assert [k for k, v in store.scan() if isinstance(v, Unreadable)] == ["secret"]
     assert store.get("open") == b"y"
+
+
+def test_a_dir_store_whose_directory_is_gone_raises_registry_error(tmp_path):
+    store = DirStore(tmp_path / "cards")
+    store.put("a", b"1")
+    os.unlink(tmp_path / "cards" / "a.card")
+    os.rmdir(tmp_path / "cards")
+    assert store.get("a") is None
+    with pytest.raises(RegistryError, match="cannot stat the card directory"):
+        store.version()
+    with pytest.raises(RegistryError, match="cannot list the card directory"):
+        list(store.scan())
