@@ -10,6 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtensionOID, NameOID, ObjectIdentifier
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from zmeshlib._exceptions import IdentityError
 from zmeshlib._models import Endpoint
@@ -203,3 +205,41 @@ def test_publishing_a_card_whose_verification_crashes_names_card_unverifiable(
             registry.publish(good_card(make_card))
         assert info.value.rule == UNVERIFIABLE
     assert list(store.scan()) == []
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_no_stored_bytes_make_a_lookup_raise(ca, make_card, data):
+    good = good_card(make_card)
+    encoded = good.to_bytes()
+    # arbitrary bytes, or the good card's bytes with a few changed, cut or extended
+    junk = data.draw(
+        st.one_of(
+            st.binary(max_size=300),
+            st.lists(
+                st.tuples(st.integers(0, len(encoded) - 1), st.integers(0, 255)),
+                min_size=1,
+                max_size=4,
+            ).map(lambda edits: _edited(encoded, edits)),
+            st.integers(1, len(encoded) - 1).map(lambda n: encoded[:n]),
+            st.binary(min_size=1, max_size=20).map(lambda tail: encoded + tail),
+        )
+    )
+    store = MemoryStore()
+    store.put("ab" * 32, junk)
+    with Registry(store, bundles=ca.bundles) as registry:
+        registry.publish(good)
+        assert registry.by_key(bytes.fromhex("ab" * 32)) is None  # no card has that key
+        assert registry.by_service("orders") == [good]
+        assert registry.by_endpoint("tcp://127.0.0.1:5555") == good
+        assert set(registry.rejected()) == {"ab" * 32}
+        assert registry.stats["corrupt"] + registry.stats["invalid"] == 1
+
+
+def _edited(data: bytes, edits: list[tuple[int, int]]) -> bytes:
+    out = bytearray(data)
+    for position, value in edits:
+        out[position] = value
+    return bytes(out)
