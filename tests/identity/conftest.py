@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
@@ -126,9 +126,31 @@ def _td(node: Node) -> str:
     return san.get_values_for_type(x509.UniformResourceIdentifier)[0].removeprefix("spiffe://")
 
 
+def resign(
+    cert: x509.Certificate, issuer_key: Any, edit: Callable[[bytes], bytes]
+) -> x509.Certificate:
+    """``cert`` with its to-be-signed bytes edited (same length) and signed again.
+
+    The issuer key must be Ed25519 (a fixed 64-byte signature keeps every outer
+    length) or None: a self-signed authority whose signature nobody checks keeps
+    its old one. This is how a well-signed certificate with a broken inside is made.
+    """
+    der = cert.public_bytes(serialization.Encoding.DER)
+    tbs = cert.tbs_certificate_bytes
+    edited = edit(tbs)
+    assert len(edited) == len(tbs) and edited != tbs, "the edit must change bytes in place"
+    der = der.replace(tbs, edited)
+    if issuer_key is not None:
+        assert isinstance(issuer_key, ed25519.Ed25519PrivateKey)
+        der = der[:-64] + issuer_key.sign(edited)
+    return x509.load_der_x509_certificate(der)
+
+
 class Pki:
     """The factories, reachable from a fixture (tests run with --import-mode=importlib)."""
 
+    Node = Node
+    resign = staticmethod(resign)
     key = staticmethod(make_key)
     cert = staticmethod(make_cert)
     root = staticmethod(make_root)

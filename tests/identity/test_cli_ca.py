@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import stat
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from zmeshlib.cli import ca as ca_cli
-from zmeshlib.identity import DevCA, Identity, SpiffeId
+from zmeshlib.identity import DevCA, Identity, SpiffeId, X509Svid
 
 ORDERS = "spiffe://example.org/ns/shop/sa/orders"
 
@@ -93,3 +95,95 @@ def test_force_replaces_the_ca(tmp_path):
     argv = ["ca", "init", "--trust-domain", "example.org", "--dir", str(ca_dir), "--force"]
     assert zmesh(argv) == 0
     assert DevCA.load(ca_dir).root != old
+
+
+# -- issuing into a directory that already holds identity files -----------------------
+
+PAYMENT = "spiffe://example.org/ns/shop/sa/payment"
+
+
+@pytest.fixture
+def ca_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "ca"
+    assert zmesh(["ca", "init", "--trust-domain", "example.org", "--dir", str(directory)]) == 0
+    return directory
+
+
+def issue(ca_dir: Path, out: Path, spiffe_id: str, *extra: str) -> int:
+    return zmesh(["ca", "issue", spiffe_id, "--dir", str(ca_dir), "--out-dir", str(out), *extra])
+
+
+def held(out: Path) -> str:
+    return str(X509Svid.parse((out / "svid.pem").read_bytes()).spiffe_id)
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("zmesh ca: error: "), err
+    return err
+
+
+def test_issue_refuses_to_overwrite_another_identity(ca_dir, tmp_path, capsys):
+    out = tmp_path / "orders"
+    assert issue(ca_dir, out, ORDERS) == 0
+    before = {name: (out / name).read_bytes() for name in ("svid.pem", "svid_key.pem")}
+    capsys.readouterr()
+    assert issue(ca_dir, out, PAYMENT) == 1
+    err = one_error_line(capsys)
+    assert ORDERS in err and "--force" in err and "--out-dir" in err
+    assert {name: (out / name).read_bytes() for name in before} == before  # untouched
+    # re-issuing the same ID is rotation, and stays allowed
+    assert issue(ca_dir, out, ORDERS) == 0 and held(out) == ORDERS
+    # --force replaces the other identity's files
+    assert issue(ca_dir, out, PAYMENT, "--force") == 0 and held(out) == PAYMENT
+
+
+def test_issue_refuses_a_garbled_svid_file_without_force(ca_dir, tmp_path, capsys):
+    out = tmp_path / "orders"
+    out.mkdir()
+    (out / "svid.pem").write_bytes(
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    )
+    assert issue(ca_dir, out, ORDERS) == 1
+    err = one_error_line(capsys)
+    assert "svid.pem is not a readable SVID" in err and "malformed-pem" in err
+    assert "--force" in err
+    assert issue(ca_dir, out, ORDERS, "--force") == 0 and held(out) == ORDERS
+
+
+def test_issue_refuses_an_unreadable_svid_file_and_a_lone_key(ca_dir, tmp_path, capsys):
+    out = tmp_path / "orders"
+    (out / "svid.pem").mkdir(parents=True)  # unreadable as a file, whatever the user
+    assert issue(ca_dir, out, ORDERS) == 1
+    assert "not a readable SVID" in one_error_line(capsys)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "svid_key.pem").write_bytes(b"someone's key")
+    assert issue(ca_dir, lone, ORDERS) == 1
+    assert "svid_key.pem exists without svid.pem" in one_error_line(capsys)
+    assert issue(ca_dir, lone, ORDERS, "--force") == 0 and held(lone) == ORDERS
+
+
+def test_issue_refusal_through_the_installed_entry_point(ca_dir, tmp_path):
+    out = tmp_path / "orders"
+    assert issue(ca_dir, out, ORDERS) == 0
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zmeshlib.cli.main",
+            "ca",
+            "issue",
+            PAYMENT,
+            "--dir",
+            str(ca_dir),
+            "--out-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and ORDERS in done.stderr and "--force" in done.stderr
+    assert held(out) == ORDERS

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import stat
 import time
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from zmeshlib._exceptions import IdentityError
-from zmeshlib.identity import DevCA, Identity, SpiffeId, X509Svid
+from zmeshlib.identity import Bundles, DevCA, Identity, SpiffeId, X509Svid
 
 ORDERS = "spiffe://example.org/ns/shop/sa/orders"
 
@@ -106,6 +108,18 @@ def test_refuses_ids_it_may_not_issue(ca, spiffe_id, rule):
     assert exc.value.rule == rule
 
 
+@pytest.mark.parametrize("intermediate", [False, True])
+def test_ca_certificates_name_their_trust_domain(intermediate):
+    # as SPIRE's do: a bundle file holding this root among others says whose it is
+    ca = DevCA.create("example.org", intermediate=intermediate)
+    signers = [ca.root] + ([ca.intermediate] if ca.intermediate is not None else [])
+    for cert in signers:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://example.org"]
+    mixed = ca.bundle.to_pem() + DevCA.create("partner.org").bundle.to_pem()
+    assert Bundles.from_pem(mixed, "elsewhere.org").trust_domains == {"example.org", "partner.org"}
+
+
 def test_refuses_unknown_key_type_and_bad_ttl(ca):
     with pytest.raises(IdentityError) as exc:
         ca.issue_svid(ORDERS, key="dsa-1024")
@@ -171,3 +185,23 @@ def test_load_refuses_a_damaged_ca(tmp_path):
     with pytest.raises(IdentityError) as exc:
         DevCA.load(tmp_path / "b")
     assert exc.value.rule == "ca-invalid"
+
+
+def test_load_refuses_a_root_whose_inside_is_damaged(tmp_path):
+    ca = DevCA.create("example.org")
+    ca.save(tmp_path)
+    der = ca.root.public_bytes(serialization.Encoding.DER)
+    # the SAN's URI tag (0x86) becomes an iPAddress (0x87) of the URI's length: decoding
+    # the extensions then fails inside cryptography's ipaddress conversion
+    uri = b"\x86\x14spiffe://example.org"
+    assert uri in der
+    damaged = der.replace(uri, b"\x87" + uri[1:], 1)
+    (tmp_path / "root.pem").write_bytes(
+        b"-----BEGIN CERTIFICATE-----\n"
+        + base64.encodebytes(damaged)
+        + b"-----END CERTIFICATE-----\n"
+    )
+    with pytest.raises(IdentityError) as exc:
+        DevCA.load(tmp_path)
+    assert exc.value.rule == "ca-invalid"
+    assert "malformed-certificate" in str(exc.value)

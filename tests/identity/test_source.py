@@ -14,6 +14,7 @@ from zmeshlib.identity import DevCA, Identity, SpiffeId, X509Svid
 from zmeshlib.identity.devca import write_file
 
 ORDERS = "spiffe://example.org/ns/shop/sa/orders"
+PAYMENT = "spiffe://example.org/ns/shop/sa/payment"
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,30 @@ def test_rotate_refuses_an_svid_without_key(ca):
     assert exc.value.rule == "no-private-key"
     with pytest.raises(IdentityError):
         Identity(keyless, ca.bundles)
+
+
+def test_rotate_refuses_an_svid_of_another_spiffe_id(ca):
+    ident = Identity(ca.issue_svid(ORDERS), ca.bundles)
+    before = ident.current()
+    notified: list[Identity] = []
+    ident.on_rotate(notified.append)
+    with pytest.raises(IdentityError) as exc:
+        ident.rotate(ca.issue_svid(PAYMENT))
+    assert exc.value.rule == "identity-changed"
+    assert ORDERS in str(exc.value) and PAYMENT in str(exc.value)
+    assert ident.current() == before and notified == []
+
+
+def test_renew_refuses_a_renewer_that_offers_another_spiffe_id(ca):
+    ident = Identity(
+        ca.issue_svid(ORDERS), ca.bundles, renewer=lambda: (ca.issue_svid(PAYMENT), ca.bundles)
+    )
+    before = ident.current()
+    for _ in range(2):  # refused every time, not once
+        with pytest.raises(IdentityError) as exc:
+            ident.renew()
+        assert exc.value.rule == "identity-changed"
+        assert ident.current() == before
 
 
 def test_renew_with_nothing_new(ca):
@@ -165,6 +190,22 @@ def test_from_pem_keeps_the_old_svid_when_new_files_are_bad(ca, tmp_path):
     assert ident.renew() is True and ident.svid == fixed
 
 
+def test_from_pem_refuses_files_that_now_hold_another_identity(ca, tmp_path):
+    cert, key, bundle = write_svid(tmp_path, ca, ca.issue_svid(ORDERS))
+    ident = Identity.from_pem(cert, key, bundle)
+    before = ident.current()
+    write_svid(tmp_path, ca, ca.issue_svid(PAYMENT))  # `zmesh ca issue` of another ID, same dir
+    for _ in range(2):  # refused on every renew while the files stay foreign
+        with pytest.raises(IdentityError) as exc:
+            ident.renew()
+        assert exc.value.rule == "identity-changed"
+        assert str(cert) in str(exc.value) and PAYMENT in str(exc.value)
+        assert ident.current() == before
+    fixed = ca.issue_svid(ORDERS)
+    write_svid(tmp_path, ca, fixed)  # our own SVID again: rotation resumes
+    assert ident.renew() is True and ident.svid == fixed
+
+
 def test_from_pem_needs_a_bundle_that_trusts_the_svid(ca, tmp_path):
     cert, key, _ = write_svid(tmp_path, ca, ca.issue_svid(ORDERS))
     with pytest.raises(IdentityError) as exc:
@@ -211,12 +252,12 @@ class FakeX509Source:
             callback()
 
 
-def spiffe_context(ca: DevCA, *extra: DevCA, key: object = None) -> object:
+def spiffe_context(ca: DevCA, *extra: DevCA, key: object = None, spiffe_id: str = ORDERS) -> object:
     from spiffe.workloadapi.x509_context import X509Context
 
-    ours = ca.issue_svid(ORDERS)
+    ours = ca.issue_svid(spiffe_id)
     svid = spiffe.X509Svid(
-        spiffe.SpiffeId(ORDERS), list(ours.certificates), key or ours.private_key
+        spiffe.SpiffeId(spiffe_id), list(ours.certificates), key or ours.private_key
     )
     bundles = spiffe.X509BundleSet.of(
         [
@@ -253,6 +294,17 @@ def test_workload_api_adapter_ignores_an_invalid_push(ca, caplog):
     source.push(spiffe_context(ca, key=stray_key))
     assert ident.current() == before
     assert "key-mismatch" in caplog.text
+
+
+def test_workload_api_adapter_ignores_a_push_of_another_spiffe_id(ca, caplog):
+    source = FakeX509Source(spiffe_context(ca))
+    ident = Identity.from_x509_source(source)
+    before = ident.current()
+    source.push(spiffe_context(ca, spiffe_id=PAYMENT))
+    assert ident.current() == before
+    assert "identity-changed" in caplog.text and PAYMENT in caplog.text
+    source.push(spiffe_context(ca))  # a later push of our own ID rotates as usual
+    assert ident.svid != before[0] and str(ident.spiffe_id) == ORDERS
 
 
 def test_workload_api_without_the_spiffe_package(monkeypatch):

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from zmeshlib._exceptions import IdentityError
 from zmeshlib.identity import SpiffeId
+from zmeshlib.identity.spiffe_id import validate_trust_domain
 
 VALID: list[tuple[str, str, str]] = [
     # (id, trust domain, path)
@@ -74,6 +75,12 @@ INVALID: list[tuple[str, str]] = [
     ("spiffe://example.org/caf\u00e9", "path-charset"),
     ("spiffe://example.org/a+b", "path-charset"),
     ("spiffe://example.org/a*", "path-charset"),
+    # text that is not valid UTF-8 (lone surrogates) or not printable fails like any other
+    ("spiffe://example.org/a\ud800", "path-charset"),
+    ("spiffe://\udcffexample.org/a", "trust-domain-charset"),
+    ("\ud800spiffe://example.org/a", "scheme"),
+    ("spiffe://example.org/a\x00b", "path-charset"),
+    ("spiffe://example.org/" + "\ud800" * 700, "too-long"),
 ]
 
 
@@ -97,9 +104,19 @@ def test_invalid(value, rule):
     assert f"[{rule}]" in str(exc.value)
 
 
-def test_not_a_string():
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        lambda: SpiffeId.parse(b"spiffe://example.org/a"),  # type: ignore[arg-type]
+        lambda: SpiffeId.coerce(42),  # type: ignore[arg-type]
+        lambda: SpiffeId.from_parts(b"example.org", "/a"),  # type: ignore[arg-type]
+        lambda: SpiffeId.from_parts("example.org", 7),  # type: ignore[arg-type]
+        lambda: validate_trust_domain(None),  # type: ignore[arg-type]
+    ],
+)
+def test_not_a_string(attempt):
     with pytest.raises(IdentityError) as exc:
-        SpiffeId.parse(b"spiffe://example.org/a")  # type: ignore[arg-type]
+        attempt()
     assert exc.value.rule == "type"
 
 

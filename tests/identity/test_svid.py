@@ -275,7 +275,8 @@ def test_path_search_is_bounded(pki, root):
     assert verify_chain(chain_of(MAX_PATH_LENGTH - 2), bundle_of(root)) == ORDERS
     with pytest.raises(IdentityError) as exc:
         verify_chain(chain_of(MAX_PATH_LENGTH - 1), bundle_of(root))
-    assert exc.value.rule == "untrusted"
+    assert exc.value.rule == "path-search-limit"
+    assert f"at most {MAX_PATH_LENGTH} certificates" in str(exc.value)
 
 
 def test_verify_takes_every_bundle_form(pki, root):

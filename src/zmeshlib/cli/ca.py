@@ -7,6 +7,21 @@ intermediate), ``svid_key.pem`` (mode 0600) and ``bundle.pem`` (the trust bundle
 which ``Identity.from_pem(svid.pem, svid_key.pem, bundle.pem)`` loads. Files are
 replaced atomically, so re-issuing into the same directory rotates a running
 workload's identity. Errors print one line and exit with status 1.
+
+What ``issue`` does with the output directory (``--force`` writes in every case):
+
+===============================================  ==========================================
+the directory holds                              issue
+===============================================  ==========================================
+no ``svid.pem`` and no ``svid_key.pem``          writes the files
+an SVID of the same SPIFFE ID                    replaces it (rotation)
+an SVID of another SPIFFE ID                     refuses, naming that ID
+an unreadable or damaged ``svid.pem``, or a      refuses: whose identity it is cannot be
+``svid_key.pem`` without ``svid.pem``            told
+===============================================  ==========================================
+
+A running workload's identity never changes its SPIFFE ID (``Identity.renew``
+refuses), so overwriting another ID's files would only break that workload.
 """
 
 from __future__ import annotations
@@ -18,6 +33,8 @@ from typing import Any
 
 from .._exceptions import IdentityError, PolicyError
 from ..identity.devca import KEY_TYPES, DevCA, write_file
+from ..identity.spiffe_id import SpiffeId
+from ..identity.svid import X509Svid
 
 SVID_FILE = "svid.pem"
 SVID_KEY_FILE = "svid_key.pem"
@@ -57,11 +74,16 @@ def register(subparsers: Any) -> None:
     issue.add_argument("--ttl", type=_duration, default=3600.0, help="SVID lifetime, e.g. 30s, 1h")
     issue.add_argument("--out-dir", type=Path, help="where to write the SVID (default: current)")
     issue.add_argument("--key", choices=KEY_TYPES, default="ec-p256", help="leaf key algorithm")
+    issue.add_argument(
+        "--force",
+        action="store_true",
+        help="replace identity files of another SPIFFE ID (or unreadable ones) in --out-dir",
+    )
     issue.set_defaults(func=_issue)
 
 
 def _error(message: str) -> int:
-    print(f"zmesh ca: error: {message}", file=sys.stderr)
+    print(f"zmesh ca: error: {' '.join(message.split())}", file=sys.stderr)
     return 1
 
 
@@ -78,11 +100,32 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _occupant(out: Path, wanted: SpiffeId) -> str | None:
+    """Why ``out`` may not receive an SVID of ``wanted`` without --force, or None."""
+    svid_path, key_path = out / SVID_FILE, out / SVID_KEY_FILE
+    if not svid_path.exists():
+        if key_path.exists():
+            return f"{key_path} exists without {SVID_FILE}, so whose key it is cannot be told"
+        return None
+    try:
+        held = X509Svid.parse(svid_path.read_bytes()).spiffe_id
+    except (IdentityError, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else exc
+        return f"{svid_path} is not a readable SVID ({reason}), so whose it is cannot be told"
+    if held != wanted:
+        return f"{out} holds the identity files of {held}"
+    return None
+
+
 def _issue(args: argparse.Namespace) -> int:
     out = args.out_dir or Path.cwd()
     try:
         ca = DevCA.load(args.dir)
-        svid = ca.issue_svid(args.spiffe_id, args.ttl, key=args.key)
+        wanted = SpiffeId.coerce(args.spiffe_id)
+        occupied = None if args.force else _occupant(out, wanted)
+        if occupied is not None:
+            return _error(f"{occupied}; pass --force to overwrite, or choose another --out-dir")
+        svid = ca.issue_svid(wanted, args.ttl, key=args.key)
         out.mkdir(parents=True, exist_ok=True)
         paths = (
             write_file(out / SVID_FILE, svid.certs_pem()),

@@ -12,7 +12,10 @@ Rules this module keeps:
 Theory of operation: a root (self-signed, ECDSA P-256, ``cA=true``,
 ``keyCertSign``+``cRLSign``, URI SAN ``spiffe://<trust domain>``) signs leaves,
 or signs one intermediate that signs them (``intermediate=True``). The bundle is
-the root alone; an SVID's chain carries the intermediate.
+the root alone; an SVID's chain carries the intermediate. Both CA certificates
+name their trust domain in the URI SAN, as SPIRE's do, so a bundle file holding
+this root next to other domains' roots still says which domain it vouches for
+(``Bundles.from_pem``).
 
 Directory layout written by :meth:`DevCA.save` and read by :meth:`DevCA.load`:
 
@@ -45,7 +48,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .._exceptions import IdentityError
 from .spiffe_id import SpiffeId, validate_trust_domain
-from .svid import Bundles, TrustBundle, X509Svid
+from .svid import Bundles, TrustBundle, X509Svid, named_trust_domains
 
 if TYPE_CHECKING:
     from .source import Identity
@@ -175,17 +178,19 @@ def _load_pair(
     directory: Path, cert_name: str, key_name: str
 ) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
     """A CA certificate and its key, checked to belong together."""
+    cert_pem, key_pem = _read(directory, cert_name), _read(directory, key_name)
     try:
-        cert = x509.load_pem_x509_certificate(_read(directory, cert_name))
-        key = serialization.load_pem_private_key(_read(directory, key_name), None)
-    except (ValueError, TypeError) as exc:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, None)
+        der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        matches = key.public_key().public_bytes(*der) == cert.public_key().public_bytes(*der)
+    except Exception as exc:  # cryptography's decoders raise many types on damaged files
         raise IdentityError(
             f"the dev CA in {directory} is damaged: {cert_name} or {key_name} does not decode "
             f"({exc})",
             rule="ca-invalid",
         ) from exc
-    der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(*der) != cert.public_key().public_bytes(*der):
+    if not matches:
         raise IdentityError(
             f"the dev CA in {directory} is damaged: {key_name} is not the key of {cert_name}",
             rule="ca-invalid",
@@ -195,15 +200,18 @@ def _load_pair(
 
 def _root_trust_domain(directory: Path, root: x509.Certificate) -> str:
     try:
-        san = root.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        return SpiffeId.parse(
-            san.get_values_for_type(x509.UniformResourceIdentifier)[0]
-        ).trust_domain
-    except (x509.ExtensionNotFound, IndexError) as exc:
+        named = named_trust_domains(root)
+    except IdentityError as exc:
         raise IdentityError(
-            f"the dev CA root in {directory} has no spiffe:// URI SAN naming its trust domain",
-            rule="ca-invalid",
+            f"the dev CA root in {directory} is damaged: {exc}", rule="ca-invalid"
         ) from exc
+    if len(named) != 1:
+        raise IdentityError(
+            f"the dev CA root in {directory} names {len(named)} trust domains in its URI SAN; "
+            "it must name exactly one (spiffe://<trust domain>)",
+            rule="ca-invalid",
+        )
+    return next(iter(named))
 
 
 class DevCA:

@@ -7,9 +7,19 @@ Rules this module keeps:
 * It starts no thread. Whoever runs the mesh calls :meth:`Identity.renewal_due`
   and :meth:`Identity.renew` on a timer; a push source (the Workload API) calls
   :meth:`Identity.rotate` itself, from its own thread.
+* An identity never changes its SPIFFE ID. Rotation replaces the SVID of the same
+  ID; an SVID of another ID from any source (files now holding someone else's
+  SVID, a ``rotate()`` call, a Workload API push) is refused with
+  ``identity-changed`` and the current SVID stays. Peers, policies and cards
+  already know this workload by its ID, so a silent change would make it someone
+  else while its connections and cards still speak for the old ID.
 * A rotation installs first, then notifies; a failing callback is logged and does
   not stop the others. A source that yields an invalid SVID raises and leaves the
-  current one in place, so the next renew() simply tries again.
+  current one in place, so the next renew() simply tries again (and raises again
+  while the source still holds the wrong SVID: the caller logs each time).
+* A bundle file may hold several trust domains' CA certificates: it is read with
+  ``Bundles.from_pem``, so a root that names ``spiffe://partner.org`` becomes
+  partner.org's bundle (federation), never an authority of the SVID's own domain.
 
 Sources:
 
@@ -69,6 +79,10 @@ class Identity:
 
     @staticmethod
     def _checked(svid: X509Svid, bundles: Bundles | TrustBundle | None) -> tuple[X509Svid, Bundles]:
+        if not isinstance(svid, X509Svid):
+            raise IdentityError(
+                f"an Identity holds an X509Svid, not {type(svid).__name__}", rule="type"
+            )
         if svid.private_key is None:
             raise IdentityError(
                 f"the SVID of {svid.spiffe_id} has no private key; a workload's own "
@@ -116,7 +130,11 @@ class Identity:
         return unsubscribe
 
     def renew(self) -> bool:
-        """Ask the source for a new SVID; True if one was installed."""
+        """Ask the source for a new SVID; True if one was installed.
+
+        Raises :class:`IdentityError` and keeps the current SVID when the source
+        offers an invalid one, or one of another SPIFFE ID (``identity-changed``).
+        """
         if self._renewer is None or self._closed:
             return False
         fresh = self._renewer()
@@ -125,13 +143,15 @@ class Identity:
         svid, bundles = fresh
         if (svid, bundles) == self._state:
             return False
+        _same_id(self.spiffe_id, svid.spiffe_id, "the identity source offered")
         self.rotate(svid, bundles)
         return True
 
     def rotate(self, svid: X509Svid, bundles: Bundles | TrustBundle | None = None) -> None:
-        """Install a new SVID (and bundles, if given), then notify the callbacks."""
+        """Install a new SVID of the same SPIFFE ID (and bundles, if given), then notify."""
         with self._lock:
             state = self._checked(svid, bundles if bundles is not None else self._state[1])
+            _same_id(self._state[0].spiffe_id, svid.spiffe_id, "rotate() was given")
             self._state = state
             callbacks = list(self._callbacks)
         log.info(
@@ -179,7 +199,9 @@ class Identity:
 
         The key may be in ``cert_path``. ``renew()`` re-reads the files when one of
         them changed; write them by atomic rename (as ``zmesh ca issue`` does).
-        The SVID must verify against the bundle now.
+        The SVID must verify against the bundle now. ``bundle_path`` may hold
+        several trust domains' CA certificates (see :meth:`Bundles.from_pem`): each
+        one that names a trust domain in its URI SAN vouches for that domain only.
         """
         if bundle_path is None:
             raise IdentityError(
@@ -230,7 +252,11 @@ class Identity:
 
         def pushed() -> None:  # runs on the spiffe package's watcher thread
             try:
-                identity.rotate(*_from_x509_context(source.get_x509_context()))
+                svid, bundles = _from_x509_context(source.get_x509_context())
+                _same_id(identity.spiffe_id, svid.spiffe_id, "the SPIFFE Workload API pushed")
+                identity.rotate(svid, bundles)
+            except IdentityError as exc:  # another ID, or an SVID our rules refuse
+                log.error("ignoring an update from the SPIFFE Workload API: %s", exc)
             except Exception:
                 log.exception("ignoring an update from the SPIFFE Workload API")
 
@@ -257,12 +283,29 @@ def _from_x509_context(context: Any) -> tuple[X509Svid, Bundles]:
     return ours, bundles
 
 
+def _same_id(current: SpiffeId, offered: SpiffeId, source: str) -> None:
+    if offered != current:
+        raise IdentityError(
+            f"{source} an SVID of {offered}, but this identity is {current}: an identity "
+            f"never changes its SPIFFE ID, so the SVID of {current} stays. Put an SVID of "
+            f"{current} back, or start another Identity (and Mesh) for {offered} "
+            "[identity-changed]",
+            rule="identity-changed",
+        )
+
+
 class _PemFiles:
-    """The PEM files of one identity, re-read when their (inode, mtime, size) change."""
+    """The PEM files of one identity, re-read when their (inode, mtime, size) change.
+
+    The files' stamp is taken only once they held a usable SVID of the first
+    load's SPIFFE ID, so files that hold a bad or foreign SVID are refused again
+    on every renew() until they are fixed.
+    """
 
     def __init__(self, cert: Path, key: Path, bundle: Path) -> None:
         self._paths = (cert, key, bundle)
         self._stamp: tuple[tuple[int, int, int], ...] | None = None
+        self._spiffe_id: SpiffeId | None = None
 
     def _stat(self) -> tuple[tuple[int, int, int], ...]:
         # the inode catches an atomic rename even within one mtime tick
@@ -285,9 +328,11 @@ class _PemFiles:
                 f"cannot read identity file {exc.filename}: {exc.strerror}", rule="unreadable"
             ) from exc
         svid = X509Svid.parse(certs_pem, key_pem)
-        bundles = Bundles((TrustBundle.from_pem(svid.trust_domain, bundle_pem),))
+        if self._spiffe_id is not None:
+            _same_id(self._spiffe_id, svid.spiffe_id, f"{cert} now holds")
+        bundles = Bundles.from_pem(bundle_pem, svid.trust_domain)
         svid.verify(bundles)
-        self._stamp = stamp
+        self._stamp, self._spiffe_id = stamp, svid.spiffe_id
         return svid, bundles
 
     def changed(self) -> tuple[X509Svid, Bundles] | None:

@@ -23,6 +23,11 @@ rule                       what it requires
 ``type``                   the value is a ``str``
 =========================  ===============================================
 
+Every function here takes arbitrary text (IDs come from certificates, policies
+and the network) and raises only :class:`IdentityError`, whatever the input:
+lone surrogates, NULs and non-ASCII letters fail the charset rules like any
+other character.
+
 Istio's convention ``/ns/<namespace>/sa/<service-account>`` is read by
 :attr:`SpiffeId.namespace` and :attr:`SpiffeId.service_account`.
 """
@@ -46,8 +51,15 @@ def _fail(value: str, rule: str, why: str) -> IdentityError:
     return IdentityError(f"invalid SPIFFE ID {value!r}: {why} [{rule}]", rule=rule)
 
 
+def _require_str(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise IdentityError(f"{what} must be a str, not {type(value).__name__}", rule="type")
+    return value
+
+
 def validate_trust_domain(td: str, *, context: str = "") -> str:
     """Check a bare trust domain name (``example.org``); return it unchanged."""
+    _require_str(td, "a trust domain")
     shown = context or td
     if not td:
         raise _fail(shown, "trust-domain-missing", "the trust domain is empty")
@@ -102,13 +114,11 @@ class SpiffeId:
 
     @classmethod
     def parse(cls, value: str) -> SpiffeId:
-        if not isinstance(value, str):
-            raise IdentityError(
-                f"a SPIFFE ID must be a str, not {type(value).__name__}", rule="type"
-            )
+        _require_str(value, "a SPIFFE ID")
         if value == "":
             raise _fail(value, "empty", "the ID is empty")
-        if len(value.encode()) > _MAX_ID:
+        # surrogatepass: a lone surrogate counts its 3 bytes here and fails the charset later
+        if len(value.encode("utf-8", "surrogatepass")) > _MAX_ID:
             raise _fail(value[:64] + "...", "too-long", f"a SPIFFE ID is at most {_MAX_ID} bytes")
         if not value.startswith(_SCHEME):
             if value.lower().startswith(_SCHEME):
@@ -129,6 +139,8 @@ class SpiffeId:
 
     @classmethod
     def from_parts(cls, trust_domain: str, path: str = "") -> SpiffeId:
+        _require_str(trust_domain, "a trust domain")
+        _require_str(path, "a SPIFFE ID path")
         if path and not path.startswith("/"):
             path = "/" + path
         return cls.parse(f"{_SCHEME}{trust_domain}{path}")
