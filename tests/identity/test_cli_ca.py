@@ -130,7 +130,8 @@ def test_issue_refuses_to_overwrite_another_identity(ca_dir, tmp_path, capsys):
     capsys.readouterr()
     assert issue(ca_dir, out, PAYMENT) == 1
     err = one_error_line(capsys)
-    assert ORDERS in err and "--force" in err and "--out-dir" in err
+    assert f"{out} holds the identity files of {ORDERS}" in err
+    assert "pass --force to overwrite, or choose another --out-dir" in err
     assert {name: (out / name).read_bytes() for name in before} == before  # untouched
     # re-issuing the same ID is rotation, and stays allowed
     assert issue(ca_dir, out, ORDERS) == 0 and held(out) == ORDERS

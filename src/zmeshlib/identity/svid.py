@@ -187,7 +187,13 @@ def _fail(rule: str, why: str) -> IdentityError:
     return IdentityError(f"{why} [{rule}]", rule=rule)
 
 
-def _part(label: str, what: str, read: Callable[[], _T]) -> _T:
+def _fingerprint(cert: x509.Certificate) -> str:
+    """The certificate's short SHA-256 (not its serial: reading a non-positive serial
+    warns, while the DER digest names this exact certificate without decoding it)."""
+    return cert.fingerprint(hashes.SHA256()).hex()[:16]
+
+
+def _part(cert: x509.Certificate, role: str, what: str, read: Callable[[], _T]) -> _T:
     """Read one lazily decoded part of a certificate, turning any failure into a rule.
 
     Which exception types cryptography raises on damaged input is not part of
@@ -196,24 +202,28 @@ def _part(label: str, what: str, read: Callable[[], _T]) -> _T:
     """
     try:
         return read()
-    except x509.DuplicateExtension as exc:
-        raise _fail(
+    except Exception as exc:
+        raise _decoding_error(f"{role} (sha256 {_fingerprint(cert)})", what, exc) from exc
+
+
+def _decoding_error(label: str, what: str, exc: Exception) -> IdentityError:
+    if isinstance(exc, x509.DuplicateExtension):
+        return _fail(
             "duplicate-extension",
             f"{label} has the {exc.oid.dotted_string} extension more than once; a "
             "certificate may carry each extension once (RFC 5280 4.2): reissue it",
-        ) from exc
-    except UnsupportedAlgorithm as exc:
-        raise _fail(
+        )
+    if isinstance(exc, UnsupportedAlgorithm):
+        return _fail(
             "unsupported-key",
             f"{label} has a {what} of an algorithm zmeshlib cannot read ({exc}); "
             "use ECDSA P-256/P-384, RSA >= 2048 or Ed25519",
-        ) from exc
-    except Exception as exc:
-        raise _fail(
-            "malformed-certificate",
-            f"{label} is damaged: its {what} cannot be decoded ({exc}); "
-            "the certificate must be re-issued or re-copied",
-        ) from exc
+        )
+    return _fail(
+        "malformed-certificate",
+        f"{label} is damaged: its {what} cannot be decoded ({exc}); "
+        "the certificate must be re-issued or re-copied",
+    )
 
 
 @attrs.frozen(eq=False)
@@ -243,21 +253,18 @@ def _decode(cert: object, role: str) -> _Cert:
         raise _fail(
             "type", f"{role} must be a cryptography x509.Certificate, not {type(cert).__name__}"
         )
-    # the fingerprint, not the serial: reading a non-positive serial warns, and the
-    # DER digest names this exact certificate without decoding anything
-    fingerprint = _part(role, "encoding", lambda: cert.fingerprint(hashes.SHA256()).hex()[:16])
-    label = f"{role} (sha256 {fingerprint})"
-    subject = _part(label, "subject name", lambda: cert.subject)
-    subject_text = _part(label, "subject name", subject.rfc4514_string)
-    issuer = _part(label, "issuer name", lambda: cert.issuer)
-    issuer_text = _part(label, "issuer name", issuer.rfc4514_string)
-    extensions = _part(label, "extensions", lambda: tuple(cert.extensions))
+    subject = _part(cert, role, "subject name", lambda: cert.subject)
+    subject_text = _part(cert, role, "subject name", subject.rfc4514_string)
+    issuer = _part(cert, role, "issuer name", lambda: cert.issuer)
+    issuer_text = _part(cert, role, "issuer name", issuer.rfc4514_string)
+    extensions = _part(cert, role, "extensions", lambda: tuple(cert.extensions))
     values = {ext.oid: ext.value for ext in extensions}
     san = values.get(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
     uris = (
         tuple(
             _part(
-                label,
+                cert,
+                role,
                 "subject alternative names",
                 lambda: san.get_values_for_type(x509.UniformResourceIdentifier),
             )
@@ -272,7 +279,7 @@ def _decode(cert: object, role: str) -> _Cert:
     elif uris:
         name = repr(uris[0])
     else:
-        name = f"sha256 {fingerprint}"
+        name = f"sha256 {_fingerprint(cert)}"
     return _Cert(
         cert=cert,
         name=name,
@@ -283,9 +290,9 @@ def _decode(cert: object, role: str) -> _Cert:
         uris=uris,
         basic_constraints=bc if isinstance(bc, x509.BasicConstraints) else None,
         key_usage=ku if isinstance(ku, x509.KeyUsage) else None,
-        public_key=_part(label, "public key", cert.public_key),
-        not_before=_part(label, "validity", lambda: cert.not_valid_before_utc),
-        not_after=_part(label, "validity", lambda: cert.not_valid_after_utc),
+        public_key=_part(cert, role, "public key", cert.public_key),
+        not_before=_part(cert, role, "validity", lambda: cert.not_valid_before_utc),
+        not_after=_part(cert, role, "validity", lambda: cert.not_valid_after_utc),
     )
 
 
@@ -800,7 +807,17 @@ class Bundles:
 
 
 def _certificate_tuple(value: Iterable[x509.Certificate]) -> tuple[x509.Certificate, ...]:
-    return tuple(view.cert for view in _decode_all(value, "leaf"))
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise _fail(
+            "type",
+            f"an SVID's certificates are an iterable of x509.Certificate, not "
+            f"{type(value).__name__}; PEM text goes to X509Svid.parse",
+        )
+    certs = tuple(value)
+    for cert in certs:
+        if not isinstance(cert, x509.Certificate):
+            raise _fail("type", f"an SVID holds x509.Certificate values, not {type(cert).__name__}")
+    return certs
 
 
 @attrs.frozen

@@ -1,0 +1,6 @@
+"""atheris entry point of the ``verify_chain`` target (see _targets.py and _atheris.py for how to run it)."""
+
+from _atheris import run
+
+if __name__ == "__main__":
+    run("verify_chain")
