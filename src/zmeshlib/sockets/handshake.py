@@ -39,7 +39,7 @@ from collections.abc import Callable
 import attrs
 import zmq
 
-from .._exceptions import IdentityError
+from .._exceptions import IdentityError, MeshError
 from ..identity.card import Card
 
 log = logging.getLogger("zmeshlib.handshake")
@@ -74,7 +74,7 @@ def decide(
     try:
         card = lookup(curve_key)
         detail = "" if card else "no valid card for this CURVE key in the registry"
-    except IdentityError as e:  # a registry that cannot verify is a refusal, not a crash
+    except MeshError as e:  # a registry that cannot verify or be read: a refusal, not a crash
         card, detail = None, str(e)
     if card is not None:
         return HandshakeDecision(True, str(card.spiffe_id), "verified")
