@@ -7,6 +7,7 @@ and one live-reloadable policy for the whole mesh. See docs/.
 from ._exceptions import (
     ApplicationError,
     Cancelled,
+    Closed,
     IdentityError,
     InternalError,
     InvalidArgument,
@@ -24,7 +25,16 @@ from ._exceptions import (
     Unimplemented,
     error_for_status,
 )
-from ._models import ANONYMOUS, Endpoint, Message, Peer, SocketKind, StatusCode, TraceContext
+from ._models import (
+    ANONYMOUS,
+    Delivery,
+    Endpoint,
+    Message,
+    Peer,
+    SocketKind,
+    StatusCode,
+    TraceContext,
+)
 from .identity import Bundles, DevCA, Identity, SpiffeId, TrustBundle, X509Svid, verify_chain
 from .identity.card import Card
 from .policy import Policy, PolicyWatcher
@@ -40,6 +50,8 @@ __all__ = [
     "Bundles",
     "Cancelled",
     "Card",
+    "Closed",
+    "Delivery",
     "DevCA",
     "Endpoint",
     "Identity",

@@ -14,10 +14,13 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
+import zmq
+
 if TYPE_CHECKING:
-    from ._models import StatusCode
+    from ._models import Delivery, StatusCode
 
 
 class MeshError(Exception):
@@ -60,6 +63,12 @@ class PolicyError(MeshError):
         self.problems = problems
 
 
+class Closed(MeshError):
+    """The socket or Mesh was closed (by this thread or another) before or during the operation."""
+
+    status_name = "CANCELLED"
+
+
 class RegistryError(MeshError):
     """The card registry could not be opened, read or written."""
 
@@ -87,13 +96,29 @@ class RemoteError(MeshError):
     """Base of errors that carry a status code from the other side.
 
     ``detail`` is the peer's human-readable explanation, ``policy`` the name
-    of the authorization policy that decided (when one did).
+    of the authorization policy that decided (when one did). ``delivery``
+    says what is known of the request's fate (:class:`~zmeshlib.Delivery`):
+    an error raised on this side before anything was sent is ``NOT_SENT``, a
+    timeout or a lost endpoint ``UNKNOWN``, a status from the server
+    ``ANSWERED``; a retry policy reads it instead of guessing.
     """
 
-    def __init__(self, message: str, *, detail: str = "", policy: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        detail: str = "",
+        policy: str = "",
+        delivery: Delivery | None = None,
+    ) -> None:
         super().__init__(message)
         self.detail = detail
         self.policy = policy
+        if delivery is None:
+            from ._models import Delivery
+
+            delivery = Delivery.ANSWERED
+        self.delivery = delivery
 
 
 class PermissionDenied(RemoteError):
@@ -102,10 +127,29 @@ class PermissionDenied(RemoteError):
     status_name = "PERMISSION_DENIED"
 
 
-class Timeout(RemoteError):
-    """A deadline passed before the operation finished."""
+class Timeout(RemoteError, zmq.Again):
+    """A deadline passed before the operation finished.
+
+    Also a ``zmq.Again`` (errno ``EAGAIN``), as pyzmq raises when ``RCVTIMEO``
+    expires or ``NOBLOCK`` finds nothing: ``except zmq.Again`` code keeps working.
+    """
 
     status_name = "DEADLINE_EXCEEDED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        detail: str = "",
+        policy: str = "",
+        delivery: Delivery | None = None,
+    ) -> None:
+        RemoteError.__init__(self, message, detail=detail, policy=policy, delivery=delivery)
+        self.errno = errno.EAGAIN
+        self.strerror = message
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class Unavailable(RemoteError):
@@ -152,9 +196,15 @@ class ApplicationError(RemoteError):
     status_name = "APPLICATION"
 
     def __init__(
-        self, message: str, *, detail: str = "", policy: str = "", retriable: bool = False
+        self,
+        message: str,
+        *,
+        detail: str = "",
+        policy: str = "",
+        retriable: bool = False,
+        delivery: Delivery | None = None,
     ) -> None:
-        super().__init__(message, detail=detail, policy=policy)
+        super().__init__(message, detail=detail, policy=policy, delivery=delivery)
         self.retriable = retriable
 
 

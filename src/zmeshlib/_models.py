@@ -39,6 +39,21 @@ class StatusCode(enum.IntEnum):
     APPLICATION = 100
 
 
+class Delivery(enum.Enum):
+    """What is known of a failed request's delivery: whether a retry may run it twice.
+
+    ``NOT_SENT``: it never left this process (no endpoint, a full queue, a
+    circuit breaker, an inherited deadline already passed): nothing ran.
+    ``UNKNOWN``: it was sent and no answer came (a timeout, the endpoint went
+    away in flight): it may or may not have run. ``ANSWERED``: the server
+    answered with a status.
+    """
+
+    NOT_SENT = "not-sent"
+    UNKNOWN = "unknown"
+    ANSWERED = "answered"
+
+
 class SocketKind(enum.Enum):
     """The mesh socket kinds; the value is the kind a peer must have to talk to it."""
 
