@@ -60,9 +60,9 @@ class Spans:
         self.count = 0
 
     def install(self) -> None:
-        from zmeshlib.sockets import shell
+        from zmeshlib.sockets import base, drivers, frames, pipeline, pubsub, reqrep
 
-        recv, send = shell.recv_message, shell.send_message
+        recv, send = frames.recv_message, frames.send_message
 
         def timed_recv(sock: zmq.Socket, flags: int = 0, user_id: bool = False) -> Any:
             got = recv(sock, flags, user_id)
@@ -74,7 +74,11 @@ class Spans:
             self.count += 1
             return send(sock, frames, flags)
 
-        shell.recv_message, shell.send_message = timed_recv, timed_send  # type: ignore[assignment]
+        for module in (base, drivers, pipeline, pubsub, reqrep):  # each imported them by name
+            if hasattr(module, "recv_message"):
+                module.recv_message = timed_recv  # type: ignore[attr-defined]
+            if hasattr(module, "send_message"):
+                module.send_message = timed_send  # type: ignore[attr-defined]
 
     def mean_us(self) -> float:
         return self.total / max(self.count, 1) / 1000

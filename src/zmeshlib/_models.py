@@ -7,7 +7,7 @@ compare, and never changed after a socket hands them out.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -155,7 +155,7 @@ class Message:
 
     def reply(
         self,
-        payload: bytes | list[bytes] | tuple[bytes, ...] = b"",
+        payload: bytes | Sequence[bytes] = b"",
         *,
         headers: Mapping[str, str] | None = None,
     ) -> None:

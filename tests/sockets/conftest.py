@@ -153,9 +153,7 @@ def raw_peer(ca: DevCA) -> Callable[..., RawPeer]:
         keypair: tuple[bytes, bytes] | None = None,
     ) -> RawPeer:
         public, secret = keypair if keypair is not None else zmq.curve_keypair()
-        card = Card.sign(
-            ca.issue_svid(spiffe_id), public, curve_secret=secret, endpoints=endpoints
-        )
+        card = Card.sign(ca.issue_svid(spiffe_id), public, curve_secret=secret, endpoints=endpoints)
         mesh.registry.publish(card)
         return RawPeer(public, secret, card)
 

@@ -18,7 +18,7 @@ import zmq
 
 import zmeshlib
 import zmeshlib.asyncio
-from zmeshlib.sockets.shell import REFRESH_INTERVAL, WAIT_MS
+from zmeshlib.sockets.drivers import REFRESH_INTERVAL, WAIT_MS
 
 SERVER = "spiffe://example.org/ns/shop/sa/payment"
 CLIENT = "spiffe://example.org/ns/shop/sa/orders"

@@ -1,9 +1,18 @@
-"""Mesh sockets: identity-checked handshakes and the six socket kinds, over one sans-I/O core."""
+"""The mesh sockets: a Mesh, the socket kinds' engines and their sync and asyncio facades."""
 
+from .base import MeshSocket
 from .mesh import Mesh
-from .shell import MeshSocket, PubSocket, PullSocket, PushSocket, RepSocket, ReqSocket, SubSocket
+from .pipeline import AsyncPullSocket, AsyncPushSocket, PullSocket, PushSocket
+from .pubsub import AsyncPubSocket, AsyncSubSocket, PubSocket, SubSocket
+from .reqrep import AsyncRepSocket, AsyncReqSocket, RepSocket, ReqSocket
 
 __all__ = [
+    "AsyncPubSocket",
+    "AsyncPullSocket",
+    "AsyncPushSocket",
+    "AsyncRepSocket",
+    "AsyncReqSocket",
+    "AsyncSubSocket",
     "Mesh",
     "MeshSocket",
     "PubSocket",

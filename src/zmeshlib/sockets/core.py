@@ -5,7 +5,7 @@ Rules this module keeps:
 * No sockets, no threads, no clock of its own: every function takes the
   frames it judges and the time it judges them at, and returns frames to
   send or a :class:`~zmeshlib.Message` (or a reason to drop). The sync and
-  asyncio shells (``sockets/shell.py``) only move frames.
+  asyncio shells (``sockets/pubsub.py``, ``reqrep.py``, ``pipeline.py``) only move frames.
 * The sender of a message is who the handshake said it is: the User-Id of a
   bound socket's connection, or the verified card of the endpoint a
   connected socket dialled. Nothing in a message can claim otherwise.
@@ -74,6 +74,10 @@ log = logging.getLogger("zmeshlib.sockets")
 # Enum members the per-message code tests against, as plain names: looking a member up on
 # its class costs more than the identity test it serves.
 _PUBLISH, _REQUEST, _REPLY, _PUSH = Kind.PUBLISH, Kind.REQUEST, Kind.REPLY, Kind.PUSH
+
+#: The longest topic (and subscription prefix), in UTF-8 bytes: libzmq keeps every prefix in
+#: a trie per subscriber, and a megabyte-long one has crashed it.
+MAX_TOPIC_BYTES = 4096
 
 Frames = Sequence[bytes]
 Payload = bytes | Sequence[bytes]
@@ -281,7 +285,8 @@ class PublisherCore(_PolicyBound):
                 self.needs_restart = True
                 log.info(
                     "policy %s changes the subscription %r of %s: %r -> %r",
-                    self._policy.revision, asked, user_id or "anonymous", granted, again,
+                    self._policy.revision if self._policy else "", asked,
+                    user_id or "anonymous", granted, again,
                 )  # fmt: skip
                 break
 
@@ -448,11 +453,13 @@ class SubscriberCore(_PolicyBound):
             why = self._verdict(sender, resource, env.headers)
         else:
             key = (sender, resource)
-            why = self._verdicts.get(key)
-            if why is None:
+            known = self._verdicts.get(key)
+            if known is None:
                 why = self._verdict(sender, resource)
                 if self._pure and len(self._verdicts) < 65536:
                     self._verdicts[key] = why
+            else:
+                why = known
         if why:
             self.drops.drop(why, f"{peer}: {resource!r}")
             return None
@@ -501,6 +508,9 @@ class ClientCore:
         self.drops = drops
         self.next_id = new_message_ids()
         self.pending: dict[int, Pending] = {}
+        #: Replies read by one waiting call for another (asyncio: several calls share a
+        #: DEALER), by request id, until that call claims them.
+        self.inbox: dict[int, Message | RemoteError] = {}
         self.counts: Counter[str] = Counter()
 
     def request(
@@ -568,6 +578,14 @@ class ClientCore:
 
     def forget(self, pending: Pending) -> None:
         self.pending.pop(pending.message_id, None)
+        self.inbox.pop(pending.message_id, None)
+
+    def claim(self, pending: Pending) -> Message | None:
+        """The reply another call read for ``pending`` (its error raised), if one did."""
+        answer = self.inbox.pop(pending.message_id, None)
+        if isinstance(answer, RemoteError):
+            raise answer
+        return answer
 
     def answer(self, pending: Pending, frames: Frames, peer: Peer) -> Message | None:
         """The reply to ``pending`` if ``frames`` are it (an error reply raises the error it
@@ -581,7 +599,10 @@ class ClientCore:
         ):  # the usual reply: OK, no extras, to the request awaited, the first copy
             return Message._received(tuple(frames[1:]), peer, None, NO_HEADERS, plain[1], None)
         answer = self.reply(frames, peer)
-        if answer is None or answer[0] != pending.message_id:
+        if answer is None:
+            return None
+        if answer[0] != pending.message_id:  # another waiting call's: it claims it
+            self.inbox[answer[0]] = answer[1]
             return None
         if isinstance(answer[1], RemoteError):
             raise answer[1]

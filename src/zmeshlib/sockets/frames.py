@@ -68,7 +68,7 @@ def py_recv_message(sock: zmq.Socket, flags: int = 0, user_id: bool = False) -> 
     while frame.more:  # Frame.more: cheaper than a getsockopt(RCVMORE) per frame
         frame = sock.recv(copy=False)
         frames.append(frame.bytes)
-    return tuple(frames), uid
+    return tuple(frames), uid  # type: ignore[return-value]
 
 
 def py_send_message(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> bool:

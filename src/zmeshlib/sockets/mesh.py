@@ -10,19 +10,32 @@ Rules this module keeps:
 * The policy is one immutable object behind one reference (a
   ``PolicyInForce`` the sockets' cores share): ``update_policy`` swaps it,
   and every socket sees the new one at its next operation.
-* ``close()`` leaves nothing behind: sockets closed, card withdrawn, the ZAP
-  and renewal threads stopped, the context terminated if the Mesh made it.
+* ``close()`` leaves nothing behind, from any thread: sockets closed (each
+  by the thread inside an operation on it, if one is), card withdrawn, the
+  ZAP, keeper and directory threads stopped, the context terminated if the
+  Mesh made it. A Mesh that fails to start leaves nothing either.
+* The card lists exactly the endpoints of open sockets: a closed socket's or
+  an unbound address's endpoints are withdrawn at once. If the store loses
+  the card (deleted, overwritten), the keeper publishes it again.
+* ``trust_domains`` in the policy restricts trust: a card whose SPIFFE ID is
+  of an unlisted trust domain does not verify, whatever bundles the
+  identity source holds (empty list: every domain with a bundle).
+* Every underlying socket takes its message-size bound from the Mesh's
+  ``limits`` (``ZMQ_MAXMSGSIZE``, so an oversized frame, handshake included,
+  is refused by libzmq before it is buffered) and a handshake deadline.
 
-Theory of operation: the Mesh owns two threads. The ZAP thread
+Theory of operation: the Mesh owns three threads. The ZAP thread
 (``handshake.py``) answers libzmq's question "who is this CURVE key?" from the
-registry. The keeper thread renews the SVID when half its life has passed
-(``Identity.renewal_due``) and re-signs the card. Everything else happens in
-the threads that use the sockets.
+registry. The directory thread (``directory.py``) keeps the sockets' view of
+the registry fresh. The keeper thread renews the SVID when half its life has
+passed (``Identity.renewal_due``), re-signs the card, and re-publishes it if
+the store lost it. Everything else happens in the threads that use the sockets.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -31,7 +44,7 @@ from typing import Any
 
 import zmq
 
-from .._exceptions import IdentityError, MeshError, PolicyError
+from .._exceptions import Closed, IdentityError, MeshError, PolicyError
 from .._models import Endpoint, SocketKind
 from ..identity.card import Card
 from ..identity.source import Identity
@@ -41,13 +54,22 @@ from ..policy import Policy, PolicyWatcher
 from ..registry import Registry
 from ..telemetry import MeshMetrics
 from ..wire.envelope import DEFAULT_LIMITS, Limits
-from .core import PolicyInForce
+from .addresses import default_advertise_host
+from .base import MeshSocket
+from .core import MAX_TOPIC_BYTES, PolicyInForce
+from .directory import Directory
+from .drivers import SYNC
 from .handshake import ZapHandler
-from .shell import SYNC_CLASSES, MeshSocket
+from .pipeline import PullSocket, PushSocket
+from .pubsub import PubSocket, SubSocket
+from .reqrep import RepSocket, ReqSocket
 
 log = logging.getLogger("zmeshlib.mesh")
 
 KEEPER_INTERVAL = 0.2  # seconds between renewal checks
+CARD_CHECK_INTERVAL = 2.0  # seconds between checks that the store still holds our card
+HANDSHAKE_IVL_MS = 10_000  # a connection that has not finished its handshake by then is dropped
+LOG_INTERVAL = 1.0  # seconds between two lines of one rate-limited kind
 
 _KINDS = {
     zmq.PUB: SocketKind.PUB,
@@ -59,23 +81,50 @@ _KINDS = {
 }
 
 
+SYNC_CLASSES: Mapping[SocketKind, type[MeshSocket]] = {
+    SocketKind.PUB: PubSocket,
+    SocketKind.SUB: SubSocket,
+    SocketKind.REQ: ReqSocket,
+    SocketKind.REP: RepSocket,
+    SocketKind.PUSH: PushSocket,
+    SocketKind.PULL: PullSocket,
+}
+
+
 class Mesh:
-    """A workload's membership of the mesh; makes mesh sockets. Context manager."""
+    """A workload's membership of the mesh; makes mesh sockets. Context manager.
+
+    ``policy`` is a :class:`~zmeshlib.Policy`, a path to a policy file (loaded with
+    :meth:`Policy.load`) or a mapping (:meth:`Policy.from_dict`). ``advertise_host`` is
+    the host a wildcard bind (``tcp://*:0``) is advertised with on the card (default:
+    this host's address on its default route).
+    """
 
     _socket_classes: Mapping[SocketKind, type[MeshSocket]] = SYNC_CLASSES
+    _driver: Any = SYNC
 
     def __init__(
         self,
         identity: Identity | None = None,
-        policy: Policy | None = None,
+        policy: Policy | str | os.PathLike[str] | Mapping[str, Any] | None = None,
         registry: str | Registry = "memory://",
         *,
         context: zmq.Context | None = None,
         labels: Mapping[str, str] | None = None,
         limits: Limits = DEFAULT_LIMITS,
         meter_provider: Any = None,
+        advertise_host: str | None = None,
     ) -> None:
-        self._in_force = PolicyInForce(policy if policy is not None else Policy())
+        self._closed = True  # until fully started: close() of a half-made Mesh does nothing
+        self._in_force = PolicyInForce(_as_policy(policy))
+        if identity is not None and not isinstance(identity, Identity):
+            raise IdentityError(
+                f"identity= takes a zmeshlib.Identity (DevCA.issue, Identity.from_pem, "
+                f"Identity.from_workload_api), not {type(identity).__name__}",
+                rule="type",
+            )
+        if not isinstance(limits, Limits):
+            raise MeshError(f"limits= takes a zmeshlib.Limits, not {type(limits).__name__}")
         if identity is None and self.mode != "DISABLE":
             raise IdentityError(
                 f"peer_authentication mode {self.mode} needs an identity: pass "
@@ -85,43 +134,26 @@ class Mesh:
         self.identity = identity
         self.limits = limits
         self.labels = dict(labels or {})
+        self.advertise_host = advertise_host or default_advertise_host()
         self._lock = threading.RLock()
-        self._closed = False
-        self._own_context = context is None
-        self.context = context if context is not None else self._new_context()
-        # the sockets underneath are always synchronous; asyncio waits on them from outside
-        self._zmq_context = zmq.Context.shadow(self.context.underlying)
-        public, secret = zmq.curve_keypair()
-        self.curve_public: bytes = public
-        self._curve_secret: bytes = secret
-        self.registry = (
-            registry
-            if isinstance(registry, Registry)
-            else Registry(registry, bundles=self._bundles, may_serve=self._may_serve)
-        )
-        self._own_registry = not isinstance(registry, Registry)
-        try:  # first, so that a context with another ZAP handler leaves nothing behind
-            self._zap = ZapHandler(self._zmq_context, lambda: self.mode, self.registry.by_key)
-        except MeshError:
-            if self._own_registry:
-                self.registry.close()
-            if self._own_context:
-                self.context.term()
-            raise
+        self._bundles_memo: tuple[object, tuple[str, ...], Bundles] | None = None
+        self._log_times: dict[str, float] = {}
+        self._log_suppressed: dict[str, int] = {}
         self._endpoints: list[Endpoint] = []
         self._sockets: weakref.WeakSet[MeshSocket] = weakref.WeakSet()
         self._watchers: list[PolicyWatcher] = []
         self._policy_updates = 0
         self._policy_rejected = 0
         self.card: Card | None = None
-        self._unsubscribe_rotation = None
-        if identity is not None:
-            self._publish_card()
-            self._unsubscribe_rotation = identity.on_rotate(lambda _ident: self._publish_card())
-        self.metrics = MeshMetrics(self, meter_provider)
+        self._unsubscribe_rotation: Any = None
         self._stop = threading.Event()
-        self._keeper = threading.Thread(target=self._keep, name="zmeshlib-keeper", daemon=True)
-        self._keeper.start()
+        self._started: list[Any] = []  # what close() must undo, in the order it was made
+        try:
+            self._start(context, registry, meter_provider)
+        except BaseException:
+            self._undo()
+            raise
+        self._closed = False
         log.info(
             "mesh member %s up (mode %s, policy %s)",
             self.spiffe_id or "anonymous",
@@ -129,8 +161,83 @@ class Mesh:
             self._in_force.policy.revision,
         )
 
+    def _start(
+        self, context: zmq.Context | None, registry: str | Registry, meter_provider: Any
+    ) -> None:
+        self._own_context = context is None
+        self.context = context if context is not None else self._new_context()
+        if self._own_context:
+            self._started.append(self.context.term)
+        # the sockets underneath are always synchronous; asyncio waits on them from outside
+        self._zmq_context: zmq.Context = zmq.Context.shadow(self.context.underlying)
+        public, secret = zmq.curve_keypair()
+        self.curve_public: bytes = public
+        self._curve_secret: bytes = secret
+        self._own_registry = not isinstance(registry, Registry)
+        self.registry = (
+            registry
+            if isinstance(registry, Registry)
+            else Registry(registry, bundles=self._bundles, may_serve=self._may_serve)
+        )
+        if self._own_registry:
+            self._started.append(self.registry.close)
+        # before the card, so that a context with another ZAP handler leaves nothing behind
+        self._zap = ZapHandler(self._zmq_context, lambda: self.mode, self.registry.by_key)
+        self._started.append(self._zap.close)
+        self._directory = Directory(self.registry, self._in_force)
+        self._started.append(self._directory.close)
+        if self.identity is not None:
+            self._publish_card(startup=True)
+            self._started.append(self._withdraw_card)
+            self._unsubscribe_rotation = self.identity.on_rotate(
+                lambda _ident: self._publish_card()
+            )
+        self.metrics = MeshMetrics(self, meter_provider)
+        self._keeper = threading.Thread(target=self._keep, name="zmeshlib-keeper", daemon=True)
+        self._keeper.start()
+        self._started.append(self._stop_keeper)
+
+    def _undo(self) -> None:
+        """Undo what ``_start`` did, newest first (a failed start, or close())."""
+        for step in reversed(self._started):
+            try:
+                step()
+            except MeshError as e:
+                log.warning("while closing the mesh: %s", e)
+        self._started.clear()
+
+    def _stop_keeper(self) -> None:
+        self._stop.set()
+        if threading.current_thread() is not self._keeper:
+            self._keeper.join(5)
+
+    def _withdraw_card(self) -> None:
+        self.registry.withdraw(self.curve_public)
+
     def _new_context(self) -> zmq.Context:
         return zmq.Context()
+
+    def _limit(self, sock: zmq.Socket) -> None:
+        """The bounds every underlying socket gets from the Mesh (module docstring)."""
+        limits = self.limits
+        sock.maxmsgsize = max(
+            limits.max_message_bytes, limits.max_envelope_bytes + MAX_TOPIC_BYTES + 1
+        )
+        sock.handshake_ivl = HANDSHAKE_IVL_MS
+
+    def _log_limited(self, kind: str, message: str, *args: Any) -> None:
+        """A WARNING at most once per ``LOG_INTERVAL`` per kind, saying how many were held
+        back: a flood of refusals must not flood the log."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._log_times.get(kind, -LOG_INTERVAL) < LOG_INTERVAL:
+                self._log_suppressed[kind] = self._log_suppressed.get(kind, 0) + 1
+                return
+            self._log_times[kind] = now
+            held = self._log_suppressed.pop(kind, 0)
+        if held:
+            message += f" (and {held} more like it in the last {LOG_INTERVAL:g}s)"
+        log.warning(message, *args)
 
     # -- identity and card -------------------------------------------------------
 
@@ -139,17 +246,30 @@ class Mesh:
         return self.identity.spiffe_id if self.identity is not None else None
 
     def _bundles(self) -> Bundles:
-        return self.identity.bundles if self.identity is not None else Bundles()
+        """The trust bundles cards verify against: the identity source's, restricted to the
+        policy's ``trust_domains`` when it lists any (one object per input, so the
+        registry's verdict cache stays valid while nothing changed)."""
+        if self.identity is None:
+            return Bundles()
+        bundles = self.identity.bundles
+        domains = self._in_force.policy.trust_domains
+        if not domains:
+            return bundles
+        memo = self._bundles_memo
+        if memo is None or memo[0] is not bundles or memo[1] != domains:
+            kept = Bundles(b for b in bundles if b.trust_domain in domains)
+            memo = self._bundles_memo = (bundles, domains, kept)
+        return memo[2]
 
     def _may_serve(self, service: str, spiffe_id: SpiffeId) -> bool:
         return self._in_force.policy.may_serve(service, spiffe_id)
 
-    def _publish_card(self) -> None:
+    def _publish_card(self, *, startup: bool = False) -> None:
         """Sign this workload's card with the current SVID and publish it."""
         if self.identity is None:
             return
         with self._lock:
-            if self._closed:
+            if self._closed and not startup:
                 return
             labels = dict(self.labels)
             services = sorted({e.service for e in self._endpoints if e.service})
@@ -170,7 +290,22 @@ class Mesh:
             self._endpoints.append(Endpoint(address, kind, service))
             self._publish_card()
 
+    def _remove_endpoints(self, addresses: list[str]) -> None:
+        """Withdraw endpoints from the card (a closed socket's, an unbound address)."""
+        if not addresses:
+            return
+        with self._lock:
+            kept = [e for e in self._endpoints if e.address not in addresses]
+            if len(kept) == len(self._endpoints):
+                return
+            self._endpoints = kept
+            try:
+                self._publish_card()
+            except MeshError as e:
+                log.warning("could not withdraw endpoints %s from the card: %s", addresses, e)
+
     def _keep(self) -> None:
+        next_card_check = time.monotonic() + CARD_CHECK_INTERVAL
         while not self._stop.wait(KEEPER_INTERVAL):
             ident = self.identity
             if ident is None:
@@ -184,8 +319,20 @@ class Mesh:
                     and self.card.not_after - time.time() < 2 * KEEPER_INTERVAL
                 ):
                     self._publish_card()
+                elif time.monotonic() >= next_card_check:
+                    next_card_check = time.monotonic() + CARD_CHECK_INTERVAL
+                    self._check_card()
             except MeshError as e:
                 log.error("identity renewal failed, keeping the current SVID: %s", e)
+
+    def _check_card(self) -> None:
+        """Publish the card again if the store no longer holds it (deleted or overwritten)."""
+        card = self.card
+        if card is None:
+            return
+        if self.registry.by_key(self.curve_public) != card:
+            log.warning("the registry lost this workload's card; publishing it again")
+            self._publish_card()
 
     # -- policy --------------------------------------------------------------------
 
@@ -233,20 +380,35 @@ class Mesh:
     # -- sockets -------------------------------------------------------------------
 
     def socket(self, kind: int) -> Any:
-        """A mesh socket: zmq.PUB, SUB, REQ, REP, PUSH or PULL."""
+        """A mesh socket: zmq.PUB, SUB, REQ, REP, PUSH or PULL.
+
+        Not DEALER or ROUTER: a mesh socket's frames are the mesh's envelope and its
+        request ids, and its routing is the mesh's (docs/sockets.md says why).
+        """
         if self._closed:
-            raise MeshError("this Mesh is closed")
-        sk = _KINDS.get(kind)
+            raise Closed("this Mesh is closed")
+        sk = _KINDS.get(kind)  # type: ignore[call-overload]
         if sk is None:
             raise MeshError(
                 f"unsupported socket type {kind!r}: use zmq.PUB, SUB, REQ, REP, PUSH or PULL"
+                + (
+                    " (DEALER and ROUTER carry no mesh envelope: build on REQ/REP)"
+                    if kind in (zmq.DEALER, zmq.ROUTER)
+                    else ""
+                )
             )
-        sock = self._socket_classes[sk](self)
-        self._sockets.add(sock)
+        sock = self._socket_classes[sk](self, self._driver)  # type: ignore[call-arg]
+        with self._lock:
+            if self._closed:  # closed by another thread meanwhile
+                sock.close()
+                raise Closed("this Mesh is closed")
+            self._sockets.add(sock)
         return sock
 
-    def _forget_socket(self, sock: MeshSocket) -> None:
+    def _forget_socket(self, sock: MeshSocket, endpoints: list[str]) -> None:
         self._sockets.discard(sock)
+        if not self._closed:
+            self._remove_endpoints(endpoints)
 
     @property
     def closed(self) -> bool:
@@ -266,30 +428,38 @@ class Mesh:
         return out
 
     def close(self) -> None:
+        """Close every socket (waking operations blocked in other threads: they end with
+        :class:`~zmeshlib.Closed`), withdraw the card, stop the threads. Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self._stop.set()
-        self._keeper.join(5)
+        self._stop_keeper()
         for watcher in self._watchers:
             watcher.close()
         for sock in list(self._sockets):
             sock.close()
         if self._unsubscribe_rotation is not None:
             self._unsubscribe_rotation()
-        try:
-            self.registry.withdraw(self.curve_public)
-        except MeshError as e:
-            log.warning("could not withdraw this workload's card: %s", e)
-        self._zap.close()
-        if self._own_registry:
-            self.registry.close()
-        if self._own_context:
-            self.context.term()
+        self._undo()
 
     def __enter__(self) -> Mesh:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _as_policy(policy: object) -> Policy:
+    if policy is None:
+        return Policy()
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, (str, os.PathLike)):
+        return Policy.load(policy)
+    if isinstance(policy, Mapping):
+        return Policy.from_dict(policy)
+    raise PolicyError(
+        f"policy= takes a zmeshlib.Policy, a policy file path or a mapping, "
+        f"not {type(policy).__name__}"
+    )

@@ -1,0 +1,785 @@
+"""What every mesh socket shares: lifecycle, options, addresses, upstreams, receiving.
+
+Rules this module keeps:
+
+* A mesh socket is an engine shared by both flavours. Every operation that
+  may wait is a generator that yields a :class:`~zmeshlib.sockets.drivers.Wait`
+  and is resumed with what happened; the socket's *driver* (sync or asyncio,
+  ``sockets/drivers.py``) does the waiting. The kinds' facades
+  (``pubsub.py``, ``reqrep.py``, ``pipeline.py``) are thin: a sync method
+  runs an operation with the sync driver, its asyncio twin awaits it.
+* One thread (or one event loop) uses a socket, as with a zmq socket; other
+  threads may only close it. Only the thread inside an operation touches
+  the underlying libzmq sockets, so :meth:`MeshSocket.close` from another
+  thread asks that thread to close them (it wakes within one
+  ``REFRESH_INTERVAL``) and waits for it: closing a libzmq socket under a
+  thread that is using it is what aborts a process in libzmq.
+* After ``close()`` every operation raises :class:`~zmeshlib.Closed`; a
+  blocked one ends with it (``serve()`` returns).
+* Each upstream endpoint has its own underlying socket, connected with the
+  server key from its verified card, so the peer of whatever arrives on it
+  is that card's identity; a bound socket learns the peer from the User-Id
+  its handshake set. Upstreams follow the Mesh's :class:`Directory`: a
+  socket re-resolves when its generation moves, and never reads the store.
+* Options a pyzmq user sets (``setsockopt``, ``sndhwm = 0``...) apply to every
+  underlying socket, present and future; options the mesh must own (CURVE,
+  ZAP, routing ids, XPUB_MANUAL...) are refused with the reason.
+* While waiting, a socket wakes at least every ``REFRESH_INTERVAL`` seconds for
+  housekeeping (policy changes, handshake failures, a publisher's
+  subscriptions), and never spins: with nothing to poll it waits on an event.
+
+The lifecycle protocol, without a lock on the hot path (the GIL orders these
+plain attribute writes): an operation increments ``_busy`` and then reads
+``_closing``; ``close()`` sets ``_closing`` and then reads ``_busy``. At least
+one of the two sees the other, so either the operation raises ``Closed``
+before touching libzmq, or ``close()`` sees it busy and leaves the closing
+to it (``_leave``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from .._exceptions import Closed, IdentityError, InvalidArgument, MeshError, Timeout
+from .._models import ANONYMOUS, Delivery, Peer, SocketKind
+from ..identity.card import Card
+from . import options as _options
+from .addresses import advertised_address, check_address
+from .core import Drops, PeerBook
+from .drivers import REFRESH_INTERVAL, WAIT_MS, Events, Op, Wait
+from .frames import recv_message
+from .handshake import ZAP_DOMAIN
+from .readiness import Readiness
+
+if TYPE_CHECKING:
+    from .mesh import Mesh
+
+log = logging.getLogger("zmeshlib.sockets")
+
+_NOBLOCK = int(zmq.NOBLOCK)  # plain ints: enum arithmetic per frame is measurable
+_FAILURE_NAMES = {
+    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "no-detail",
+    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "protocol",
+    int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "auth",
+}
+_HANDSHAKE_FAILURES = int(
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+GC_LINGER_MS = 1000  # how long an underlying socket dropped without close() may flush
+CLOSE_WAIT = 2.0  # seconds close() waits for the thread inside an operation to finish it
+
+#: Underlying libzmq socket types per mesh kind: (bound, connected); None = not allowed.
+UNDERLYING: dict[SocketKind, tuple[int | None, int | None]] = {
+    SocketKind.PUB: (zmq.XPUB, zmq.XPUB),
+    SocketKind.SUB: (zmq.SUB, zmq.SUB),
+    SocketKind.REQ: (None, zmq.DEALER),
+    SocketKind.REP: (zmq.ROUTER, None),
+    SocketKind.PUSH: (zmq.PUSH, zmq.PUSH),
+    SocketKind.PULL: (zmq.PULL, zmq.PULL),
+}
+#: What ``sock.type`` reports: the zmq constant of the pattern the mesh socket plays.
+ZMQ_TYPES: dict[SocketKind, int] = {
+    SocketKind.PUB: zmq.PUB,
+    SocketKind.SUB: zmq.SUB,
+    SocketKind.REQ: zmq.REQ,
+    SocketKind.REP: zmq.REP,
+    SocketKind.PUSH: zmq.PUSH,
+    SocketKind.PULL: zmq.PULL,
+}
+
+
+@attrs.define(eq=False)
+class Upstream:
+    """One connected endpoint: its own underlying socket and the verified card it was dialled with."""
+
+    address: str
+    sock: zmq.Socket
+    card: Card | None
+    peer: Peer
+
+    @property
+    def key(self) -> bytes | None:
+        return self.card.curve_key if self.card else None
+
+
+class MeshSocket(_options.OptionProperties):
+    """The engine every mesh socket kind shares (module docstring)."""
+
+    kind: SocketKind
+    core: Any  # the kind's sans-I/O core (sockets/core.py): exactly one per socket
+    #: After a message, read on without polling (throughput: SUB, PULL), or poll first
+    #: (latency: REP, whose next request is rarely queued; a failed read costs more than a poll).
+    burst: bool = True
+
+    def __init__(self, mesh: Mesh, kind: SocketKind, driver: Any) -> None:
+        self._mesh = mesh
+        self.kind = kind
+        self._driver = driver
+        #: The sync driver waits on one socket with a blocking read under RCVTIMEO
+        #: (``WAIT_MS``); zmq.asyncio fails a poll of a socket with RCVTIMEO set.
+        self._blocking = driver.blocking_reads
+        self.service = ""
+        self.drops = Drops()
+        self._peers = PeerBook()
+        self._server: zmq.Socket | None = None
+        self._bound: list[str] = []  # what LAST_ENDPOINT said for each bind
+        self._advertised: list[str] = []  # what the card lists for each bind, same order
+        self._upstreams: dict[str, Upstream] = {}
+        self._targets: list[tuple[str, str]] = []  # ("service", name) or ("address", addr)
+        self._generation = -1
+        self._policy_seen: object = None
+        self._next_refresh = 0.0
+        self.counts: Counter[str] = Counter()
+        # every underlying socket we read from -> its peer (None: the bound socket, peer by User-Id)
+        self._sources: dict[zmq.Socket, Peer | None] = {}
+        self._ready: tuple[zmq.Socket, ...] = ()  # sockets the last wait said were readable
+        self._poller_key: tuple[zmq.Socket, ...] = ()
+        self._poller = zmq.Poller()
+        self._monitor: zmq.Socket | None = None  # handshake failures libzmq decides before ZAP
+        self._options: dict[int, Any] = {}  # pyzmq options the user set, for every socket
+        self._rcvtimeo = -1  # ms: the default timeout of recv(); -1 = wait for ever
+        self._sndtimeo = -1
+        self._readiness: Readiness | None = None  # made by the first fileno()
+        # lifecycle (module docstring)
+        self._busy = 0
+        self._owner = 0
+        self._closing = False
+        self._closed = False
+        self._close_linger: int | None = None
+        self._close_lock = threading.Lock()
+        self._done = threading.Event()
+        #: Set when the registry view moves or the socket closes: what a wait with no socket
+        #: to poll waits on, instead of spinning.
+        self._idle = threading.Event()
+        mesh._directory.add_waiter(self._idle.set)
+
+    # -- public surface ------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._closing
+
+    @property
+    def type(self) -> int:
+        """The zmq socket type this mesh socket plays (``zmq.SUB``...), as ``zmq.Socket.type``."""
+        return ZMQ_TYPES[self.kind]
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The addresses peers dial for this socket's binds (as its card lists them)."""
+        return list(self._advertised)
+
+    @property
+    def upstreams(self) -> list[str]:
+        """The addresses of the endpoints this socket is connected to now."""
+        return list(self._upstreams)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: drops by reason (``drop.<reason>``) and per-kind counts."""
+        out = {f"drop.{k}": v for k, v in self.drops.counts.items()}
+        out.update(self.counts)
+        out.update(getattr(self.core, "counts", {}))
+        return out
+
+    def bind(self, address: str, *, service: str = "", advertise: str | None = None) -> str:
+        """Bind, and add the endpoint to this workload's card; returns the address peers dial.
+
+        A wildcard host (``tcp://*:0``, ``tcp://0.0.0.0:0``) is advertised as the Mesh's
+        ``advertise_host`` (this host's address by default); ``advertise=`` names the
+        address for the card explicitly (behind NAT, say).
+        """
+        with self._operation():
+            server_type = UNDERLYING[self.kind][0]
+            if server_type is None:
+                raise MeshError(
+                    f"a {self.kind.name} socket cannot bind: connect it (service= or address)"
+                )
+            check_address(address, self._mesh.mode, "bind")
+            if advertise is not None:
+                check_address(advertise, self._mesh.mode, "advertise")
+            self._set_service(service)
+            if self._server is None:
+                self._server = self._new_socket(server_type, server=True)
+                self._sources[self._server] = None
+                self._watch(self._server)
+                self._ready = ()
+            try:
+                self._server.bind(address)
+            except zmq.ZMQError as e:
+                raise MeshError(f"cannot bind {address!r}: {e.strerror}") from e
+            resolved = self._server.getsockopt_string(zmq.LAST_ENDPOINT)
+            public = advertise or advertised_address(resolved, self._mesh.advertise_host)
+            self._bound.append(resolved)
+            self._advertised.append(public)
+            self._mesh._add_endpoint(public, self.kind.name, self.service)
+            return public
+
+    def unbind(self, address: str) -> None:
+        """Stop listening on ``address`` (as bound or as advertised) and drop it from the card."""
+        with self._operation():
+            found = [
+                i
+                for i, pair in enumerate(zip(self._bound, self._advertised, strict=True))
+                if address in pair
+            ]
+            if not found:
+                raise MeshError(f"{address!r} is not bound by this socket (bound: {self._bound})")
+            i = found[0]
+            bound, public = self._bound[i], self._advertised[i]
+            if self._server is not None:
+                try:
+                    self._server.unbind(bound)
+                except zmq.ZMQError as e:
+                    raise MeshError(f"cannot unbind {bound!r}: {e.strerror}") from e
+            del self._bound[i], self._advertised[i]
+            self._mesh._remove_endpoints([public])
+
+    def connect(self, address: str | None = None, *, service: str | None = None) -> None:
+        """Connect to a service's verified endpoints (``service=``) or to one address.
+
+        Endpoints that appear later in the registry are connected as they appear, and
+        vanished ones are dropped.
+        """
+        with self._operation():
+            if UNDERLYING[self.kind][1] is None:
+                raise MeshError(f"a {self.kind.name} socket cannot connect: bind it")
+            if (address is None) == (service is None):
+                raise MeshError("connect() takes an address or service=..., exactly one of them")
+            if service is not None:
+                if not isinstance(service, str) or not service:
+                    raise MeshError(f"service= takes a service name, not {service!r}")
+                self._set_service(service)
+                target = ("service", service)
+            else:
+                check_address(str(address), self._mesh.mode, "connect")
+                target = ("address", str(address))
+            if target not in self._targets:
+                self._targets.append(target)
+            self._refresh(force=True)
+            if service is not None and not self._upstreams:
+                self._explain_empty(service)
+            elif address is not None and address not in self._upstreams:
+                log.warning(
+                    "%s connect(%r): not connected yet: %s",
+                    self.kind.name,
+                    address,
+                    self._mesh._directory.why_none("address", str(address)),
+                )
+
+    def disconnect(self, address: str | None = None, *, service: str | None = None) -> None:
+        """Undo a :meth:`connect` (of that address, or every endpoint of that service)."""
+        with self._operation():
+            target = ("service", service) if service is not None else ("address", str(address))
+            if target not in self._targets:
+                raise MeshError(f"this socket is not connected to {target[0]} {target[1]!r}")
+            self._targets.remove(target)
+            self._refresh(force=True)
+
+    def close(self, linger: int | None = None) -> None:
+        """Close every underlying socket; ``linger`` ms for queued messages (default: the
+        ``linger`` option if set, else 0: drop them). Safe from any thread, idempotent."""
+        with self._close_lock:
+            if self._closed or self._closing:
+                wait = not self._closed
+            else:
+                wait = False
+                self._closing = True
+                self._close_linger = linger
+        if wait:  # another thread is closing it: be done when it is
+            self._done.wait(CLOSE_WAIT)
+            return
+        if self._busy and self._owner != threading.get_ident():
+            # another thread is inside an operation: it closes the sockets (_leave)
+            self._idle.set()
+            if self._readiness is not None:
+                self._readiness.poke()
+            if self._done.wait(CLOSE_WAIT):
+                return
+            log.warning(
+                "%s socket: the thread using it did not end its operation within %ss; "
+                "closing it from here",
+                self.kind.name,
+                CLOSE_WAIT,
+            )
+        self._finish_close()
+
+    def __enter__(self) -> MeshSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def underlying(self) -> list[zmq.Socket]:
+        """The libzmq sockets behind this mesh socket (for monitoring; do not send on them)."""
+        socks = [self._server] if self._server is not None else []
+        return socks + [u.sock for u in self._upstreams.values()]
+
+    def fileno(self) -> int:
+        """A file descriptor that is readable when a message may be received: register the
+        socket in a ``zmq.Poller`` (or ``zmq.asyncio.Poller``) beside plain zmq sockets.
+
+        As with :meth:`poll`, a wake-up may find nothing deliverable (a message dropped as
+        invalid, or the registry moved); read with ``flags=zmq.NOBLOCK``. Linux only (epoll).
+        """
+        if self.kind in (SocketKind.PUB, SocketKind.PUSH):
+            raise MeshError(
+                f"a {self.kind.name} socket receives nothing: register the sockets that receive"
+            )
+        with self._operation():
+            if self._readiness is None:
+                self._readiness = Readiness()
+                self._mesh._directory.add_waiter(self._readiness.poke)
+            self._update_readiness()
+            return self._readiness.fileno()
+
+    # -- lifecycle internals --------------------------------------------------------------
+
+    def _closed_error(self) -> Closed:
+        mesh = " (its Mesh was closed)" if self._mesh.closed else ""
+        return Closed(f"this {self.kind.name} socket is closed{mesh}")
+
+    def _enter(self) -> None:
+        self._busy += 1
+        self._owner = threading.get_ident()
+        if self._closing:
+            self._leave()
+            raise self._closed_error()
+
+    def _leave(self) -> None:
+        self._busy -= 1
+        if self._closing and not self._busy:
+            self._finish_close()
+
+    def _operation(self) -> _Operation:
+        return _Operation(self)
+
+    def _finish_close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        linger = self._close_linger
+        if linger is None:
+            linger = self._options.get(zmq.LINGER, 0)
+        for up in self._upstreams.values():
+            up.sock.close(linger=linger)
+        self._upstreams.clear()
+        if self._server is not None:
+            self._server.close(linger=linger)
+            self._server = None
+        self._sources.clear()
+        self._ready = ()
+        self._unwatch()
+        self._mesh._directory.remove_waiter(self._idle.set)
+        if self._readiness is not None:
+            self._mesh._directory.remove_waiter(self._readiness.poke)
+            self._readiness.close()
+        self._mesh._forget_socket(self, self._advertised)
+        self._idle.set()
+        self._done.set()
+
+    # -- options -----------------------------------------------------------------------
+
+    def setsockopt(self, option: int, value: Any) -> None:
+        """Set a libzmq option on every underlying socket, present and future (pyzmq's call)."""
+        with self._operation():
+            _options.set_option(self, option, value)
+
+    def getsockopt(self, option: int) -> Any:
+        with self._operation():
+            return _options.get_option(self, option)
+
+    set = setsockopt
+    get = getsockopt
+
+    def setsockopt_string(self, option: int, value: str, encoding: str = "utf-8") -> None:
+        self.setsockopt(option, value.encode(encoding))
+
+    def getsockopt_string(self, option: int, encoding: str = "utf-8") -> str:
+        value = self.getsockopt(option)
+        return value.decode(encoding) if isinstance(value, bytes) else str(value)
+
+    def _apply_options(self, sock: zmq.Socket) -> None:
+        for option, value in self._options.items():
+            sock.setsockopt(option, value)
+
+    # -- internals: sockets ------------------------------------------------------------
+
+    def _set_service(self, service: str) -> None:
+        if service and self.service and service != self.service:
+            raise MeshError(
+                f"this socket already serves {self.service!r}: use one socket per service ({service!r})"
+            )
+        if service:
+            self.service = service
+            self.core.service = service
+
+    def _new_socket(
+        self, socket_type: int, *, server: bool, server_key: bytes | None = None
+    ) -> zmq.Socket:
+        mesh = self._mesh
+        sock = mesh._zmq_context.socket(socket_type)
+        # a socket garbage-collected with messages still queued gets this long to flush them;
+        # close() and Mesh.close() choose their own linger
+        sock.linger = GC_LINGER_MS
+        secure = mesh.mode != "DISABLE"  # DISABLE is plain ZeroMQ: no CURVE either way
+        if server:
+            sock.zap_domain = ZAP_DOMAIN
+            if secure:
+                sock.curve_server = True
+                sock.curve_secretkey = mesh._curve_secret
+                sock.curve_publickey = mesh.curve_public
+        elif secure:
+            if server_key is None:
+                raise IdentityError("no server key to connect with", rule="no-card")
+            sock.curve_serverkey = server_key
+            sock.curve_secretkey = mesh._curve_secret
+            sock.curve_publickey = mesh.curve_public
+        if self._blocking:
+            sock.setsockopt(zmq.RCVTIMEO, WAIT_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL, 10)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        mesh._limit(sock)
+        self._configure(sock, server)
+        self._apply_options(sock)
+        return sock
+
+    def _configure(self, sock: zmq.Socket, server: bool) -> None:
+        """Kind-specific socket options (XPUB_MANUAL, subscriptions...)."""
+
+    # -- internals: upstream resolution ------------------------------------------------
+
+    def _wanted(self) -> dict[str, Card | None]:
+        """The endpoints the connect targets resolve to now: address -> verified card."""
+        directory = self._mesh._directory
+        want_kind = self.kind.counterpart.name
+        disabled = self._mesh.mode == "DISABLE"
+        wanted: dict[str, Card | None] = {}
+        for how, name in self._targets:
+            if how == "service":
+                for card in directory.service(name, want_kind):
+                    for ep in card.endpoints_for(name, want_kind):
+                        old = wanted.get(ep.address)
+                        if old is None or card.not_before > old.not_before:
+                            wanted[ep.address] = card
+            else:
+                found = directory.address(name)
+                if found is not None or disabled:
+                    wanted[name] = found
+        return wanted
+
+    def _refresh(self, *, force: bool = False) -> None:
+        """Housekeeping, and re-resolving the connect targets when the registry view or the
+        policy moved; at most every ``REFRESH_INTERVAL`` unless forced."""
+        now = time.monotonic()
+        if not force and now < self._next_refresh:
+            return
+        self._next_refresh = now + REFRESH_INTERVAL
+        if self._monitor is not None:
+            self._count_handshake_failures()
+        self._housekeeping()
+        generation = self._mesh._directory.generation
+        policy = self._mesh.policy
+        if not (force or generation != self._generation or policy is not self._policy_seen):
+            return
+        self._generation = generation
+        self._policy_seen = policy
+        wanted = self._wanted() if self._targets else {}
+        changed = False
+        for address in list(self._upstreams):
+            up = self._upstreams[address]
+            card = wanted.get(address, "gone")
+            if card == "gone" or (isinstance(card, Card) and card.curve_key != up.key):
+                log.info("disconnecting %s (%s)", address, "gone" if card == "gone" else "new key")
+                self._drop_upstream(up)
+                changed = True
+        client_type = UNDERLYING[self.kind][1]
+        for address, card in wanted.items():
+            if address in self._upstreams:
+                if card is not None:
+                    self._upstreams[address].card = card
+                continue
+            assert client_type is not None
+            sock = self._new_socket(
+                client_type, server=False, server_key=card.curve_key if card else None
+            )
+            sock.connect(address)
+            up = Upstream(address, sock, card, card.peer if card else ANONYMOUS)
+            self._upstreams[address] = up
+            self._sources[sock] = up.peer
+            changed = True
+            log.info("connected %s to %s (%s)", self.kind.name, address, up.peer)
+        if changed:
+            self._upstreams_changed()
+
+    def _drop_upstream(self, up: Upstream) -> None:
+        up.sock.close(linger=0)
+        del self._upstreams[up.address]
+        self._sources.pop(up.sock, None)
+        self._ready = ()
+
+    def _upstreams_changed(self) -> None:
+        """Hook: the set of upstream endpoints changed (the REQ socket's endpoint set follows)."""
+        if self._readiness is not None:
+            self._readiness.track(self._sources)
+
+    def _explain_empty(self, service: str) -> None:
+        kind = self.kind.counterpart.name
+        if self._mesh._directory.service(service, kind):
+            return
+        misnamed = self._mesh.registry.misnamed(service, kind=kind)
+        if misnamed:
+            raise IdentityError(
+                f"refusing to connect to service {service!r}: "
+                + self._mesh._directory.why_none("service", service, kind),
+                rule="secure-naming",
+            )
+
+    def _why_none(self) -> str:
+        """Why this socket has no upstream: each target's explanation."""
+        parts = []
+        for how, name in self._targets:
+            kind = self.kind.counterpart.name if how == "service" else ""
+            parts.append(self._mesh._directory.why_none(how, name, kind))
+        return "; ".join(parts) or "it is connected to nothing: call connect()"
+
+    def _watch(self, server: zmq.Socket) -> None:
+        """Monitor a bound socket for handshakes that fail before ZAP is asked (e.g. a plain
+        peer at a CURVE listener): ZAP's counters cannot see those."""
+        self._monitor = server.get_monitor_socket(_HANDSHAKE_FAILURES)
+
+    def _unwatch(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+            self._monitor = None
+
+    def _count_handshake_failures(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, _NOBLOCK)  # type: ignore[arg-type]
+            except zmq.Again:
+                return
+            reason = _FAILURE_NAMES.get(int(event["event"]), "other")
+            self.counts[f"handshake_failed.{reason}"] += 1
+            self._mesh._log_limited(
+                "handshake",
+                "handshake on %s failed (%s, code %s): a peer without a valid CURVE handshake",
+                str(event.get("endpoint", b""), errors="replace"),
+                reason,
+                event["value"],
+            )
+
+    def _housekeeping(self) -> None:
+        """Hook run at most every REFRESH_INTERVAL from the socket's own thread."""
+
+    def _nudge(self) -> None:
+        """Wake the other operations waiting on this socket (asyncio: several coroutines may
+        wait on one socket; a message one of them read may be another's)."""
+        nudge = self.__dict__.get("_nudge_event")
+        if nudge is not None:
+            nudge.set()
+
+    # -- internals: receiving ------------------------------------------------------------
+
+    def _take(self, sock: zmq.Socket) -> tuple[tuple[bytes, ...], Peer] | None:
+        """One message from ``sock`` without waiting, with its authenticated peer; None if empty."""
+        got = recv_message(sock, _NOBLOCK, sock is self._server)
+        return None if got is None else (got[0], self._peer(sock, got[1]))
+
+    def _peer(self, sock: zmq.Socket, user_id: str | None) -> Peer:
+        """Who sent a message read from ``sock``: the card an upstream was dialled with, or on
+        the bound socket the User-Id its handshake set (none: anonymous)."""
+        return self._sources.get(sock) or self._peers[user_id or ""]
+
+    def _arrivals(self, events: Events) -> Iterator[tuple[tuple[bytes, ...], Peer]]:
+        """The messages a wait found: the one the driver already read, then whatever else is
+        queued on the ready sockets, read without waiting."""
+        for sock, got in events.items():
+            if sock not in self._sources:
+                continue
+            if got.__class__ is not int:
+                yield got[0], self._peer(sock, got[1])  # type: ignore[index]
+            while (taken := self._take(sock)) is not None:
+                yield taken
+
+    def _wait(
+        self,
+        deadline: float | None,
+        events: int = zmq.POLLIN,
+        socks: tuple[zmq.Socket, ...] | None = None,
+    ) -> Wait:
+        """A Wait until ``deadline`` (monotonic), capped so housekeeping keeps running; on
+        ``socks`` (default: every socket this one reads from)."""
+        timeout = REFRESH_INTERVAL
+        if deadline is not None:
+            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+        if socks is None:
+            socks = tuple(self._sources)
+        if events != zmq.POLLIN or len(socks) <= 1 or not self._blocking:
+            return Wait(socks, events, timeout)
+        return Wait(socks, events, timeout, self._read_poller(socks))
+
+    def _read_poller(self, socks: tuple[zmq.Socket, ...]) -> zmq.Poller:
+        """A POLLIN poller of ``socks``, kept while the set of sockets stays the same."""
+        if socks != self._poller_key:
+            self._poller = zmq.Poller()
+            for sock in socks:
+                self._poller.register(sock, zmq.POLLIN)
+            self._poller_key = socks
+        return self._poller
+
+    def _drain_ready(self, events: Events, judge: Callable[[tuple[bytes, ...], Peer], Any]) -> Any:
+        """Judge what a wait found until a message gives a result; remembers which sockets
+        may hold more (read first next time, without a wait, when ``burst``)."""
+        for taken in self._arrivals(events):
+            result = judge(*taken)
+            if result is not None:
+                self._ready = tuple(s for s in events if s in self._sources) if self.burst else ()
+                return result
+        self._ready = ()
+        return None
+
+    def _receive_op(
+        self, timeout: float | None, judge: Callable[[tuple[bytes, ...], Peer], Any]
+    ) -> Op:
+        """Wait for the next message that ``judge`` turns into a result (None = dropped, keep
+        waiting); ``timeout`` 0 reads what is queued and raises ``Timeout`` (a ``zmq.Again``)
+        if nothing deliverable is."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        events: Events = dict.fromkeys(self._ready, 0)
+        if timeout == 0:  # NOBLOCK: what is queued now, on every socket
+            events = dict.fromkeys(self._sources, 0)
+        while True:
+            self._refresh()
+            result = self._drain_ready(events, judge)
+            if result is not None:
+                if self._readiness is not None:
+                    self._update_readiness()
+                return result
+            if deadline is not None and time.monotonic() >= deadline:
+                if self._readiness is not None:
+                    self._update_readiness()
+                raise Timeout(
+                    f"nothing received on this {self.kind.name} socket within {timeout}s; "
+                    "raise the timeout or check that a peer is sending",
+                    delivery=Delivery.NOT_SENT,
+                )
+            events = yield self._wait(deadline)
+
+    def _update_readiness(self) -> None:
+        """Keep the fileno() level-triggered: readable while a message is known to be queued."""
+        readiness = self._readiness
+        assert readiness is not None
+        readiness.track(self._sources)
+        queued = bool(self._ready) or any(
+            int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN for sock in self._sources
+        )
+        readiness.mark(queued)
+
+    def _poll_op(self, timeout: float | None) -> Op:
+        """Wait until a message may be received without waiting, or ``timeout`` passed
+        (a wait that peeks at the sockets' events and never reads)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._refresh()
+            if self._ready:
+                return True
+            wait = self._wait(deadline)
+            events = yield Wait(wait.sockets, wait.events, wait.timeout, peek=True)
+            ready = tuple(s for s, ev in events.items() if ev and s in self._sources)
+            if ready:
+                self._ready = ready
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+
+class _Operation:
+    """``with sock._operation():`` for the operations that do not wait (bind, options...)."""
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: MeshSocket) -> None:
+        self._sock = sock
+
+    def __enter__(self) -> None:
+        self._sock._enter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock._leave()
+
+
+def flags_timeout(timeout: Any, flags: int, default: float | None) -> float | None:
+    """The timeout an operation waits: pyzmq's ``NOBLOCK`` flag (also when passed where
+    pyzmq has its ``flags`` argument, first) means 0; None means ``default``."""
+    if isinstance(timeout, zmq.Flag):
+        flags, timeout = int(timeout), None
+    if flags & _NOBLOCK:
+        return 0.0
+    if timeout is None:
+        return default
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+        raise InvalidArgument(
+            f"timeout is a number of seconds >= 0 (or None to wait for ever), not {timeout!r}",
+            delivery=Delivery.NOT_SENT,
+        )
+    return float(timeout)
+
+
+def receive(
+    sock: MeshSocket, timeout: float | None, judge: Callable[[tuple[bytes, ...], Peer], Any]
+) -> Any:
+    """The sync receive. Its fast path is the operation's first wait, made inline (it runs
+    once per message): read a socket the last wait said was readable, or make one blocking
+    read, and build the operation only when that brings nothing deliverable."""
+    sock._busy += 1
+    sock._owner = threading.get_ident()
+    try:
+        if sock._closing:
+            raise sock._closed_error()
+        ready = sock._ready
+        now = time.monotonic()
+        if ready and now < sock._next_refresh:
+            taken = sock._take(ready[0])
+            if taken is None:
+                sock._ready = ready[1:]
+            else:
+                result = judge(*taken)
+                if result is not None:
+                    if not sock.burst:
+                        sock._ready = ()
+                    return result
+        elif (
+            len(sock._sources) == 1
+            and now < sock._next_refresh
+            and (timeout is None or timeout >= REFRESH_INTERVAL)
+            and sock._readiness is None
+        ):
+            (source,) = sock._sources  # a bound REP, PULL or SUB, or one upstream
+            got = recv_message(source, 0, source is sock._server)  # RCVTIMEO: at most WAIT_MS
+            if got is not None:
+                # sock._peer(source, got[1]), inlined: this runs once per message
+                result = judge(got[0], sock._sources[source] or sock._peers[got[1] or ""])
+                if result is not None:
+                    if sock.burst:
+                        sock._ready = (source,)
+                    return result
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - now))
+    finally:
+        sock._busy -= 1
+        if sock._closing and not sock._busy:
+            sock._finish_close()
+    return sock._driver.run(sock, sock._receive_op(timeout, judge))

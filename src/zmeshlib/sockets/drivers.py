@@ -1,0 +1,191 @@
+"""The two ways a mesh socket's operation waits: blocking (sync) and awaited (asyncio).
+
+Rules this module keeps:
+
+* An operation is a generator (``Op``) that yields a :class:`Wait` (which
+  underlying sockets, which events, how long) and is resumed with the
+  :data:`Events` that happened. A driver runs it to its return value and
+  does nothing else: no decision is taken here, so the two flavours cannot
+  drift apart.
+* Waiting costs no CPU. A wait on nothing (a client whose server has not
+  appeared yet) sleeps on the socket's idle event, which the registry view
+  and ``close()`` set; it never polls an empty poller (which returns at once).
+* Every wait is at most ``REFRESH_INTERVAL`` long (the operation asks for no
+  more), and after each one the driver checks whether the socket is being
+  closed: a blocked operation ends with :class:`~zmeshlib.Closed` within one
+  interval of ``close()`` from another thread.
+* The operation's ``finally`` runs however it ends (the driver closes the
+  generator), so what it recorded (a pending request id) is forgotten.
+
+The sync driver's wait to read one socket is a blocking receive under
+``RCVTIMEO`` rather than a poll and then a read, which cost a client 10-15 us
+more CPU per request (docs/performance.md); the message read comes back as
+that socket's value in :data:`Events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Generator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import zmq
+import zmq.asyncio
+
+from .frames import Received, recv_message
+
+if TYPE_CHECKING:
+    from .base import MeshSocket
+
+REFRESH_INTERVAL = 0.1  # seconds between housekeeping (registry view, policy) while waiting
+WAIT_MS = int(REFRESH_INTERVAL * 1000)  # every sync underlying socket's RCVTIMEO: the longest wait
+_POLLIN = int(zmq.POLLIN)
+
+
+@attrs.define(slots=True)
+class Wait:
+    """What an operation waits for: events on some underlying sockets, for at most ``timeout`` s.
+
+    ``peek``: report events only, never read (``poll()``).
+    """
+
+    sockets: tuple[zmq.Socket, ...]
+    events: int
+    timeout: float
+    poller: zmq.Poller | None = None  # a prepared poller for the sync driver (cached per set)
+    peek: bool = False
+
+
+#: What a wait found, by socket: its poll events, or (the sync driver, waiting to read one
+#: socket) the message it already received from it.
+Events = Mapping[zmq.Socket, "int | Received"]
+Op = Generator[Wait, Events, Any]
+
+
+def sync_wait(wait: Wait, idle: Any) -> Events:
+    """One wait of the sync driver (module docstring); ``idle`` is a threading.Event."""
+    ms = int(wait.timeout * 1000)
+    sockets = wait.sockets
+    if not sockets:
+        if idle.wait(wait.timeout):
+            idle.clear()
+        return {}
+    if wait.events == _POLLIN and len(sockets) == 1 and not wait.peek:
+        sock = sockets[0]
+        if ms != WAIT_MS:  # the last wait before a deadline
+            sock.setsockopt(zmq.RCVTIMEO, ms)
+        try:
+            got = recv_message(sock, 0, True)
+        finally:
+            if ms != WAIT_MS:
+                sock.setsockopt(zmq.RCVTIMEO, WAIT_MS)
+        return {} if got is None else {sock: got}
+    poller = wait.poller
+    if poller is None:
+        poller = zmq.Poller()
+        for sock in sockets:
+            poller.register(sock, wait.events)
+    return dict(poller.poll(ms))
+
+
+class SyncDriver:
+    """Runs operations in the calling thread, blocking between steps."""
+
+    blocking_reads = True
+
+    def run(self, sock: MeshSocket, op: Op) -> Any:
+        sock._enter()
+        try:
+            wait = next(op)
+            while True:
+                events = sync_wait(wait, sock._idle)
+                if sock._closing:
+                    raise sock._closed_error()
+                wait = op.send(events)
+        except StopIteration as stop:
+            return stop.value
+        except zmq.ZMQError as e:
+            if sock._closing or sock._closed:
+                raise sock._closed_error() from e
+            raise
+        finally:
+            op.close()
+            sock._leave()
+
+    def then(self, value: Any, fn: Callable[[Any], Any]) -> Any:
+        """``fn`` of an operation's result (a coroutine of it, in the asyncio driver)."""
+        return fn(value)
+
+
+class AsyncDriver:
+    """Runs operations as coroutines: each wait is an awaited ``zmq.asyncio`` poll.
+
+    The underlying sockets stay synchronous (asyncio only waits on them from outside),
+    so both flavours share every operation; a shadow ``zmq.asyncio.Socket`` per
+    underlying socket is what the awaited poller watches.
+    """
+
+    blocking_reads = False
+
+    async def run(self, sock: MeshSocket, op: Op) -> Any:
+        sock._enter()
+        try:
+            wait = next(op)
+            while True:
+                events = await _async_wait(sock, wait)
+                if sock._closing:
+                    raise sock._closed_error()
+                wait = op.send(events)
+        except StopIteration as stop:
+            return stop.value
+        except zmq.ZMQError as e:
+            if sock._closing or sock._closed:
+                raise sock._closed_error() from e
+            raise
+        finally:
+            op.close()
+            sock._leave()
+
+    def then(self, value: Any, fn: Callable[[Any], Any]) -> Any:
+        async def mapped() -> Any:
+            return fn(await value)
+
+        return mapped()
+
+
+async def _async_wait(sock: MeshSocket, wait: Wait) -> Events:
+    if not wait.sockets:
+        await asyncio.sleep(wait.timeout)
+        return {}
+    wrappers = sock.__dict__.setdefault("_async_wrappers", {})
+    poller = zmq.asyncio.Poller()
+    wrapped = {}
+    for s in wait.sockets:
+        w = wrappers.get(s)
+        if w is None:
+            for old in [k for k in wrappers if k.closed]:
+                del wrappers[old]
+            w = wrappers[s] = zmq.asyncio.Socket.from_socket(s)
+        wrapped[w] = s
+        poller.register(w, wait.events)
+    polled = asyncio.ensure_future(poller.poll(int(wait.timeout * 1000)))
+    if sock._busy > 1:  # others wait on these sockets too: a message one reads may be ours
+        nudge = sock.__dict__.get("_nudge_event")
+        if nudge is None:
+            nudge = sock.__dict__["_nudge_event"] = asyncio.Event()
+        nudged = asyncio.ensure_future(nudge.wait())
+        done, _ = await asyncio.wait((polled, nudged), return_when=asyncio.FIRST_COMPLETED)
+        if nudged in done:
+            nudge.clear()
+        else:
+            nudged.cancel()
+        if polled not in done:
+            polled.cancel()
+            return {}
+    found = await polled
+    return {wrapped[w]: ev for w, ev in found if w in wrapped}
+
+
+SYNC = SyncDriver()
+ASYNC = AsyncDriver()

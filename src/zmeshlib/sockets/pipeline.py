@@ -1,0 +1,138 @@
+"""PUSH and PULL: a work pipeline whose every message is authorized at the puller.
+
+Rules this module keeps:
+
+* A pusher sends each message to one puller that can take it now (round
+  robin over the connected ones, skipping any at its high-water mark), and
+  waits, up to its timeout, while none can: as zmq.PUSH does.
+* A puller judges every message (the sender may push to this service), as a
+  subscriber judges publications; the resource is the service, not a topic.
+* The sync and asyncio facades differ only in how they wait.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from .._exceptions import Timeout
+from .._models import Delivery, Message, SocketKind, TraceContext
+from ..wire.envelope import Kind
+from .base import MeshSocket, flags_timeout, receive
+from .core import Payload, PushCore, SubscriberCore
+from .drivers import Op
+from .frames import send_message
+from .idioms import RecvIdioms, SendIdioms
+
+if TYPE_CHECKING:
+    from .mesh import Mesh
+
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+class _Pusher(MeshSocket, SendIdioms):
+    """PUSH: round-robin over the connected PULL endpoints (or the bound socket's peers)."""
+
+    def __init__(self, mesh: Mesh, driver: Any) -> None:
+        super().__init__(mesh, SocketKind.PUSH, driver)
+        self.core = PushCore(mesh._in_force, "", lambda: mesh.spiffe_id, mesh.limits)
+        self._rr = 0
+
+    def _send_op(
+        self,
+        payload: Payload,
+        headers: Mapping[str, str] | None,
+        trace: TraceContext | None,
+        timeout: float | None,
+    ) -> Op:
+        self._refresh()
+        frames = self.core.frames(payload, headers, trace)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            targets = self.underlying()
+            n = len(targets)
+            for i in range(n):
+                sock = targets[(self._rr + i) % n]
+                if not send_message(sock, frames, _NOBLOCK):
+                    continue
+                self._rr = (self._rr + i + 1) % n
+                return None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(
+                    f"no PULL peer of {self.service or 'this socket'} could take a message within "
+                    f"{timeout}s (none connected, or all at their high-water mark): "
+                    + (self._why_none() if not targets else "they are not reading"),
+                    delivery=Delivery.NOT_SENT,
+                )
+            yield self._wait(deadline, zmq.POLLOUT, socks=tuple(targets))
+            self._refresh()
+
+    def _default_timeout(self) -> float | None:
+        return None if self._sndtimeo < 0 else self._sndtimeo / 1000
+
+
+class _Puller(MeshSocket, RecvIdioms):
+    """PULL: delivers pipeline messages whose sender may push to this service."""
+
+    def __init__(self, mesh: Mesh, driver: Any) -> None:
+        super().__init__(mesh, SocketKind.PULL, driver)
+        self.core = SubscriberCore(
+            mesh._in_force, "", lambda: mesh.spiffe_id, mesh.limits, self.drops, kind=Kind.PUSH
+        )
+
+    def _default_timeout(self) -> float | None:
+        return None if self._rcvtimeo < 0 else self._rcvtimeo / 1000
+
+
+# -- the facades ---------------------------------------------------------------------
+
+
+class PushSocket(_Pusher):
+    def send(
+        self,
+        payload: Payload,
+        *,
+        headers: Mapping[str, str] | None = None,
+        trace: TraceContext | None = None,
+        timeout: float | None = None,
+        flags: int = 0,
+    ) -> None:
+        """Send to one PULL peer; waits (up to ``timeout`` seconds; default the ``sndtimeo``
+        option, else for ever) while none can take it, as zmq.PUSH does. ``Timeout`` (a
+        ``zmq.Again``) when none could; with ``flags=zmq.NOBLOCK`` at once."""
+        wait = flags_timeout(timeout, flags, self._default_timeout())
+        self._driver.run(self, self._send_op(payload, headers, trace, wait))
+
+
+class AsyncPushSocket(_Pusher):
+    async def send(
+        self,
+        payload: Payload,
+        *,
+        headers: Mapping[str, str] | None = None,
+        trace: TraceContext | None = None,
+        timeout: float | None = None,
+        flags: int = 0,
+    ) -> None:
+        """Send to one PULL peer (as :meth:`PushSocket.send`)."""
+        wait = flags_timeout(timeout, flags, self._default_timeout())
+        await self._driver.run(self, self._send_op(payload, headers, trace, wait))
+
+
+class PullSocket(_Puller):
+    def recv(self, timeout: float | None = None, *, flags: int = 0) -> Message:
+        """The next authorized message (timeouts as :meth:`SubSocket.recv`)."""
+        return receive(  # type: ignore[no-any-return]
+            self, flags_timeout(timeout, flags, self._default_timeout()), self.core.message
+        )
+
+
+class AsyncPullSocket(_Puller):
+    async def recv(self, timeout: float | None = None, *, flags: int = 0) -> Message:
+        op = self._receive_op(
+            flags_timeout(timeout, flags, self._default_timeout()), self.core.message
+        )
+        return await self._driver.run(self, op)  # type: ignore[no-any-return]
