@@ -51,8 +51,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .._exceptions import PermissionDenied, ProtocolError, RemoteError, error_for_status
-from .._models import ANONYMOUS, Message, Peer, StatusCode, TraceContext
+from .._exceptions import (
+    InvalidArgument,
+    PermissionDenied,
+    ProtocolError,
+    RemoteError,
+    error_for_status,
+)
+from .._models import ANONYMOUS, Delivery, Message, Peer, StatusCode, TraceContext
 from ..identity.spiffe_id import SpiffeId
 from ..wire.envelope import (
     NO_HEADERS,
@@ -97,7 +103,7 @@ def payload_frames(payload: Payload, limits: Limits) -> list[bytes]:
     elif isinstance(payload, (bytearray, memoryview)):
         frames = [bytes(payload)]
     else:
-        frames = [bytes(f) for f in payload]
+        frames = _frames_of(payload)
     size = payload_size(frames)
     if size > limits.max_message_bytes:
         raise ProtocolError(
@@ -106,6 +112,25 @@ def payload_frames(payload: Payload, limits: Limits) -> list[bytes]:
             reason="too-large",
         )
     return frames
+
+
+def _frames_of(payload: object) -> list[bytes]:
+    """A payload given as a sequence of frames, each bytes-like; a typed error otherwise."""
+    if isinstance(payload, str):
+        raise InvalidArgument(
+            "a payload is bytes (or a list of bytes frames), not str: encode it, or use "
+            "send_string()",
+            delivery=Delivery.NOT_SENT,
+        )
+    try:
+        return [f if type(f) is bytes else memoryview(f).tobytes() for f in payload]  # type: ignore[attr-defined]
+    except TypeError:
+        kinds = sorted({type(f).__name__ for f in payload})  # type: ignore[attr-defined]
+        raise InvalidArgument(
+            f"a payload is bytes or a list of bytes frames; got {type(payload).__name__} of "
+            f"{', '.join(kinds) or 'nothing'} (encode text, or use send_string/send_json)",
+            delivery=Delivery.NOT_SENT,
+        ) from None
 
 
 def new_message_ids() -> Callable[[], int]:
@@ -208,6 +233,14 @@ class _PolicyBound:
 
     def policy_changed(self) -> None:
         """Hook for cores that must redo something when the policy changes."""
+
+    def _unauthenticated(self, peer: Peer) -> bool:
+        """An anonymous peer in STRICT mode: never delivered, whatever the authorization
+        policy says (an inproc peer, or a connection made while the mode was PERMISSIVE)."""
+        if peer.spiffe_id is None and self._in_force.policy.peer_authentication.mode == "STRICT":
+            self.drops.drop("unauthenticated", "an anonymous peer in STRICT mode")  # type: ignore[attr-defined]
+            return True
+        return False
 
     def check(
         self,
@@ -448,6 +481,8 @@ class SubscriberCore(_PolicyBound):
             return None
         resource = topic if publish else self.service
         sender = peer.spiffe_id
+        if sender is None and self._unauthenticated(peer):
+            return None
         self._authorizer()  # a new policy resets the verdicts
         if env.headers:  # conditions may read headers: decide afresh
             why = self._verdict(sender, resource, env.headers)
@@ -714,6 +749,8 @@ class ServerCore(_PolicyBound):
             return None, None
         if self._in_force.policy is not self._policy:
             self._authorizer()  # a new policy: a new authorizer, and no remembered calls
+        if peer.spiffe_id is None and self._unauthenticated(peer):
+            return None, None
         key = (id(peer), method)
         if headers or self._allowed.get(key) is not peer:  # not a call known to be allowed
             decision = self._authz.check(peer.spiffe_id, "call", self.service, method, headers)
