@@ -283,28 +283,30 @@ def test_trust_domains_refuse_a_peer_of_an_unlisted_domain(ca, registry_url, eve
 
     both = Policy.from_dict({"trust_domains": ["example.org", "partner.org"]})
     only_ours = Policy.from_dict({"trust_domains": ["example.org"]})
-    with zmeshlib.Mesh(identity=server_ident, policy=both, registry=registry_url) as server:
-        with zmeshlib.Mesh(identity=stranger_ident, policy=both, registry=registry_url) as client:
-            rep = server.socket(zmq.REP)
-            rep.bind("tcp://127.0.0.1:0", service="payment")
-            cli = client.socket(zmq.REQ)
-            cli.connect(service="payment")
-            worker = threading.Thread(target=lambda: rep.serve(lambda m: b"ok", max_requests=1))
-            worker.start()
-            assert cli.request(b"x", timeout=5).payload == b"ok"  # federated: trusted
-            worker.join(10)
+    with (
+        zmeshlib.Mesh(identity=server_ident, policy=both, registry=registry_url) as server,
+        zmeshlib.Mesh(identity=stranger_ident, policy=both, registry=registry_url) as client,
+    ):
+        rep = server.socket(zmq.REP)
+        rep.bind("tcp://127.0.0.1:0", service="payment")
+        cli = client.socket(zmq.REQ)
+        cli.connect(service="payment")
+        worker = threading.Thread(target=lambda: rep.serve(lambda m: b"ok", max_requests=1))
+        worker.start()
+        assert cli.request(b"x", timeout=5).payload == b"ok"  # federated: trusted
+        worker.join(10)
 
-            server.update_policy(only_ours)  # partner.org no longer trusted by the server
-            assert server.registry.by_key(client.curve_public) is None
-            refused_before = server.handshake_counts().get("refused", 0)
-            late = client.socket(zmq.REQ)
-            late.connect(service="payment")
-            with pytest.raises(zmeshlib.MeshError):
-                late.request(b"y", timeout=0.5)
-            eventually(
-                lambda: server.handshake_counts().get("refused", 0) > refused_before,
-                what="the partner's handshake refused",
-            )
+        server.update_policy(only_ours)  # partner.org no longer trusted by the server
+        assert server.registry.by_key(client.curve_public) is None
+        refused_before = server.handshake_counts().get("refused", 0)
+        late = client.socket(zmq.REQ)
+        late.connect(service="payment")
+        with pytest.raises(zmeshlib.MeshError):
+            late.request(b"y", timeout=0.5)
+        eventually(
+            lambda: server.handshake_counts().get("refused", 0) > refused_before,
+            what="the partner's handshake refused",
+        )
 
 
 # -- 6. advertised addresses --------------------------------------------------------------------
