@@ -173,3 +173,9 @@ def test_run_fails_at_its_deadline_when_a_subscription_is_narrowed(tmp_path: Pat
     assert lines_of(out, "orders")[0].startswith("publishing service 'orders' on tcp://127.0.0.1:")
     assert "FAILED: stopped orders, inventory: still running after 2s" in out
     assert "exited with an error" not in out
+
+
+def test_the_pyzmq_idioms_example_runs_as_a_pyzmq_user_would_expect():
+    done = run_example("pyzmq_idioms.py")
+    assert done.returncode == 0, done.stderr
+    assert "every pyzmq idiom behaved as pyzmq's" in done.stdout

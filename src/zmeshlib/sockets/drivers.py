@@ -61,6 +61,8 @@ class Wait:
 #: socket) the message it already received from it.
 Events = Mapping[zmq.Socket, "int | Received"]
 Op = Generator[Wait, Events, Any]
+#: An operation advanced part way: (op, the wait it stopped at or None, its result if it ended).
+Started = tuple[Op, "Wait | None", Any]
 
 
 def sync_wait(wait: Wait, idle: Any) -> Events:
@@ -94,10 +96,11 @@ class SyncDriver:
 
     blocking_reads = True
 
-    def run(self, sock: MeshSocket, op: Op) -> Any:
+    def run(self, sock: MeshSocket, op: Op, first: Wait | None = None) -> Any:
+        """Run ``op`` to its result; ``first``: the wait it already yielded (:func:`start`)."""
         sock._enter()
         try:
-            wait = next(op)
+            wait = next(op) if first is None else first
             while True:
                 events = sync_wait(wait, sock._idle)
                 if sock._closing:
@@ -117,6 +120,27 @@ class SyncDriver:
         """``fn`` of an operation's result (a coroutine of it, in the asyncio driver)."""
         return fn(value)
 
+    def advance(self, sock: MeshSocket, op: Op, until: Callable[[Wait], bool]) -> Started:
+        """Run ``op`` until it yields a wait that ``until`` accepts (pyzmq's REQ ``send()``
+        returns once the request is handed over): ``(op, that wait, None)``, or
+        ``(op, None, result)`` when it finished first. :meth:`run` resumes it."""
+        sock._enter()
+        try:
+            wait = next(op)
+            while not until(wait):
+                events = sync_wait(wait, sock._idle)
+                if sock._closing:
+                    raise sock._closed_error()
+                wait = op.send(events)
+            return op, wait, None
+        except StopIteration as stop:
+            return op, None, stop.value
+        except BaseException:
+            op.close()
+            raise
+        finally:
+            sock._leave()
+
 
 class AsyncDriver:
     """Runs operations as coroutines: each wait is an awaited ``zmq.asyncio`` poll.
@@ -128,10 +152,10 @@ class AsyncDriver:
 
     blocking_reads = False
 
-    async def run(self, sock: MeshSocket, op: Op) -> Any:
+    async def run(self, sock: MeshSocket, op: Op, first: Wait | None = None) -> Any:
         sock._enter()
         try:
-            wait = next(op)
+            wait = next(op) if first is None else first
             while True:
                 events = await _async_wait(sock, wait)
                 if sock._closing:
@@ -152,6 +176,25 @@ class AsyncDriver:
             return fn(await value)
 
         return mapped()
+
+    async def advance(self, sock: MeshSocket, op: Op, until: Callable[[Wait], bool]) -> Started:
+        """As :meth:`SyncDriver.advance`, awaited."""
+        sock._enter()
+        try:
+            wait = next(op)
+            while not until(wait):
+                events = await _async_wait(sock, wait)
+                if sock._closing:
+                    raise sock._closed_error()
+                wait = op.send(events)
+            return op, wait, None
+        except StopIteration as stop:
+            return op, None, stop.value
+        except BaseException:
+            op.close()
+            raise
+        finally:
+            sock._leave()
 
 
 async def _async_wait(sock: MeshSocket, wait: Wait) -> Events:

@@ -30,7 +30,7 @@ from .._exceptions import Closed, MeshError, RemoteError, Timeout, Unavailable
 from .._models import Delivery, Message, Peer, SocketKind, StatusCode, TraceContext
 from .base import MeshSocket, Upstream, flags_timeout, receive
 from .core import ClientCore, Payload, Pending, ServerCore
-from .drivers import REFRESH_INTERVAL, Op, Wait
+from .drivers import REFRESH_INTERVAL, Op, Started, Wait
 from .frames import recv_message, send_message
 from .idioms import RecvIdioms, SendIdioms
 
@@ -52,7 +52,8 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         self.core = ClientCore("", mesh.limits, self.drops)
         self.default_timeout = DEFAULT_TIMEOUT
         self._rr = 0
-        self._outstanding: Op | None = None  # send()'s request, until recv() takes its reply
+        # send()'s request (operation, its first wait, result), until recv() takes its reply
+        self._outstanding: Started | None = None
 
     def _configure(self, sock: zmq.Socket, server: bool) -> None:
         # queue requests only to connections whose handshake completed: a request that could
@@ -169,6 +170,17 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         finally:
             self.core.forget(pending)
 
+    def _take_outstanding(self) -> tuple[Op, Wait | None]:
+        """What :meth:`send` started, for ``recv()``: its operation and the wait it is at."""
+        started = self._outstanding
+        if started is None:
+            raise MeshError("no request to receive the reply of: send() one first")
+        self._outstanding = None
+        op, first, result = started
+        if first is None:  # it already ended with its reply: hand that out
+            return _done(result), None
+        return op, first
+
     def _check_idle(self) -> None:
         if self._outstanding is not None:
             raise MeshError(
@@ -242,6 +254,17 @@ class _Server(MeshSocket, SendIdioms, RecvIdioms):
         else:
             log.error("handler for %r raised", msg.method, exc_info=error)
             msg.reply_error(StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+
+
+def _handed_over(wait: Wait) -> bool:
+    """A request's operation waits for its reply (POLLIN), no longer to send it (POLLOUT)."""
+    return wait.events == zmq.POLLIN
+
+
+def _done(result: Any) -> Op:
+    """An operation that ends at once with ``result``."""
+    return result
+    yield  # a generator  # type: ignore[unreachable]
 
 
 # -- the facades ---------------------------------------------------------------------
@@ -319,19 +342,15 @@ class ReqSocket(_Client):
         trace: TraceContext | None = None,
         flags: int = 0,
     ) -> None:
-        """Start a request (pyzmq's REQ idiom); :meth:`recv` waits for its reply."""
+        """Start a request (pyzmq's REQ idiom: sent at once); :meth:`recv` waits for its reply."""
         self._check_idle()
-        self._outstanding = self._request_op(
-            payload, method, self._timeout(timeout, 0), headers, trace
-        )
+        op = self._request_op(payload, method, self._timeout(timeout, 0), headers, trace)
+        self._outstanding = self._driver.advance(self, op, _handed_over)
 
     def recv(self, timeout: float | None = None, *, flags: int = 0) -> Message:
         """The reply to the request :meth:`send` started (its own timeout applies)."""
-        op = self._outstanding
-        if op is None:
-            raise MeshError("no request to receive the reply of: send() one first")
-        self._outstanding = None
-        return self._driver.run(self, op)  # type: ignore[no-any-return]
+        op, first = self._take_outstanding()
+        return self._driver.run(self, op, first)  # type: ignore[no-any-return]
 
 
 class AsyncReqSocket(_Client):
@@ -360,17 +379,14 @@ class AsyncReqSocket(_Client):
         trace: TraceContext | None = None,
         flags: int = 0,
     ) -> None:
+        """Start a request, sent at once (as :meth:`ReqSocket.send`)."""
         self._check_idle()
-        self._outstanding = self._request_op(
-            payload, method, self._timeout(timeout, 0), headers, trace
-        )
+        op = self._request_op(payload, method, self._timeout(timeout, 0), headers, trace)
+        self._outstanding = await self._driver.advance(self, op, _handed_over)
 
     async def recv(self, timeout: float | None = None, *, flags: int = 0) -> Message:
-        op = self._outstanding
-        if op is None:
-            raise MeshError("no request to receive the reply of: send() one first")
-        self._outstanding = None
-        return await self._driver.run(self, op)  # type: ignore[no-any-return]
+        op, first = self._take_outstanding()
+        return await self._driver.run(self, op, first)  # type: ignore[no-any-return]
 
 
 class RepSocket(_Server):
