@@ -123,3 +123,19 @@ def test_socket_kind_counterparts():
         ("PUSH", "PULL"),
         ("PULL", "PUSH"),
     }
+
+
+def test_a_missing_c_extension_is_logged_once_and_switching_them_off_is_not(caplog, monkeypatch):
+    from zmeshlib import _compiled
+
+    monkeypatch.setattr(_compiled, "_warned", False)
+    with caplog.at_level("WARNING", logger="zmeshlib"):
+        assert _compiled.load("_not_built") is None
+        assert _compiled.load("_not_built_either") is None
+    assert [r.getMessage().count("C extensions are not built") for r in caplog.records] == [1]
+    caplog.clear()
+    monkeypatch.setattr(_compiled, "_warned", False)
+    monkeypatch.setenv("ZMESHLIB_PURE_PYTHON", "1")
+    with caplog.at_level("WARNING", logger="zmeshlib"):
+        assert _compiled.load("_message") is None
+    assert not caplog.records

@@ -232,4 +232,4 @@ py_received = Message._received
 _message = _compiled.load("_message")
 if _message is not None:
     _message.setup(Message, _OK)
-    Message._received = staticmethod(_message.received)  # type: ignore[method-assign,assignment]
+    Message._received = staticmethod(_message.received)  # type: ignore[method-assign]

@@ -72,11 +72,11 @@ class Directory:
 
     def service(self, name: str, kind: str) -> tuple[Card, ...]:
         """Verified cards serving ``name`` with an endpoint of socket ``kind``."""
-        return self._answer(("service", name, kind))  # type: ignore[no-any-return]
+        return self._answer(("service", name, kind))
 
     def address(self, address: str) -> Card | None:
         """The verified card that lists ``address``, or None."""
-        return self._answer(("address", address))  # type: ignore[no-any-return]
+        return self._answer(("address", address))
 
     def _answer(self, interest: Interest) -> Any:
         with self._lock:

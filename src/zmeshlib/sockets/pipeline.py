@@ -125,7 +125,7 @@ class AsyncPushSocket(_Pusher):
 class PullSocket(_Puller):
     def recv(self, timeout: float | None = None, *, flags: int = 0) -> Message:
         """The next authorized message (timeouts as :meth:`SubSocket.recv`)."""
-        return receive(  # type: ignore[no-any-return]
+        return receive(
             self, flags_timeout(timeout, flags, self._default_timeout()), self.core.message
         )
 
@@ -135,4 +135,4 @@ class AsyncPullSocket(_Puller):
         op = self._receive_op(
             flags_timeout(timeout, flags, self._default_timeout()), self.core.message
         )
-        return await self._driver.run(self, op)  # type: ignore[no-any-return]
+        return await self._driver.run(self, op)

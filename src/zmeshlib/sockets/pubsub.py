@@ -105,7 +105,7 @@ class _Publisher(MeshSocket, SendIdioms):
                 raise InvalidArgument(
                     f"a topic is UTF-8 text: {head[:40]!r}", delivery=Delivery.NOT_SENT
                 ) from e
-        return self.send(parts, flags=flags, **kw)  # type: ignore[attr-defined]
+        return self.send(parts, flags=flags, **kw)
 
     def _housekeeping(self) -> None:
         self._drain()
@@ -299,7 +299,7 @@ class SubSocket(_Subscriber):
         """The next authorized publication; ``timeout`` in seconds (default: the ``rcvtimeo``
         option, else wait for ever). ``Timeout`` (a ``zmq.Again``) when none came; with
         ``flags=zmq.NOBLOCK`` at once."""
-        return receive(  # type: ignore[no-any-return]
+        return receive(
             self, flags_timeout(timeout, flags, self._default_timeout()), self.core.message
         )
 
@@ -310,4 +310,4 @@ class AsyncSubSocket(_Subscriber):
         op = self._receive_op(
             flags_timeout(timeout, flags, self._default_timeout()), self.core.message
         )
-        return await self._driver.run(self, op)  # type: ignore[no-any-return]
+        return await self._driver.run(self, op)

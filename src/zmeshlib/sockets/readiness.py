@@ -58,7 +58,7 @@ class Readiness:
                     pass
         for sock in wanted:
             if sock not in self._tracked:
-                fd = int(sock.getsockopt(zmq.FD))  # type: ignore[arg-type]
+                fd = int(sock.getsockopt(zmq.FD))
                 try:
                     self._epoll.register(fd, select.EPOLLIN)
                 except FileExistsError:  # a closed socket's number, not yet unregistered

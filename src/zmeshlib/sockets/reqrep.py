@@ -297,7 +297,7 @@ class ReqSocket(_Client):
             or wait < REFRESH_INTERVAL
             or self._closing
         ):
-            return self._driver.run(  # type: ignore[no-any-return]
+            return self._driver.run(
                 self, self._request_op(payload, method, wait, headers, trace)
             )
         self._busy += 1
@@ -328,7 +328,7 @@ class ReqSocket(_Client):
             self._busy -= 1
             if self._closing and not self._busy:
                 self._finish_close()
-        return self._driver.run(  # type: ignore[no-any-return]
+        return self._driver.run(
             self, self._exchange_op(up, pending, unsent, wait)
         )
 
@@ -350,7 +350,7 @@ class ReqSocket(_Client):
     def recv(self, timeout: float | None = None, *, flags: int = 0) -> Message:
         """The reply to the request :meth:`send` started (its own timeout applies)."""
         op, first = self._take_outstanding()
-        return self._driver.run(self, op, first)  # type: ignore[no-any-return]
+        return self._driver.run(self, op, first)
 
 
 class AsyncReqSocket(_Client):
@@ -367,7 +367,7 @@ class AsyncReqSocket(_Client):
     ) -> Message:
         """Send one request and wait for its reply (as :meth:`ReqSocket.request`)."""
         op = self._request_op(payload, method, self._timeout(timeout, 0), headers, trace)
-        return await self._driver.run(self, op)  # type: ignore[no-any-return]
+        return await self._driver.run(self, op)
 
     async def send(
         self,
@@ -386,7 +386,7 @@ class AsyncReqSocket(_Client):
 
     async def recv(self, timeout: float | None = None, *, flags: int = 0) -> Message:
         op, first = self._take_outstanding()
-        return await self._driver.run(self, op, first)  # type: ignore[no-any-return]
+        return await self._driver.run(self, op, first)
 
 
 class RepSocket(_Server):
@@ -394,7 +394,7 @@ class RepSocket(_Server):
         """The next authorized request; answer it with ``msg.reply(...)`` or :meth:`send`."""
         msg = receive(self, flags_timeout(timeout, flags, self._default_timeout()), self._judge)
         self._last = msg
-        return msg  # type: ignore[no-any-return]
+        return msg
 
     def send(
         self, payload: Payload = b"", *, headers: Mapping[str, str] | None = None, flags: int = 0
@@ -442,7 +442,7 @@ class AsyncRepSocket(_Server):
     async def recv(self, timeout: float | None = None, *, flags: int = 0) -> Message:
         """The next authorized request (as :meth:`RepSocket.recv`)."""
         op = self._recv_op(flags_timeout(timeout, flags, self._default_timeout()))
-        return await self._driver.run(self, op)  # type: ignore[no-any-return]
+        return await self._driver.run(self, op)
 
     async def send(
         self, payload: Payload = b"", *, headers: Mapping[str, str] | None = None, flags: int = 0
