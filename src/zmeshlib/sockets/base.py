@@ -38,6 +38,7 @@ to it (``_leave``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -76,6 +77,7 @@ _HANDSHAKE_FAILURES = int(
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
+_DOMAIN_IDS = itertools.count(1)
 GC_LINGER_MS = 1000  # how long an underlying socket dropped without close() may flush
 CLOSE_WAIT = 2.0  # seconds close() waits for the thread inside an operation to finish it
 
@@ -137,6 +139,7 @@ class MeshSocket(_options.OptionProperties):
         self._advertised: list[str] = []  # what the card lists for each bind, same order
         self._upstreams: dict[str, Upstream] = {}
         self._targets: list[tuple[str, str]] = []  # ("service", name) or ("address", addr)
+        self._shunned: dict[str, float] = {}  # address -> until (monotonic): not connected
         self._generation = -1
         self._policy_seen: object = None
         self._next_refresh = 0.0
@@ -151,6 +154,8 @@ class MeshSocket(_options.OptionProperties):
         self._rcvtimeo = -1  # ms: the default timeout of recv(); -1 = wait for ever
         self._sndtimeo = -1
         self._readiness: Readiness | None = None  # made by the first fileno()
+        # its own ZAP domain, so the handshake authority can refuse a peer at this socket only
+        self._zap_domain = b"%s/%d" % (ZAP_DOMAIN, next(_DOMAIN_IDS))
         # lifecycle (module docstring)
         self._busy = 0
         self._owner = 0
@@ -436,7 +441,7 @@ class MeshSocket(_options.OptionProperties):
         sock.linger = GC_LINGER_MS
         secure = mesh.mode != "DISABLE"  # DISABLE is plain ZeroMQ: no CURVE either way
         if server:
-            sock.zap_domain = ZAP_DOMAIN
+            sock.zap_domain = self._zap_domain
             if secure:
                 sock.curve_server = True
                 sock.curve_secretkey = mesh._curve_secret
@@ -467,6 +472,9 @@ class MeshSocket(_options.OptionProperties):
         want_kind = self.kind.counterpart.name
         disabled = self._mesh.mode == "DISABLE"
         wanted: dict[str, Card | None] = {}
+        if self._shunned:
+            now = time.monotonic()
+            self._shunned = {a: t for a, t in self._shunned.items() if t > now}
         for how, name in self._targets:
             if how == "service":
                 for card in directory.service(name, want_kind):
@@ -478,7 +486,17 @@ class MeshSocket(_options.OptionProperties):
                 found = directory.address(name)
                 if found is not None or disabled:
                     wanted[name] = found
+        for address in self._shunned:
+            wanted.pop(address, None)
         return wanted
+
+    def _shun(self, address: str, seconds: float) -> None:
+        """Drop the upstream at ``address`` and do not connect it again for ``seconds``."""
+        self._shunned[address] = time.monotonic() + seconds
+        up = self._upstreams.get(address)
+        if up is not None:
+            self._drop_upstream(up)
+            self._upstreams_changed()
 
     def _refresh(self, *, force: bool = False) -> None:
         """Housekeeping, and re-resolving the connect targets when the registry view or the

@@ -60,6 +60,7 @@ from .._exceptions import (
 )
 from .._models import ANONYMOUS, Delivery, Message, Peer, StatusCode, TraceContext
 from ..identity.spiffe_id import SpiffeId
+from ..telemetry.logs import LimitedLog
 from ..wire.envelope import (
     NO_HEADERS,
     Envelope,
@@ -76,6 +77,8 @@ if TYPE_CHECKING:
     from ..policy import Policy
 
 log = logging.getLogger("zmeshlib.sockets")
+#: The lines a peer can cause (a denied call, a denied subscription), at a bounded rate.
+limited = LimitedLog(log)
 
 # Enum members the per-message code tests against, as plain names: looking a member up on
 # its class costs more than the identity test it serves.
@@ -84,6 +87,12 @@ _PUBLISH, _REQUEST, _REPLY, _PUSH = Kind.PUBLISH, Kind.REQUEST, Kind.REPLY, Kind
 #: The longest topic (and subscription prefix), in UTF-8 bytes: libzmq keeps every prefix in
 #: a trie per subscriber, and a megabyte-long one has crashed it.
 MAX_TOPIC_BYTES = 4096
+#: What a publisher remembers of one peer's subscription requests, at most (count, bytes);
+#: past it the peer's further requests are refused and counted, never remembered.
+MAX_REQUESTS_PER_PEER = 1024
+MAX_REQUEST_BYTES_PER_PEER = 256 * 1024
+MAX_REQUESTS = 65536  # of every peer together
+CACHED_RESOURCE_BYTES = 256  # a verdict on a longer topic is not cached (bounded by bytes)
 
 Frames = Sequence[bytes]
 Payload = bytes | Sequence[bytes]
@@ -306,6 +315,11 @@ class PublisherCore(_PolicyBound):
         self.drops = drops
         # (User-Id, asked prefix) -> (principal, granted prefixes): what each peer asked for
         self.requests: dict[tuple[str, bytes], tuple[SpiffeId | None, tuple[bytes, ...]]] = {}
+        self._remembered: dict[str, list[int]] = {}  # User-Id -> [requests, bytes] remembered
+        #: Peers that asked for more than is remembered since the shell last looked: libzmq
+        #: keeps every subscription an XPUB_MANUAL socket receives in a trie of its own, so the
+        #: shell must shed their connections (and keep them out a while).
+        self.abusers: set[str] = set()
         self.needs_restart = False
         self.counts: Counter[str] = Counter()
 
@@ -331,6 +345,7 @@ class PublisherCore(_PolicyBound):
     def forget_all(self) -> None:
         """After a restart every subscriber re-sends: start the book afresh."""
         self.requests.clear()
+        self._remembered.clear()
         self.needs_restart = False
 
     def _grant(self, authz: Any, principal: SpiffeId | None, asked: bytes) -> tuple[bytes, ...]:
@@ -351,17 +366,33 @@ class PublisherCore(_PolicyBound):
         asked = data[1:]
         key = (user_id, asked)
         if data[0] == 0:
-            _, granted = self.requests.pop(key, (None, ()))
+            if key not in self.requests:
+                return None
+            _, granted = self.requests.pop(key)
+            self._count(user_id, asked, -1)
             return SubscriptionChange("unsubscribe", granted) if granted else None
+        if len(asked) > MAX_TOPIC_BYTES:
+            self.drops.drop("subscription-too-long", f"{len(asked)} bytes from {peer}")
+            return None
+        if key not in self.requests:
+            if not self._room(user_id, asked):
+                self.counts["subscriptions_over_limit"] += 1
+                self.abusers.add(user_id)
+                self.drops.drop(
+                    "subscription-limit", f"{peer} asked for more than the publisher remembers"
+                )
+                return None
+            self._count(user_id, asked, 1)
         granted = self._grant(authz, peer.spiffe_id, asked)
         self.requests[key] = (peer.spiffe_id, granted)
         if not granted:
             self.counts["subscriptions_denied"] += 1
-            log.warning(
+            limited.warning(
+                "subscription-denied",
                 "subscription %r by %s denied (policy %s)",
-                asked,
+                asked[:80],
                 peer,
-                self._policy.revision,  # type: ignore[union-attr]
+                self._policy.revision if self._policy else "",
             )
             return None
         if granted != (asked,):
@@ -370,6 +401,22 @@ class PublisherCore(_PolicyBound):
         else:
             self.counts["subscriptions_allowed"] += 1
         return SubscriptionChange("subscribe", granted)
+
+    def _room(self, user_id: str, asked: bytes) -> bool:
+        """Whether one more request of this peer may be remembered (the bounds above)."""
+        count, size = self._remembered.get(user_id, (0, 0))
+        return (
+            count < MAX_REQUESTS_PER_PEER
+            and size + len(asked) <= MAX_REQUEST_BYTES_PER_PEER
+            and len(self.requests) < MAX_REQUESTS
+        )
+
+    def _count(self, user_id: str, asked: bytes, sign: int) -> None:
+        entry = self._remembered.setdefault(user_id, [0, 0])
+        entry[0] += sign
+        entry[1] += sign * len(asked)
+        if entry[0] <= 0:
+            del self._remembered[user_id]
 
     def publication(
         self,
@@ -491,7 +538,11 @@ class SubscriberCore(_PolicyBound):
             known = self._verdicts.get(key)
             if known is None:
                 why = self._verdict(sender, resource)
-                if self._pure and len(self._verdicts) < 65536:
+                if (
+                    self._pure
+                    and len(self._verdicts) < 65536
+                    and len(resource) <= CACHED_RESOURCE_BYTES
+                ):
                     self._verdicts[key] = why
             else:
                 why = known
@@ -721,8 +772,8 @@ class ServerCore(_PolicyBound):
         route, env_b = frames[0], frames[1]
         plain = decode_plain(env_b, self.limits)
         if plain is not None and plain[0] is _REQUEST:  # the usual request: no Envelope
-            _, mid, method, deadline_ms = plain
-            headers, trace, attempt = NO_HEADERS, None, 0
+            _, mid, method, deadline_ms, _timeout_ms, attempt = plain  # type: ignore[misc]
+            headers, trace = NO_HEADERS, None
         else:
             try:
                 env = decode(env_b, self.limits)
@@ -756,8 +807,12 @@ class ServerCore(_PolicyBound):
             decision = self._authz.check(peer.spiffe_id, "call", self.service, method, headers)
             if not decision.allowed:
                 self._events["calls_denied"] += 1
-                log.warning(
-                    "call %r by %s denied by policy %s", method, peer, decision.policy or "default"
+                limited.warning(
+                    "call-denied",
+                    "call %r by %s denied by policy %s",
+                    method[:80],
+                    peer,
+                    decision.policy or "default",
                 )
                 reply = Envelope(
                     Kind.REPLY,

@@ -27,12 +27,18 @@ PERMISSIVE   CURVE       missing/bad   accept as anonymous
 DISABLE      NULL        (none)        accept as anonymous
 any other combination                  refuse (mechanism not allowed)
 ===========  ==========  ============  ==================================
+
+A valid card whose SPIFFE ID is banned from the socket's ZAP domain is refused
+(``banned``): a socket bans a peer that abused it (a publisher, a peer that
+asked for more subscriptions than it remembers), for a while, so that its
+connection can be shed and does not come straight back.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -41,8 +47,10 @@ import zmq
 
 from .._exceptions import IdentityError, MeshError
 from ..identity.card import Card
+from ..telemetry.logs import LimitedLog
 
 log = logging.getLogger("zmeshlib.handshake")
+limited = LimitedLog(log)  # a peer can cause these lines: at a bounded rate
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"zmeshlib"
@@ -61,8 +69,10 @@ def decide(
     mechanism: str,
     curve_key: bytes | None,
     lookup: Callable[[bytes], Card | None],
+    banned: Callable[[str], bool] = lambda spiffe_id: False,
 ) -> HandshakeDecision:
-    """The decision table of the module docstring. ``lookup`` returns a verified card or None."""
+    """The decision table of the module docstring. ``lookup`` returns a verified card or None;
+    ``banned(spiffe_id)`` says whether that identity is banned from this domain now."""
     if mode == "DISABLE":
         if mechanism == "NULL":
             return HandshakeDecision(True, "", "anonymous")
@@ -77,6 +87,10 @@ def decide(
     except MeshError as e:  # a registry that cannot verify or be read: a refusal, not a crash
         card, detail = None, str(e)
     if card is not None:
+        if banned(str(card.spiffe_id)):
+            return HandshakeDecision(
+                False, "", "banned", f"{card.spiffe_id} is banned from this socket for a while"
+            )
         return HandshakeDecision(True, str(card.spiffe_id), "verified")
     if mode == "PERMISSIVE":
         return HandshakeDecision(True, "", "anonymous", detail)
@@ -96,6 +110,8 @@ class ZapHandler:
         self._mode = mode
         self._lookup = lookup
         self.counters: Counter[str] = Counter()
+        self._bans: dict[tuple[bytes, str], float] = {}  # (domain, SPIFFE ID) -> until (monotonic)
+        self._bans_lock = threading.Lock()
         self._sock = context.socket(zmq.ROUTER)
         self._sock.linger = 0
         try:
@@ -131,10 +147,12 @@ class ZapHandler:
         try:
             split = msg.index(b"")
             route, body = msg[: split + 1], msg[split + 1 :]
-            version, request_id, _domain, address, _routing, mechanism, *creds = body
+            version, request_id, domain, address, _routing, mechanism, *creds = body
         except ValueError:
             self.counters["malformed"] += 1
-            log.warning("dropped a malformed ZAP request (%d frames)", len(msg))
+            limited.warning(
+                "zap-malformed", "dropped a malformed ZAP request (%d frames)", len(msg)
+            )
             return
         if version != b"1.0":
             self._sock.send_multipart(
@@ -143,7 +161,13 @@ class ZapHandler:
             return
         key = creds[0] if mechanism == b"CURVE" and creds else None
         try:
-            d = decide(self._mode(), mechanism.decode("ascii", "replace"), key, self._lookup)
+            d = decide(
+                self._mode(),
+                mechanism.decode("ascii", "replace"),
+                key,
+                self._lookup,
+                lambda spiffe_id: self.banned(domain, spiffe_id),
+            )
         except Exception:  # never let a bug kill the handler: refuse and say why
             log.exception("handshake decision failed; refusing the connection")
             d = HandshakeDecision(False, "", "error")
@@ -153,12 +177,26 @@ class ZapHandler:
             log.debug("handshake from %s accepted: %s", peer, d.user_id or "anonymous")
             status, text = b"200", b"OK"
         else:
-            log.warning("handshake from %s refused: %s %s", peer, d.reason, d.detail)
+            limited.warning(
+                f"refused-{d.reason}", "handshake from %s refused: %s %s", peer, d.reason, d.detail
+            )
             self.counters["refused"] += 1
             status, text = b"400", d.reason.encode()
         self._sock.send_multipart(
             [*route, b"1.0", request_id, status, text, d.user_id.encode(), b""]
         )
+
+    def ban(self, domain: bytes, spiffe_id: str, seconds: float) -> None:
+        """Refuse handshakes of ``spiffe_id`` on sockets of ``domain`` for ``seconds``."""
+        with self._bans_lock:
+            now = time.monotonic()
+            self._bans = {k: t for k, t in self._bans.items() if t > now}  # forget the ended
+            self._bans[(domain, spiffe_id)] = now + seconds
+
+    def banned(self, domain: bytes, spiffe_id: str) -> bool:
+        with self._bans_lock:
+            until = self._bans.get((domain, spiffe_id))
+        return until is not None and until > time.monotonic()
 
     def close(self) -> None:
         if self._thread.is_alive():

@@ -53,6 +53,7 @@ from ..identity.svid import Bundles
 from ..policy import Policy, PolicyWatcher
 from ..registry import Registry
 from ..telemetry import MeshMetrics
+from ..telemetry.logs import LimitedLog
 from ..wire.envelope import DEFAULT_LIMITS, Limits
 from .addresses import default_advertise_host
 from .base import MeshSocket
@@ -69,7 +70,6 @@ log = logging.getLogger("zmeshlib.mesh")
 KEEPER_INTERVAL = 0.2  # seconds between renewal checks
 CARD_CHECK_INTERVAL = 2.0  # seconds between checks that the store still holds our card
 HANDSHAKE_IVL_MS = 10_000  # a connection that has not finished its handshake by then is dropped
-LOG_INTERVAL = 1.0  # seconds between two lines of one rate-limited kind
 
 _KINDS = {
     zmq.PUB: SocketKind.PUB,
@@ -137,8 +137,7 @@ class Mesh:
         self.advertise_host = advertise_host or default_advertise_host()
         self._lock = threading.RLock()
         self._bundles_memo: tuple[object, tuple[str, ...], Bundles] | None = None
-        self._log_times: dict[str, float] = {}
-        self._log_suppressed: dict[str, int] = {}
+        self._limited = LimitedLog(log)
         self._endpoints: list[Endpoint] = []
         self._sockets: weakref.WeakSet[MeshSocket] = weakref.WeakSet()
         self._watchers: list[PolicyWatcher] = []
@@ -226,18 +225,8 @@ class Mesh:
         sock.handshake_ivl = HANDSHAKE_IVL_MS
 
     def _log_limited(self, kind: str, message: str, *args: Any) -> None:
-        """A WARNING at most once per ``LOG_INTERVAL`` per kind, saying how many were held
-        back: a flood of refusals must not flood the log."""
-        now = time.monotonic()
-        with self._lock:
-            if now - self._log_times.get(kind, -LOG_INTERVAL) < LOG_INTERVAL:
-                self._log_suppressed[kind] = self._log_suppressed.get(kind, 0) + 1
-                return
-            self._log_times[kind] = now
-            held = self._log_suppressed.pop(kind, 0)
-        if held:
-            message += f" (and {held} more like it in the last {LOG_INTERVAL:g}s)"
-        log.warning(message, *args)
+        """A WARNING at most once a second per kind (a flood must not flood the log)."""
+        self._limited.warning(kind, message, *args)
 
     # -- identity and card -------------------------------------------------------
 

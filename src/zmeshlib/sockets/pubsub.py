@@ -42,6 +42,8 @@ log = logging.getLogger("zmeshlib.sockets")
 
 _NOBLOCK = int(zmq.NOBLOCK)
 JUNK_RESTART_INTERVAL = 1.0  # at most one rebind a second for junk sent to a publisher
+SUBSCRIPTION_HWM = 64  # subscription messages queued per peer: libzmq keeps each in a trie
+BAN_SECONDS = 60.0  # how long a peer that flooded a publisher is refused at its handshake
 DRAIN_INTERVAL = 0.002  # seconds between reads of a publisher's subscription messages
 DRAIN_BATCH = 256  # subscription messages read per socket per drain, at most
 
@@ -60,6 +62,10 @@ class _Publisher(MeshSocket, SendIdioms):
 
     def _configure(self, sock: zmq.Socket, server: bool) -> None:
         sock.setsockopt(zmq.XPUB_MANUAL, 1)
+        # what an XPUB receives is subscriptions: one byte and a prefix; a longer frame is a
+        # peer's junk, and libzmq drops its connection before buffering it
+        sock.maxmsgsize = MAX_TOPIC_BYTES + 1
+        sock.rcvhwm = SUBSCRIPTION_HWM
 
     def _publish(
         self,
@@ -139,11 +145,32 @@ class _Publisher(MeshSocket, SendIdioms):
                 # else: an unsubscription libzmq generates when a subscriber's connection
                 # ends (no handshake metadata): it has already removed that pipe's
                 # subscriptions itself
+        if self.core.abusers:
+            self._shed(self.core.abusers)
         if self._junk and time.monotonic() >= self._next_junk_restart:
             self._junk = False
             self._next_junk_restart = time.monotonic() + JUNK_RESTART_INTERVAL
             self.counts["junk_restarts"] += 1
             self._restart()
+
+    def _shed(self, abusers: set[str]) -> None:
+        """Keep peers that asked for more than is remembered out for ``BAN_SECONDS``, and drop
+        their connections (the rebind below): libzmq holds what they sent until then."""
+        for user_id in abusers:
+            self.counts["peers_banned"] += 1
+            self._mesh._zap.ban(self._zap_domain, user_id, BAN_SECONDS)
+            self._mesh._log_limited(
+                "publisher-flood",
+                "%s sent more subscriptions than the publisher %s remembers: refused for %gs",
+                user_id or "anonymous",
+                self.service,
+                BAN_SECONDS,
+            )
+        for up in list(self._upstreams.values()):  # a connected publisher's abusive SUB
+            if str(up.peer.spiffe_id or "") in abusers:
+                self._shun(up.address, BAN_SECONDS)
+        abusers.clear()
+        self._junk = True  # rebind (at most once a second): the abusers' pipes go with it
 
     def _apply(self, sock: zmq.Socket, data: bytes, user_id: str, peer: Peer) -> None:
         change = self.core.on_subscription(data, user_id, peer)

@@ -297,9 +297,7 @@ class ReqSocket(_Client):
             or wait < REFRESH_INTERVAL
             or self._closing
         ):
-            return self._driver.run(
-                self, self._request_op(payload, method, wait, headers, trace)
-            )
+            return self._driver.run(self, self._request_op(payload, method, wait, headers, trace))
         self._busy += 1
         self._owner = get_ident()
         try:
@@ -328,9 +326,7 @@ class ReqSocket(_Client):
             self._busy -= 1
             if self._closing and not self._busy:
                 self._finish_close()
-        return self._driver.run(
-            self, self._exchange_op(up, pending, unsent, wait)
-        )
+        return self._driver.run(self, self._exchange_op(up, pending, unsent, wait))
 
     def send(
         self,

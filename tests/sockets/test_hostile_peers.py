@@ -1,0 +1,197 @@
+"""Hostile peers are bounded: what they can make a mesh socket hold, and how long they can stall others.
+
+Each test plays one attack with raw pyzmq (or raw TCP) from a child process,
+so that a libzmq crash on the attacker's side cannot take pytest with it,
+and prints the figure it holds the mesh to.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from zmeshlib import Endpoint, Policy
+from zmeshlib.sockets.core import MAX_REQUESTS_PER_PEER
+
+pytestmark = pytest.mark.slow
+
+PUBLISHER = "spiffe://example.org/ns/shop/sa/orders"
+READER = "spiffe://example.org/ns/shop/sa/inventory"
+ROGUE = "spiffe://example.org/ns/rogue/sa/intruder"
+
+POLICY = Policy.from_dict(
+    {
+        "authorization": [
+            {
+                "name": "orders-feed",
+                "selector": {"services": ["orders"]},
+                "action": "ALLOW",
+                "rules": [
+                    {"from": {"principals": [PUBLISHER]}, "to": {"publish": ["orders.*"]}},
+                    {"from": {"namespaces": ["shop"]}, "to": {"subscribe": ["orders.*"]}},
+                ],
+            }
+        ]
+    }
+)
+
+FLOOD = """
+import sys, time, zmq
+address, server_key, public, secret = sys.argv[1], *(bytes.fromhex(a) for a in sys.argv[2:5])
+ctx = zmq.Context()
+xsub = ctx.socket(zmq.XSUB)
+xsub.linger = 0
+xsub.sndhwm = 0
+xsub.curve_serverkey, xsub.curve_publickey, xsub.curve_secretkey = server_key, public, secret
+xsub.connect(address)
+for i in range(20_000):  # distinct denied prefixes, 200 bytes each
+    xsub.send(b"\\x01" + b"orders-no.%06d" % i + b"x" * 189)
+for i in range(50):  # then denied prefixes of 1 MiB
+    xsub.send(b"\\x01" + b"%02d" % i + b"y" * (1 << 20))
+time.sleep(1.0)  # let them go out before the socket closes
+print("flooded")
+"""
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_a_subscription_flood_by_a_peer_without_permission_is_bounded(
+    mesh_factory, raw_peer, publish_until
+):
+    pub_mesh = mesh_factory(PUBLISHER, policy=POLICY)
+    pub = pub_mesh.socket(zmq.PUB)
+    address = pub.bind("tcp://127.0.0.1:0", service="orders")
+    sub = mesh_factory(READER, policy=POLICY).socket(zmq.SUB)
+    sub.connect(service="orders")
+    sub.subscribe("orders.")
+    publish_until(pub, sub, topic="orders.warmup")
+    rogue = raw_peer(pub_mesh, ROGUE)
+
+    arrivals: list[float] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                sub.recv(timeout=0.1)
+            except Exception:
+                continue
+            arrivals.append(time.monotonic())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    rss_before = _rss_mib()
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            FLOOD,
+            address,
+            pub_mesh.curve_public.hex(),
+            rogue.public.hex(),
+            rogue.secret.hex(),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        started = time.monotonic()
+        while child.poll() is None and time.monotonic() - started < 60:
+            pub.send(b"tick", topic="orders.tick")  # one a millisecond, as in the finding
+            time.sleep(0.001)  # the publisher's pace, not a wait for anything
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:  # and a second more, after the flood
+            pub.send(b"tick", topic="orders.tick")
+            time.sleep(0.001)
+    finally:
+        stop.set()
+        reader.join(5)
+        child.kill()
+        child.wait(10)
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    worst = max(gaps) if gaps else float("inf")
+    grown = _rss_mib() - rss_before
+    remembered = sum(1 for user, _ in pub.core.requests if user == ROGUE)
+    print(
+        f"\nflood: worst gap {worst * 1000:.0f} ms over {len(arrivals)} deliveries, "
+        f"RSS +{grown:.0f} MiB, rogue requests remembered {remembered}, "
+        f"over the limit {pub.stats.get('subscriptions_over_limit', 0)}"
+    )
+    assert remembered <= MAX_REQUESTS_PER_PEER
+    assert pub.stats.get("subscriptions_over_limit", 0) > 0
+    assert pub.stats["peers_banned"] == 1  # and its connection shed: libzmq held what it sent
+    assert pub_mesh._zap.banned(pub._zap_domain, ROGUE)
+    assert worst < 2.0  # 17 s before the bounds
+    assert grown < 250  # 2.5 GiB before; what is left is libzmq's, freed with the connection
+
+
+def _zmtp_greeting(mechanism: bytes) -> bytes:
+    """A ZMTP 3.0 greeting (RFC 23): signature, version 3.0, mechanism, as-server 0, filler."""
+    return b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + mechanism.ljust(20, b"\0") + b"\0" * 32
+
+
+def test_unauthenticated_clients_declaring_huge_handshake_frames_hold_no_memory(mesh_factory):
+    rep = mesh_factory(PUBLISHER).socket(zmq.REP)
+    address = rep.bind("tcp://127.0.0.1:0", service="payment")
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    rss_before = _rss_mib()
+    clients = []
+    for _ in range(4):
+        raw = socket.create_connection((host, int(port)), timeout=5)
+        raw.sendall(_zmtp_greeting(b"CURVE"))
+        # a command frame (flags: command + long size) that says it is 200 MiB long, then stall
+        raw.sendall(b"\x06" + (200 << 20).to_bytes(8, "big") + b"\x05HELLO" + b"\0" * 4096)
+        clients.append(raw)
+    closed = 0
+    deadline = time.monotonic() + 10
+    for raw in clients:
+        raw.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            while raw.recv(65536):  # the server's greeting, then the close
+                pass
+            closed += 1
+        except (TimeoutError, ConnectionResetError):
+            closed += 1 if isinstance(sys.exc_info()[1], ConnectionResetError) else 0
+        finally:
+            raw.close()
+    grown = _rss_mib() - rss_before
+    print(f"\nhuge handshake frames: {closed}/4 connections dropped, RSS +{grown:.0f} MiB")
+    assert closed == 4  # libzmq refuses the frame (MAXMSGSIZE) and drops the connection
+    assert grown < 50  # 800 MiB before
+
+
+def test_a_card_replayed_with_another_curve_key_is_refused(
+    mesh_factory, raw_peer, zctx, eventually
+):
+    """A valid card's bytes published by someone holding another key cannot vouch for that key."""
+    server_mesh = mesh_factory(PUBLISHER)
+    pull = server_mesh.socket(zmq.PULL)
+    address = pull.bind("tcp://127.0.0.1:0", service="jobs")
+    honest = raw_peer(server_mesh, READER, endpoints=(Endpoint("tcp://127.0.0.1:9", "PUSH"),))
+    thief_public, thief_secret = zmq.curve_keypair()
+    # the honest card, filed under the thief's key: the registry refuses it (wrong key)
+    server_mesh.registry.store.put(thief_public.hex(), honest.card.to_bytes())
+    assert server_mesh.registry.by_key(thief_public) is None
+    refused = server_mesh.handshake_counts().get("refused", 0)
+    push = zctx.socket(zmq.PUSH)
+    push.curve_serverkey = server_mesh.curve_public
+    push.curve_publickey, push.curve_secretkey = thief_public, thief_secret
+    push.connect(address)
+    eventually(
+        lambda: server_mesh.handshake_counts().get("refused", 0) > refused,
+        what="the thief's handshake refused",
+    )
