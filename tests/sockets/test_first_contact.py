@@ -308,6 +308,15 @@ def test_trust_domains_refuse_a_peer_of_an_unlisted_domain(ca, registry_url, eve
             what="the partner's handshake refused",
         )
 
+        # and a client that no longer trusts the server's domain says why it finds no server
+        client.update_policy(Policy.from_dict({"trust_domains": ["partner.org"]}))
+        client._directory.refresh()
+        server_side = client.socket(zmq.REQ)
+        with pytest.raises(zmeshlib.Unavailable) as err:
+            server_side.connect(service="payment")
+            server_side.request(b"z", timeout=0.3)
+        assert "do not verify" in str(err.value)
+
 
 # -- 6. advertised addresses --------------------------------------------------------------------
 
