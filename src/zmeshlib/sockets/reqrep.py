@@ -30,6 +30,7 @@ from .._exceptions import Closed, MeshError, RemoteError, Timeout, Unavailable
 from .._models import Delivery, Message, Peer, SocketKind, StatusCode, TraceContext
 from .base import MeshSocket, Upstream, flags_timeout, receive
 from .core import ClientCore, Payload, Pending, ServerCore
+from .deadlines import handling, remaining
 from .drivers import REFRESH_INTERVAL, Op, Started, Wait
 from .frames import recv_message, send_message
 from .idioms import RecvIdioms, SendIdioms
@@ -62,9 +63,18 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         sock.setsockopt(zmq.IMMEDIATE, 1)
 
     def _timeout(self, timeout: float | None, flags: int) -> float:
+        """How long a request may take: the caller's, or the socket's default, shortened to
+        what is left of a deadline inherited from the request being handled (deadlines.py)."""
         default = self.default_timeout if self._rcvtimeo < 0 else self._rcvtimeo / 1000
         wait = flags_timeout(timeout, flags, default)
-        return default if wait is None else wait
+        wait = remaining(default if wait is None else wait)
+        if wait <= 0:
+            raise Timeout(
+                "the deadline this call inherits from the request being handled has passed: "
+                "not sent (the caller has given up)",
+                delivery=Delivery.NOT_SENT,
+            )
+        return wait
 
     def _pick(self) -> Upstream | None:
         ups = list(self._upstreams.values())
@@ -405,7 +415,8 @@ class RepSocket(_Server):
         other MeshError its status; anything else is INTERNAL (and logged).
         """
         try:
-            result = handler(msg)
+            with handling(msg.deadline):
+                result = handler(msg)
         except Exception as e:
             self.reply_exception(msg, e)
             return
@@ -462,9 +473,10 @@ class AsyncRepSocket(_Server):
                 except Timeout:
                     continue
                 try:
-                    result = handler(msg)
-                    if hasattr(result, "__await__"):
-                        result = await result
+                    with handling(msg.deadline):
+                        result = handler(msg)
+                        if hasattr(result, "__await__"):
+                            result = await result
                 except Exception as e:
                     self.reply_exception(msg, e)
                 else:
