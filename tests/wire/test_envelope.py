@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import attrs
@@ -65,17 +66,57 @@ def test_fast_paths_match_encode() -> None:
         for kind in Kind:
             assert encode_minimal(kind, message_id) == encode(Envelope(kind, message_id))
         for method in ("x", "charge", "é" * 127, "m" * 255, "", "m" * 256):
-            for deadline in (0, 1, 2**63):
+            for deadline, timeout, attempt in itertools.product(
+                (0, 1, 2**63), (0, 1, 2**32 - 1, 2**32), (0, 1, 2**16 - 1, 2**16)
+            ):
+                env = Envelope(
+                    Kind.REQUEST,
+                    message_id,
+                    method=method,
+                    deadline_ms=deadline,
+                    timeout_ms=timeout,
+                    attempt=attempt,
+                )
                 try:
-                    expected = encode(
-                        Envelope(Kind.REQUEST, message_id, method=method, deadline_ms=deadline)
-                    )
+                    expected = encode(env)
                 except ProtocolError as e:
                     with pytest.raises(ProtocolError) as info:
-                        encode_request(message_id, method, deadline)
+                        encode_request(message_id, method, deadline, timeout, attempt)
                     assert info.value.reason == e.reason
                 else:
-                    assert encode_request(message_id, method, deadline) == expected
+                    assert (
+                        encode_request(message_id, method, deadline, timeout, attempt) == expected
+                    )
+                    by_name = encode_request(
+                        message_id, method, deadline, attempt=attempt, timeout_ms=timeout
+                    )
+                    assert by_name == expected
+                    if not (timeout or attempt):  # the three-argument call of old
+                        assert encode_request(message_id, method, deadline) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "reason", "names"),
+    [
+        ((1.0, "m", 5), "type", "message_id"),
+        (("1", "m", 5), "type", "message_id"),
+        ((1, "m", 5.0), "type", "deadline_ms"),
+        ((1, "m", 5, "7"), "type", "timeout_ms"),
+        ((1, "m", 5, 1, 2.5), "type", "attempt"),
+        ((1, ["m"], 5), "type", "method"),
+        ((1, b"m", 5), "type", "method"),
+        ((1, "m", 5, -1), "range", "timeout_ms"),
+        ((1, "m", 5, 2**32), "range", "timeout_ms"),
+        ((1, "m", 5, 1, 2**16), "range", "attempt"),
+        ((1, "\ud800", 5, 1), "utf8", "method"),
+    ],
+)
+def test_encode_request_names_the_bad_argument(
+    args: tuple[object, ...], reason: str, names: str
+) -> None:
+    with pytest.raises(ProtocolError, match=names) as info:
+        encode_request(*args)  # type: ignore[arg-type]
+    assert info.value.reason == reason
 
 
 @pytest.mark.parametrize("bad", [-1, 2**64])
@@ -266,20 +307,105 @@ def ext(ext_type: int, value: bytes) -> bytes:
 
 
 def test_unknown_extensions_are_skipped() -> None:
-    body = u16_text(b"why") + ext(0x0001, b"future") + ext(0x7FFF, b"") + ext(0x0042, b"\x00" * 9)
+    body = u16_text(b"why") + ext(0x0002, b"future") + ext(0x7FFF, b"") + ext(0x0042, b"\x00" * 9)
     env = decode(fixed(kind=3, flags=0x0040 | 0x8000) + body)
     assert env == Envelope(Kind.REPLY, 42, detail="why")
     assert decode(fixed(flags=0x8000)) == Envelope(Kind.PUBLISH, 42)  # an empty area is fine
 
 
 def test_unknown_critical_extension_is_refused() -> None:
-    data = fixed(flags=0x8000) + ext(0x0001, b"ok") + ext(0x8001, b"must-understand")
+    data = fixed(flags=0x8000) + ext(0x0002, b"ok") + ext(0x8001, b"must-understand")
     assert reason_of(data) == "extension"
 
 
-@pytest.mark.parametrize("tail", [b"\x00", b"\x00\x01\x00", ext(1, b"abc")[:-1]])
+@pytest.mark.parametrize(
+    "tail",
+    [b"\x00", b"\x00\x01\x00", ext(2, b"abc")[:-1], ext(1, b"\x00\x00\x05\xdc")[:-1]],
+)
 def test_cut_extension_is_truncated(tail: bytes) -> None:
     assert reason_of(fixed(flags=0x8000) + tail) == "truncated"
+
+
+# -- the timeout extension (type 0x0001) -------------------------------------------------
+
+
+def u32(value: int) -> bytes:
+    return struct.pack(">I", value)
+
+
+def test_timeout_travels_as_a_non_critical_extension() -> None:
+    env = Envelope(Kind.REQUEST, 42, method="m", deadline_ms=7, timeout_ms=1500)
+    data = encode(env)
+    # fixed part, METHOD, DEADLINE, then the extension area: type 0x0001, length 4, the value
+    assert data == fixed(kind=2, flags=0x8005) + b"\x01m" + struct.pack(">Q", 7) + ext(1, u32(1500))
+    assert not 0x0001 & 0x8000  # not critical
+    assert decode(data) == env
+    # no timeout, no extension area: what encoders without the field send, byte for byte
+    assert encode(attrs.evolve(env, timeout_ms=0)) == fixed(kind=2, flags=0x0005) + data[12:-8]
+
+
+def test_timeout_follows_every_other_part() -> None:
+    env = Envelope(
+        Kind.REQUEST, 1, method="m", attempt=2, trace=TRACE, headers={"k": "v"}, timeout_ms=9
+    )
+    data = encode(env)
+    assert data.endswith(ext(1, u32(9)))
+    assert struct.unpack_from(">H", data, 2)[0] == 0x0001 | 0x0008 | 0x0010 | 0x0020 | 0x8000
+
+
+def test_a_decoder_that_does_not_know_the_timeout_skips_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The format's rule for growing: what a decoder without the field makes of a frame with it.
+    from zmeshlib.wire import envelope
+
+    env = Envelope(Kind.REQUEST, 5, method="charge", deadline_ms=1_700_000_000_000, attempt=1)
+    data = encode(attrs.evolve(env, timeout_ms=250))
+    monkeypatch.setattr(envelope, "EXT_TIMEOUT", 0x7FFE)  # now type 0x0001 is unknown here
+    assert decode(data) == env
+
+
+def test_timeout_bounds() -> None:
+    for timeout in (1, 2**32 - 1):
+        env = Envelope(Kind.REQUEST, 1, timeout_ms=timeout)
+        assert decode(encode(env)).timeout_ms == timeout
+    assert encode_reason(Envelope(Kind.REQUEST, 1, timeout_ms=2**32)) == "range"
+
+
+def test_a_present_timeout_of_zero_reads_as_none() -> None:
+    env = decode(fixed(kind=2, flags=0x8000) + ext(1, u32(0)))
+    assert env == Envelope(Kind.REQUEST, 42)
+
+
+def test_timeout_is_found_among_unknown_extensions() -> None:
+    body = ext(0x0042, b"x") + ext(1, u32(30_000)) + ext(0x7FFF, b"")
+    assert decode(fixed(kind=2, flags=0x8000) + body).timeout_ms == 30_000
+
+
+@pytest.mark.parametrize(
+    "value", [b"", b"\x01", b"\x00\x05\xdc", b"\x00\x00\x05\xdc\x00", bytes(8)]
+)
+def test_timeout_of_another_length_is_refused(value: bytes) -> None:
+    with pytest.raises(ProtocolError, match="timeout extension") as info:
+        decode(fixed(kind=2, flags=0x8000) + ext(1, value))
+    assert info.value.reason == "extension"
+
+
+def test_timeout_twice_is_refused() -> None:
+    # Two readers could take two different values from one frame, as with a repeated header.
+    data = fixed(kind=2, flags=0x8000) + ext(1, u32(100)) + ext(0x0042, b"") + ext(1, u32(100))
+    with pytest.raises(ProtocolError, match="twice") as info:
+        decode(data)
+    assert info.value.reason == "extension"
+
+
+def test_a_frame_cut_where_its_extensions_begin_is_an_envelope_without_them() -> None:
+    # An empty extension area is allowed, so the cut is not detectable; ZeroMQ delivers frames
+    # whole, so no frame arrives cut.
+    data = encode(Envelope(Kind.REQUEST, 3, method="m", timeout_ms=100))
+    assert decode(data[:-8]) == Envelope(Kind.REQUEST, 3, method="m")
+    for n in range(len(data) - 7, len(data)):
+        assert reason_of(data[:n]) == "truncated"
 
 
 # -- encoding refuses what a peer would refuse -----------------------------------------
@@ -292,6 +418,9 @@ def test_cut_extension_is_truncated(tail: bytes) -> None:
         ({"message_id": 2**64}, "range", "message_id"),
         ({"deadline_ms": -5}, "range", "deadline_ms"),
         ({"attempt": 65536}, "range", "attempt"),
+        ({"timeout_ms": 2**32}, "range", "timeout_ms"),
+        ({"timeout_ms": -1}, "range", "timeout_ms"),
+        ({"timeout_ms": 1.5}, "type", "timeout_ms"),
         ({"kind": 9}, "kind", "kind"),
         ({"status": 2}, "status", "status"),
         ({"trace": TraceContext(b"x" * 15, b"y" * 8)}, "range", "trace id"),

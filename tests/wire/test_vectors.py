@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from zmeshlib._exceptions import ProtocolError
 from zmeshlib._models import StatusCode, TraceContext
 from zmeshlib.wire import Envelope, Kind, decode, encode
+from zmeshlib.wire import envelope as envelope_module
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = json.loads((ROOT / "tests" / "vectors" / "envelope.json").read_text(encoding="utf-8"))
@@ -39,7 +41,10 @@ def test_the_required_vectors_are_there() -> None:
         "request-full",
         "permission-denied-reply",
         "application-error-retriable",
+        "request-timeout",
+        "request-timeout-retry",
     } <= set(VALID)
+    assert {"timeout-wrong-length", "timeout-twice"} <= set(INVALID)
 
 
 @pytest.mark.parametrize("name", sorted(VALID))
@@ -92,3 +97,49 @@ def test_request_vector_follows_the_layout_table() -> None:
         + block
     )
     assert expected.hex() == VALID["request-full"]["hex"]
+
+
+def test_timeout_vector_follows_the_layout_and_registry_tables() -> None:
+    # Built from docs/protocol.md's tables alone: flags, parts in flag order, then the
+    # extension area with the TIMEOUT extension (type 0x0001, a u32 of 4 bytes).
+    f = VALID["request-timeout-retry"]["fields"]
+    method = f["method"].encode()
+    expected = (
+        bytes([1, 2])
+        + (0x0001 | 0x0004 | 0x0008 | 0x8000).to_bytes(2, "big")
+        + f["message_id"].to_bytes(8, "big")
+        + bytes([len(method)])
+        + method
+        + f["deadline_ms"].to_bytes(8, "big")
+        + f["attempt"].to_bytes(2, "big")
+        + struct.pack(">HHI", 0x0001, 4, f["timeout_ms"])
+    )
+    assert expected.hex() == VALID["request-timeout-retry"]["hex"]
+
+
+ANNOTATED = re.compile(r"<!-- annotated: ([a-z0-9-]+) -->\n```\n(.*?)```", re.DOTALL)
+
+
+def test_annotated_vectors_add_up_to_their_bytes() -> None:
+    blocks = dict(ANNOTATED.findall(SPEC))
+    assert {"request-full", "request-timeout", "request-timeout-retry"} <= set(blocks)
+    for name, block in blocks.items():
+        # each line: hex groups, then two or more spaces, then what they are
+        hex_text = "".join(re.split(r"\s{2,}", line)[0] for line in block.splitlines())
+        assert hex_text.replace(" ", "") == VALID[name]["hex"], name
+
+
+HOT_PATHS = [
+    pytest.param(envelope_module.py_encode_request, envelope_module.py_decode_plain, id="python"),
+    pytest.param(envelope_module.encode_request, envelope_module.decode_plain, id="in-use"),
+]
+
+
+@pytest.mark.parametrize(("encode_request", "decode_plain"), HOT_PATHS)
+@pytest.mark.parametrize("name", ["request-timeout", "request-timeout-retry"])
+def test_hot_path_makes_and_reads_the_request_vectors(encode_request, decode_plain, name) -> None:
+    f = VALID[name]["fields"]
+    data = bytes.fromhex(VALID[name]["hex"])
+    args = (f["message_id"], f["method"], f["deadline_ms"], f["timeout_ms"], f.get("attempt", 0))
+    assert encode_request(*args) == data
+    assert decode_plain(data) == (Kind.REQUEST, *args)

@@ -33,6 +33,14 @@ encoding trips over a value (a negative id, a header value that is not a
 ``str``), :func:`_explain` re-checks the envelope field by field to name the
 culprit, so the fast path pays nothing for good error messages.
 
+The sockets' hot path skips the :class:`Envelope`: :func:`encode_request` packs
+a request with one ``Struct`` cached per method and per set of present parts,
+and :func:`decode_plain` reads the usual request (a method, a deadline, the
+timeout) with one ``unpack_from`` and one text decode, walking the request's
+parts only for the rarer shapes. Both answer exactly what :func:`encode` and
+:func:`decode` would, and hand every other case to them; ``wire/_plain.c`` is
+their compiled twin, held to the same answers.
+
 Growing the format. Flag bits 9-14 are reserved and refused when set (reason
 ``flags``): a decoder could not know how long an unknown part is. New fields
 go in the extension area (flag bit 15): type-length-value entries up to the
@@ -40,6 +48,24 @@ end of the frame, which a decoder that does not know a type skips, unless the
 type's high bit (``0x8000``, *critical*) says it must refuse the frame
 (reason ``extension``). A change that old peers must not misread takes a new
 version byte.
+
+The extensions this codec knows (docs/protocol.md, "Extension area"):
+
+========  ===========  ======  =============================================================
+type      field        value   why
+========  ===========  ======  =============================================================
+0x0001    timeout_ms   u32     the time left (ms) when the request was sent: a receiver whose
+                               clock disagrees with the sender's can still tell how long the
+                               caller waits, as gRPC's ``grpc-timeout``. Not critical: a
+                               decoder that does not know it loses nothing it had before
+                               (the absolute deadline is still there) and skips it.
+========  ===========  ======  =============================================================
+
+A known extension is read only from a value of exactly its length, and at most
+once per frame (reason ``extension`` otherwise): a second timeout would let two
+decoders read two different values from one frame. The encoder sends the
+timeout extension only when ``timeout_ms`` is not 0, so the encoding stays
+unique, and it is the only extension it sends.
 
 =====================  ===============================================================
 reason                 when (``ProtocolError.reason``)
@@ -59,7 +85,9 @@ reason                 when (``ProtocolError.reason``)
 ``duplicate-header``   a header name appears twice
 ``header-block``       the header block is not ``count`` NUL-terminated name/value pairs
                        (encoding: a header name or value contains NUL)
-``extension``          an extension the decoder does not know is marked critical
+``extension``          an extension the decoder does not know is marked critical, or a
+                       known one has a value of the wrong length or appears twice
+                       (the timeout: exactly 4 bytes, once)
 ``trailing-bytes``     bytes follow the last part and the extension flag is not set
 ``range``              encoding only: an integer does not fit its field, or a trace or
                        span id has the wrong length
@@ -78,7 +106,7 @@ import struct
 import types
 from collections.abc import Mapping
 from itertools import chain
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import attrs
 
@@ -95,6 +123,7 @@ __all__ = [
     "Kind",
     "Limits",
     "PlainEnvelope",
+    "PlainRequest",
     "decode",
     "decode_plain",
     "encode",
@@ -139,6 +168,7 @@ class Envelope:
     status: StatusCode = StatusCode.OK  # replies only
     deadline_ms: int = 0  # absolute unix time in ms, 0 = none
     attempt: int = 0  # retry attempt number, 0 = first try
+    timeout_ms: int = 0  # u32, the time left in ms when sent (the timeout extension), 0 = none
     trace: TraceContext | None = None
     headers: Mapping[str, str] = attrs.field(default=NO_HEADERS, hash=False)
     detail: str = ""  # human explanation of a non-OK status
@@ -176,10 +206,12 @@ _FIXED: Final = struct.Struct(">BBHQ")  # version, kind, flags, message id
 FIXED_SIZE: Final = _FIXED.size  # 12
 _U8: Final = struct.Struct(">B")
 _U16: Final = struct.Struct(">H")
+_U32: Final = struct.Struct(">I")
 _U64: Final = struct.Struct(">Q")
 _TRACE: Final = struct.Struct(">16s8sBH")  # trace id, span id, trace flags, tracestate length
 _HEADER_BLOCK: Final = struct.Struct(">HI")  # header count, block length
 _EXT: Final = struct.Struct(">HH")  # extension type, value length
+_EXT_TIMEOUT: Final = struct.Struct(">HHI")  # the whole timeout extension: type, 4, time left
 
 F_METHOD: Final = 0x0001
 F_STATUS: Final = 0x0002
@@ -193,6 +225,8 @@ F_RETRIABLE: Final = 0x0100
 F_RESERVED: Final = 0x7E00
 F_EXTENSIONS: Final = 0x8000
 EXT_CRITICAL: Final = 0x8000
+EXT_TIMEOUT: Final = 0x0001
+_TIMEOUT: Final = _EXT.pack(EXT_TIMEOUT, 4)  # what the timeout extension starts with
 
 _MAX_U8: Final = 0xFF
 _MAX_U16: Final = 0xFFFF
@@ -346,7 +380,7 @@ def _decode_parts(
             fields["policy"], pos = _decode_text16(data, pos, size, what)
         if flags & F_EXTENSIONS:
             what = "extensions"
-            pos = _skip_extensions(data, pos, size)
+            pos = _decode_extensions(data, pos, size, fields)
     except (struct.error, IndexError):
         raise _truncated(what) from None
     if pos != size:
@@ -406,30 +440,68 @@ def _check_headers(headers: Mapping[str, str], count: int, text_bytes: int, limi
             )
 
 
-def _skip_extensions(data: bytes, pos: int, size: int) -> int:
-    # Version 1 defines no extension: skip each, refuse a critical one.
+def _decode_extensions(data: bytes, pos: int, size: int, fields: dict[str, Any]) -> int:
+    """Read the known extensions into ``fields``, skip the others, refuse unknown critical ones."""
+    timeout_seen = False
     while pos < size:
         ext_type, n = _EXT.unpack_from(data, pos)
-        pos += _EXT.size + n
+        value_at = pos + _EXT.size
+        pos = value_at + n
         if pos > size:
             raise _truncated("extensions")
-        if ext_type & EXT_CRITICAL:
+        if ext_type == EXT_TIMEOUT:
+            if n != 4:
+                raise _error(
+                    "extension", f"the timeout extension (0x0001) holds {n} bytes, it must hold 4"
+                )
+            if timeout_seen:
+                raise _error("extension", "the timeout extension (0x0001) appears twice")
+            timeout_seen = True
+            (fields["timeout_ms"],) = _U32.unpack_from(data, value_at)
+        elif ext_type & EXT_CRITICAL:
             raise _error("extension", f"unknown critical extension {ext_type:#06x}")
     return pos
 
 
-_PLAIN_REQUEST: Final = F_METHOD | F_DEADLINE
-PlainEnvelope = tuple[Kind, int, str, int]
+#: The parts the hot path's request shape may hold (the extension area: the timeout only).
+_PLAIN_REQUEST_PARTS: Final = F_METHOD | F_DEADLINE | F_ATTEMPT | F_EXTENSIONS
+# The flags of each request shape encode_request packs (all with a method and a deadline).
+_REQ_D: Final = F_METHOD | F_DEADLINE
+_REQ_DT: Final = F_METHOD | F_DEADLINE | F_EXTENSIONS
+_REQ_DA: Final = F_METHOD | F_DEADLINE | F_ATTEMPT
+_REQ_DAT: Final = F_METHOD | F_DEADLINE | F_ATTEMPT | F_EXTENSIONS
+_REQUEST: Final = Kind.REQUEST  # a module global: the enum's class attribute costs more
+_TIMEOUT_U32: Final = int.from_bytes(_TIMEOUT, "big")  # the timeout extension's head, as a u32
+_DEADLINE_TIMEOUT: Final = struct.Struct(">QII")  # deadline, the timeout extension's head, value
+_USUAL_REQUESTS: Final = frozenset((_REQ_D, _REQ_DT))  # method + deadline (+ timeout)
+#: The minimal envelope of a publish, a reply or a push: ``(kind, message_id, "", 0)``.
+PlainEnvelope = tuple[Literal[Kind.PUBLISH, Kind.REPLY, Kind.PUSH], int, str, int]
+#: A request: ``(Kind.REQUEST, message_id, method, deadline_ms, timeout_ms, attempt)``.
+PlainRequest = tuple[Literal[Kind.REQUEST], int, str, int, int, int]
 
 
-def decode_plain(data: bytes, limits: Limits = DEFAULT_LIMITS) -> PlainEnvelope | None:
-    """The hot path's two shapes as ``(kind, message_id, method, deadline_ms)``, no Envelope built.
+def decode_plain(
+    data: bytes, limits: Limits = DEFAULT_LIMITS
+) -> PlainEnvelope | PlainRequest | None:
+    """The hot path's two shapes as tuples, no Envelope built; None: ask :func:`decode`.
 
-    Those shapes are a minimal envelope (a publish, a push, an OK reply) and
-    the usual request (a method and a deadline, what :func:`encode_request`
-    makes). Whatever it returns, :func:`decode` would return the same fields
-    for; anything else, malformed frames included, is None, and
-    :func:`decode` then judges it (and names what is wrong).
+    ==========================  ===================================================
+    the frame                   the answer
+    ==========================  ===================================================
+    kind REQUEST, no part but   ``(REQUEST, message_id, method, deadline_ms,
+    method, deadline, attempt,  timeout_ms, attempt)``, an absent part at its
+    timeout extension           default (what :func:`encode_request` makes)
+    another kind, no part       ``(kind, message_id, "", 0)`` (a publish, a push,
+                                an OK reply)
+    anything else               None
+    ==========================  ===================================================
+
+    The kind alone says the length, so a caller that has tested it unpacks
+    without testing ``len``. Whatever it returns, :func:`decode` would return
+    the same fields for, every other field at its default; anything else,
+    malformed frames included, is None, and :func:`decode` then judges it (and
+    names what is wrong). An extension area holding anything but one timeout
+    extension (another type, a second timeout) is left to :func:`decode` too.
     """
     if type(data) is not bytes:
         return None
@@ -440,18 +512,56 @@ def decode_plain(data: bytes, limits: Limits = DEFAULT_LIMITS) -> PlainEnvelope 
     kind = _KIND_BY_BYTE[kind_byte]
     if version != PROTOCOL_VERSION or kind is None:
         return None
-    if not flags:
-        return (kind, message_id, "", 0) if size == FIXED_SIZE else None
-    if flags != _PLAIN_REQUEST or size < FIXED_SIZE + 9:
+    if kind is not _REQUEST:
+        return (kind, message_id, "", 0) if not flags and size == FIXED_SIZE else None
+    if flags in _USUAL_REQUESTS and size > FIXED_SIZE:
+        # The usual requests in a straight line: a method, a deadline and, with the extension
+        # flag, exactly one timeout extension. ``head`` is that extension's head as read, or
+        # as it must be; any other size or head is left to the walk below.
+        end = FIXED_SIZE + 1 + data[FIXED_SIZE]
+        if size == end + 8 and flags == _REQ_D:
+            deadline_ms, head, timeout_ms = _U64.unpack_from(data, end)[0], _TIMEOUT_U32, 0
+        elif size == end + 16 and flags == _REQ_DT:
+            deadline_ms, head, timeout_ms = _DEADLINE_TIMEOUT.unpack_from(data, end)
+        else:
+            head = None
+        if head == _TIMEOUT_U32:
+            try:
+                method = str(data[FIXED_SIZE + 1 : end], "utf-8")
+            except UnicodeDecodeError:
+                return None
+            return (_REQUEST, message_id, method, deadline_ms, timeout_ms, 0)
+    if flags & ~_PLAIN_REQUEST_PARTS:
         return None
-    end = FIXED_SIZE + 1 + data[FIXED_SIZE]
-    if size != end + 8:
-        return None
-    try:
-        method = str(data[FIXED_SIZE + 1 : end], "utf-8")
-    except UnicodeDecodeError:
-        return None
-    return kind, message_id, method, _U64.unpack_from(data, end)[0]
+    pos = FIXED_SIZE
+    method = ""
+    deadline_ms = timeout_ms = attempt = 0
+    if flags & F_METHOD:
+        if pos == size:
+            return None
+        end = pos + 1 + data[pos]
+        if end > size:
+            return None
+        try:
+            method = str(data[pos + 1 : end], "utf-8")
+        except UnicodeDecodeError:
+            return None
+        pos = end
+    if flags & F_DEADLINE:
+        if pos + 8 > size:
+            return None
+        (deadline_ms,) = _U64.unpack_from(data, pos)
+        pos += 8
+    if flags & F_ATTEMPT:
+        if pos + 2 > size:
+            return None
+        (attempt,) = _U16.unpack_from(data, pos)
+        pos += 2
+    if pos != size:  # then the extension area, which must be one timeout extension
+        if not flags & F_EXTENSIONS or size != pos + 8 or data[pos : pos + 4] != _TIMEOUT:
+            return None
+        (timeout_ms,) = _U32.unpack_from(data, pos + 4)
+    return (_REQUEST, message_id, method, deadline_ms, timeout_ms, attempt)
 
 
 # -- encoding ------------------------------------------------------------------
@@ -475,33 +585,72 @@ def encode_publish(message_id: int) -> bytes:
         raise _explain(Envelope(Kind.PUBLISH, message_id), DEFAULT_LIMITS) from None
 
 
-def encode_request(message_id: int, method: str, deadline_ms: int) -> bytes:
-    """``encode(Envelope(Kind.REQUEST, message_id, method=method, deadline_ms=deadline_ms))``.
+def encode_request(
+    message_id: int, method: str, deadline_ms: int, timeout_ms: int = 0, attempt: int = 0
+) -> bytes:
+    """``encode(Envelope(Kind.REQUEST, message_id, method=..., deadline_ms=..., timeout_ms=...,
+    attempt=...))``.
 
-    The sockets' usual request (a method and a deadline, nothing else), without
-    building an Envelope: one ``pack`` of a layout cached per method. Anything
-    out of the fast path's range takes ``encode``.
+    The sockets' usual request (a method, a deadline, the time left, a retry's
+    attempt number, nothing else), without building an Envelope: one ``pack``
+    of a layout cached per method and per set of present parts. Anything out of
+    the fast path's range (no deadline, a value out of range or of another
+    type) takes ``encode``, which names what is wrong.
     """
-    layout = _REQUEST_LAYOUTS.get(method)
-    if layout is None:
-        layout = _request_layout(method)
-    if layout is not None and 0 < deadline_ms <= _MAX_U64 and 0 <= message_id <= _MAX_U64:
-        return layout[0](PROTOCOL_VERSION, 2, _PLAIN_REQUEST, message_id, layout[1], deadline_ms)
-    return encode(Envelope(Kind.REQUEST, message_id, method=method, deadline_ms=deadline_ms))
+    try:
+        layout = _REQUEST_LAYOUTS.get(method)
+        if layout is None:
+            layout = _request_layout(method)
+        if layout is not None and 0 < deadline_ms <= _MAX_U64 and 0 <= message_id <= _MAX_U64:
+            part = layout[0]  # each pack: version 1, kind REQUEST (2), flags, id, method, ...
+            if not attempt:
+                if not timeout_ms:
+                    return layout[1](1, 2, _REQ_D, message_id, part, deadline_ms)
+                if 0 < timeout_ms <= _MAX_U32:
+                    return layout[2](
+                        1, 2, _REQ_DT, message_id, part, deadline_ms, _TIMEOUT, timeout_ms
+                    )
+            elif 0 < attempt <= _MAX_U16:
+                if not timeout_ms:
+                    return layout[3](1, 2, _REQ_DA, message_id, part, deadline_ms, attempt)
+                if 0 < timeout_ms <= _MAX_U32:
+                    return layout[4](
+                        1, 2, _REQ_DAT, message_id, part, deadline_ms, attempt, _TIMEOUT, timeout_ms
+                    )
+    except (TypeError, struct.error):  # a value of another type (or an unhashable method)
+        pass
+    env = Envelope(
+        Kind.REQUEST,
+        message_id,
+        method=method,
+        deadline_ms=deadline_ms,
+        attempt=attempt,
+        timeout_ms=timeout_ms,
+    )
+    return encode(env)
 
 
-_REQUEST_LAYOUTS: dict[str, tuple[Any, bytes] | None] = {}
+#: method -> (its METHOD part, then the pack of each shape: deadline; + timeout; + attempt;
+#: + attempt + timeout). A method only ``encode`` can judge is never cached.
+_REQUEST_LAYOUTS: dict[str, tuple[bytes, Any, Any, Any, Any]] = {}
 
 
-def _request_layout(method: str) -> tuple[Any, bytes] | None:
-    """``(pack, method part)`` of a plain request for ``method``; None when ``encode`` must judge it."""
+def _request_layout(method: str) -> tuple[bytes, Any, Any, Any, Any] | None:
+    """The cached layouts of a request calling ``method``; None when ``encode`` must judge it."""
     try:
         raw = method.encode()
     except (UnicodeError, AttributeError):
         return None
     if not 0 < len(raw) <= _MAX_U8:
         return None
-    layout = (struct.Struct(f">BBHQ{1 + len(raw)}sQ").pack, bytes((len(raw),)) + raw)
+    head = f">BBHQ{1 + len(raw)}sQ"  # fixed part, method part, deadline
+    layout = (
+        bytes((len(raw),)) + raw,
+        struct.Struct(head).pack,
+        struct.Struct(head + "4sI").pack,  # + the timeout extension (its head, the time left)
+        struct.Struct(head + "H").pack,  # + attempt
+        struct.Struct(head + "H4sI").pack,  # + attempt, the timeout extension
+    )
     if len(_REQUEST_LAYOUTS) < 1024:  # methods are few; a caller inventing names gets no cache
         _REQUEST_LAYOUTS[method] = layout
     return layout
@@ -553,6 +702,9 @@ def encode(env: Envelope, limits: Limits = DEFAULT_LIMITS) -> bytes:
             flags |= F_POLICY
         if env.retriable:
             flags |= F_RETRIABLE
+        if env.timeout_ms:
+            parts.append(_EXT_TIMEOUT.pack(EXT_TIMEOUT, 4, env.timeout_ms))
+            flags |= F_EXTENSIONS
         parts[0] = _FIXED.pack(PROTOCOL_VERSION, kind, flags, env.message_id)
     except (struct.error, TypeError, AttributeError, UnicodeError):
         raise _explain(env, limits) from None
@@ -593,6 +745,7 @@ def _explain(env: Envelope, limits: Limits) -> ProtocolError:
         ("message_id", env.message_id, _MAX_U64),
         ("deadline_ms", env.deadline_ms, _MAX_U64),
         ("attempt", env.attempt, _MAX_U16),
+        ("timeout_ms", env.timeout_ms, _MAX_U32),
     ]
     if env.trace is not None:
         checks.append(("trace flags", env.trace.flags, _MAX_U8))
@@ -652,7 +805,7 @@ def _bind(module: Any) -> Any:
         py_encode_publish,
         py_encode_request,
         PROTOCOL_VERSION,
-        _PLAIN_REQUEST,
+        (F_METHOD, F_DEADLINE, F_ATTEMPT, F_EXTENSIONS, EXT_TIMEOUT),
     )
     return module
 
