@@ -279,3 +279,27 @@ def test_peer_book_stays_bounded():
         assert str(book[user_id].spiffe_id) == user_id
         assert len(book) <= book.limit + 1
     assert book[""] is zmeshlib.ANONYMOUS
+
+
+@pytest.mark.parametrize("skew", [-30.0, 0.0, 30.0])
+def test_a_server_with_a_skewed_clock_judges_by_the_time_left(skew):
+    """The client sends its absolute deadline and the time left; the server, whatever its
+    clock, gives the handler the time left on its own clock and never drops it as expired."""
+    core = ServerCore(PolicyInForce(Policy()), "payment", DEFAULT_LIMITS, Drops())
+    client_wall = time.time()
+    frames, mid = ClientCore("payment", DEFAULT_LIMITS, Drops()).request_frames(
+        b"x", "charge", int((client_wall + 0.5) * 1000), 500
+    )
+    server_wall = client_wall + skew
+    msg, immediate = core.request([b"route", *frames], ORDERS, server_wall, NO_REPLY)
+    assert immediate is None and msg is not None
+    assert msg.deadline == pytest.approx(server_wall + 0.5)
+    assert core.counts["expired"] == 0
+
+
+def test_a_peer_that_sends_only_the_absolute_deadline_is_judged_by_it():
+    core = ServerCore(PolicyInForce(Policy()), "payment", DEFAULT_LIMITS, Drops())
+    wall = time.time()
+    fresh = encode_request(7, "charge", int((wall + 2) * 1000))
+    msg, _ = core.request([b"route", fresh], ORDERS, wall, NO_REPLY)
+    assert msg is not None and msg.deadline == pytest.approx(wall + 2, abs=0.001)

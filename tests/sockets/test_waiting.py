@@ -42,6 +42,8 @@ def test_a_timeout_shorter_than_one_read_is_honoured_and_restores_the_socket(mes
     assert time.monotonic() - start < timeout + 1.0  # the timeout plus slack, not a read's worth
     (dealer,) = cli.underlying()
     assert dealer.rcvtimeo == WAIT_MS  # the last short wait put the socket back
+    # the request arrived with the time it had left, counted from when the server reads it
+    assert srv.recv(timeout=5).payload == b"nobody answers"
     with pytest.raises(zmeshlib.Timeout):
         srv.recv(timeout=timeout)
     assert srv.underlying()[0].rcvtimeo == WAIT_MS

@@ -618,7 +618,13 @@ class ClientCore:
         before it sends.
         """
         frames, mid = self.request_frames(
-            payload, method, int((wall + timeout) * 1000), headers, trace, attempt
+            payload,
+            method,
+            int((wall + timeout) * 1000),
+            int(timeout * 1000),
+            headers,
+            trace,
+            attempt,
         )
         return self.expect(mid, now + timeout, method, endpoint), frames
 
@@ -627,21 +633,35 @@ class ClientCore:
         payload: Payload,
         method: str,
         deadline_ms: int,
+        timeout_ms: int,
         headers: Mapping[str, str] | None = None,
         trace: TraceContext | None = None,
         attempt: int = 0,
     ) -> tuple[list[bytes], int]:
-        """Frames ``[envelope, payload...]`` for one request with a fresh id, and the id."""
+        """Frames ``[envelope, payload...]`` for one request with a fresh id, and the id.
+
+        The deadline travels twice: as the absolute ``deadline_ms`` and as ``timeout_ms``, the
+        time left when it is sent, which a server turns into its own clock (skew-proof).
+        """
+        timeout_ms = min(max(timeout_ms, 1), 0xFFFF_FFFF)
         if type(payload) is bytes and len(payload) <= self.limits.max_message_bytes:
             body = None  # payload_frames' first case, without the call or a list
         else:
             body = payload_frames(payload, self.limits)
         mid = self.next_id()
-        if method and not (headers or trace or attempt):
-            env_b = encode_request(mid, method, deadline_ms)
+        if method and not (headers or trace):
+            env_b = encode_request(mid, method, deadline_ms, timeout_ms, attempt)
             if len(env_b) > self.limits.max_envelope_bytes:  # let encode() say why
                 encode(
-                    Envelope(Kind.REQUEST, mid, method=method, deadline_ms=deadline_ms), self.limits
+                    Envelope(
+                        Kind.REQUEST,
+                        mid,
+                        method=method,
+                        deadline_ms=deadline_ms,
+                        timeout_ms=timeout_ms,
+                        attempt=attempt,
+                    ),
+                    self.limits,
                 )
         else:
             env = Envelope(
@@ -649,6 +669,7 @@ class ClientCore:
                 mid,
                 method=method,
                 deadline_ms=deadline_ms,
+                timeout_ms=timeout_ms,
                 attempt=attempt,
                 headers=headers or {},
                 trace=trace,
@@ -772,7 +793,7 @@ class ServerCore(_PolicyBound):
         route, env_b = frames[0], frames[1]
         plain = decode_plain(env_b, self.limits)
         if plain is not None and plain[0] is _REQUEST:  # the usual request: no Envelope
-            _, mid, method, deadline_ms, _timeout_ms, attempt = plain  # type: ignore[misc]
+            _, mid, method, deadline_ms, timeout_ms, attempt = plain  # type: ignore[misc]
             headers, trace = NO_HEADERS, None
         else:
             try:
@@ -787,7 +808,12 @@ class ServerCore(_PolicyBound):
                 self.drops.drop("kind", f"{env.kind.name} on a REP socket")
                 return None, None
             mid, method, deadline_ms = env.message_id, env.method, env.deadline_ms
-            headers, trace, attempt = env.headers, env.trace, env.attempt
+            headers, trace, attempt, timeout_ms = (
+                env.headers,
+                env.trace,
+                env.attempt,
+                env.timeout_ms,
+            )
         payload = tuple(frames[2:])
         size = len(payload[0]) if len(payload) == 1 else payload_size(payload)  # one frame: inline
         if size > self.limits.max_message_bytes:
@@ -795,9 +821,15 @@ class ServerCore(_PolicyBound):
             return None, self.error_frames(
                 route, mid, StatusCode.RESOURCE_EXHAUSTED, "request too large"
             )
-        if deadline_ms and deadline_ms < wall * 1000:
-            self._events["expired"] += 1  # the client has given up: do not spend work on it
-            return None, None
+        if timeout_ms:  # the time left, turned into this clock: a skewed clock cannot mislead
+            deadline = wall + timeout_ms / 1000
+        elif deadline_ms:  # a peer that sends only the absolute deadline
+            if deadline_ms < wall * 1000:
+                self._events["expired"] += 1  # the client has given up: do not spend work on it
+                return None, None
+            deadline = deadline_ms / 1000
+        else:
+            deadline = None
         if self._in_force.policy is not self._policy:
             self._authorizer()  # a new policy: a new authorizer, and no remembered calls
         if peer.spiffe_id is None and self._unauthenticated(peer):
@@ -833,7 +865,7 @@ class ServerCore(_PolicyBound):
             mid,
             trace,
             method,
-            deadline_ms / 1000 if deadline_ms else None,
+            deadline,
             attempt,
             replier,
             route,

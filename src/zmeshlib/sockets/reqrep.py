@@ -316,7 +316,7 @@ class ReqSocket(_Client):
             core = self.core
             now = time.monotonic()
             frames, mid = core.request_frames(
-                payload, method, int((time.time() + wait) * 1000), headers, trace
+                payload, method, int((time.time() + wait) * 1000), int(wait * 1000), headers, trace
             )
             unsent: list[bytes] | None = frames
             if send_message(sock, frames, _NOBLOCK):
