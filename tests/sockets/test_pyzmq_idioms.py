@@ -160,3 +160,25 @@ def test_a_thread_blocked_in_a_poller_on_a_closed_socket_is_not_crashed(mesh_fac
     pull.close()
     thread.join(5)
     assert not thread.is_alive() and len(result) == 1
+
+
+def test_push_hands_messages_only_to_pullers_whose_handshake_completed(
+    mesh_factory, raw_peer, zctx, eventually
+):
+    """A puller whose card names a key it does not hold never completes a handshake: nothing is
+    queued for it, so every message reaches the healthy puller."""
+    hub, spoke = mesh_factory(SERVER), mesh_factory(CLIENT)
+    healthy = hub.socket(zmq.PULL)
+    healthy.bind("tcp://127.0.0.1:0", service="jobs")
+    broken = zctx.socket(zmq.PULL)
+    broken.curve_server = True
+    broken.curve_publickey, broken.curve_secretkey = zmq.curve_keypair()  # not the card's key
+    port = broken.bind_to_random_port("tcp://127.0.0.1")
+    raw_peer(hub, SERVER, endpoints=(zmeshlib.Endpoint(f"tcp://127.0.0.1:{port}", "PULL", "jobs"),))
+    push = spoke.socket(zmq.PUSH)
+    push.connect(service="jobs")
+    eventually(lambda: len(push.upstreams) == 2, what="both pullers known")
+    for i in range(100):
+        push.send(b"%d" % i, timeout=5)
+    got = sorted(int(healthy.recv(timeout=5).payload) for _ in range(100))
+    assert got == list(range(100))

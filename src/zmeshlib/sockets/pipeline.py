@@ -41,6 +41,11 @@ class _Pusher(MeshSocket, SendIdioms):
         self.core = PushCore(mesh._in_force, "", lambda: mesh.spiffe_id, mesh.limits)
         self._rr = 0
 
+    def _configure(self, sock: zmq.Socket, server: bool) -> None:
+        # hand a message only to a puller whose connection completed its handshake: one that
+        # is gone, or refuses us, never holds messages in a queue of its own
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+
     def _send_op(
         self,
         payload: Payload,
