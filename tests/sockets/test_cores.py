@@ -287,7 +287,7 @@ def test_a_server_with_a_skewed_clock_judges_by_the_time_left(skew):
     clock, gives the handler the time left on its own clock and never drops it as expired."""
     core = ServerCore(PolicyInForce(Policy()), "payment", DEFAULT_LIMITS, Drops())
     client_wall = time.time()
-    frames, mid = ClientCore("payment", DEFAULT_LIMITS, Drops()).request_frames(
+    frames, _mid = ClientCore("payment", DEFAULT_LIMITS, Drops()).request_frames(
         b"x", "charge", int((client_wall + 0.5) * 1000), 500
     )
     server_wall = client_wall + skew

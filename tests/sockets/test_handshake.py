@@ -94,7 +94,10 @@ def test_client_with_expired_svid_is_refused(ca, registry_url, eventually):
     # (and so its card) has expired there, the server's own four-hour one has not.
     server_ident = ca.issue(SERVER, ttl=4 * 3600)
     later = Registry(
-        registry_url, bundles=lambda: server_ident.bundles, clock=lambda: time.time() + 7200
+        registry_url,
+        bundles=lambda: server_ident.bundles,
+        clock=lambda: time.time() + 7200,
+        lease=3 * 3600,  # the server's own card must outlive that clock
     )
     with (
         Mesh(identity=server_ident, registry=later) as server,

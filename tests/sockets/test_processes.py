@@ -299,3 +299,33 @@ def test_asyncio_mesh_across_processes(ca_dir, registry_url, workers, mesh_facto
 
     asyncio.run(run())
     assert puller.expect("GOT", timeout=10) == f"GOT async-job {CLIENT}"
+
+
+def test_a_sigkilled_servers_card_leaves_lookups_within_its_lease(
+    ca_dir, registry_url, workers, mesh_factory, eventually
+):
+    leased = registry_url + "?lease=2s"
+    server = Worker("rep", ca_dir, leased, PAYMENT, "payment")
+    workers.append(server)
+    client = mesh_factory(CLIENT, registry=leased)
+    assert [str(c.spiffe_id) for c in client.registry.by_service("payment")] == [PAYMENT]
+    cli = client.socket(zmq.REQ)
+    cli.connect(service="payment")
+    assert cli.request(b"a", timeout=5).payload.startswith(b"a from")
+    (first,) = client.registry.by_service("payment")
+    renewed = eventually(
+        lambda: [c for c in client.registry.by_service("payment") if c.not_after > first.not_after],
+        what="the live server's card renewed before its lease ends",
+    )
+    assert renewed[0].curve_key == first.curve_key
+    server.crash()  # no goodbye: the card stays in the store
+    killed = time.monotonic()
+    deadline = killed + 2 + 2
+    while client.registry.by_service("payment") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gone_after = time.monotonic() - killed
+    assert not client.registry.by_service("payment"), f"still listed {gone_after:.1f}s later"
+    print(f"\nthe killed server's card left lookups {gone_after:.2f}s after SIGKILL (lease 2s)")
+    client._directory.refresh()
+    with pytest.raises(zmeshlib.Unavailable):
+        cli.request(b"b", timeout=0.5)

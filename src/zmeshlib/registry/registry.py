@@ -95,7 +95,7 @@ from typing import TYPE_CHECKING
 
 from .._exceptions import IdentityError, RegistryError
 from ..identity.card import Card, coerce_curve_key
-from .stores import CardStore, Unreadable, open_store
+from .stores import DEFAULT_LEASE, CardStore, Unreadable, open_store, split_url
 
 if TYPE_CHECKING:
     from ..identity.spiffe_id import SpiffeId
@@ -276,6 +276,7 @@ class Registry:
         clock: Callable[[], float] = time.time,
         cache_entries: int = CACHE_ENTRIES,
         cache_bytes: int = CACHE_BYTES,
+        lease: float | None = None,
     ) -> None:
         if cache_entries < 1 or cache_bytes < 1:
             raise RegistryError(
@@ -284,6 +285,10 @@ class Registry:
             )
         self._owns_store = isinstance(store, str)
         self.store: CardStore = open_store(store) if isinstance(store, str) else store
+        #: How long a Mesh's card is valid unless renewed (``?lease=`` in the URL).
+        self.lease: float = lease or (
+            split_url(store)[1] if isinstance(store, str) else DEFAULT_LEASE
+        )
         if callable(bundles):
             self._bundles_fn: Callable[[], Bundles] = bundles
         else:

@@ -25,6 +25,11 @@ URL                 store
 ``dir://rel/path``  process that can reach it (created when missing)
 ==================  ===========================================================
 
+Every URL takes ``?lease=DURATION`` (default 15 s, between 1 s and 24 h): how
+long a workload's card is valid unless its Mesh renews it (:func:`split_url`).
+The lease lives in the card itself, so it needs nothing of the store: a
+workload killed without a goodbye leaves every lookup within one lease.
+
 Theory of operation of :class:`DirStore`: a write goes to a hidden temporary
 file in the same directory and is renamed over ``<key_id>.card``
 (``os.replace``, atomic on POSIX), so concurrent writers and readers in any
@@ -322,10 +327,46 @@ _MEMORY: dict[str, MemoryStore] = {}
 _MEMORY_LOCK = threading.Lock()
 
 
-def open_store(url: str) -> CardStore:
-    """Open the store a registry URL names (see the module docstring's table)."""
+DEFAULT_LEASE = 15.0  # seconds a workload's card stays valid unless its Mesh renews it
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def split_url(url: str) -> tuple[str, float]:
+    """A registry URL's store part and its lease (``dir:///p?lease=15s``: module docstring).
+
+    The lease is how long a workload's card is valid unless its Mesh renews it (it re-signs
+    it every third of the lease), so a workload that dies without closing leaves lookups
+    within one lease, whatever the store.
+    """
     if not isinstance(url, str):
         raise RegistryError(f"a registry URL is a str, not {type(url).__name__}")
+    base, _, query = url.partition("?")
+    lease = DEFAULT_LEASE
+    for part in filter(None, query.split("&")):
+        name, eq, value = part.partition("=")
+        if name != "lease" or not eq:
+            raise RegistryError(
+                f"unknown registry URL parameter {part!r} in {url!r}: the one parameter is "
+                "lease=DURATION (e.g. ?lease=15s)"
+            )
+        m = _DURATION.fullmatch(value)
+        if m is None:
+            raise RegistryError(
+                f"lease={value!r} in {url!r} is not a duration: write e.g. 500ms, 15s or 2m"
+            )
+        lease = float(m.group(1)) * _UNITS[m.group(2)]
+        if not 1.0 <= lease <= 86400.0:
+            raise RegistryError(
+                f"lease={value} in {url!r} is out of range: between 1s and 24h (renewal runs "
+                "every third of it)"
+            )
+    return base, lease
+
+
+def open_store(url: str) -> CardStore:
+    """Open the store a registry URL names (see the module docstring's table)."""
+    url, _ = split_url(url)
     scheme, sep, rest = url.partition("://")
     if sep and scheme == "memory":
         with _MEMORY_LOCK:

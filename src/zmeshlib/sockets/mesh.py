@@ -17,6 +17,9 @@ Rules this module keeps:
 * The card lists exactly the endpoints of open sockets: a closed socket's or
   an unbound address's endpoints are withdrawn at once. If the store loses
   the card (deleted, overwritten), the keeper publishes it again.
+* The card is a lease: valid for the registry's ``lease`` (``?lease=15s``),
+  re-signed every third of it, so a workload killed without closing leaves
+  every lookup within one lease.
 * ``trust_domains`` in the policy restricts trust: a card whose SPIFFE ID is
   of an unlisted trust domain does not verify, whatever bundles the
   identity source holds (empty list: every domain with a bundle).
@@ -268,6 +271,7 @@ class Mesh:
                 self.identity.svid,
                 self.curve_public,
                 curve_secret=self._curve_secret,
+                ttl=self.registry.lease,
                 labels=labels,
                 endpoints=tuple(self._endpoints),
             )
@@ -305,9 +309,9 @@ class Mesh:
                         log.info("SVID of %s rotated", ident.spiffe_id)
                 elif (
                     self.card is not None
-                    and self.card.not_after - time.time() < 2 * KEEPER_INTERVAL
+                    and self.card.not_after - time.time() < self.registry.lease * 2 / 3
                 ):
-                    self._publish_card()
+                    self._publish_card()  # the lease: renewed every third of it
                 elif time.monotonic() >= next_card_check:
                     next_card_check = time.monotonic() + CARD_CHECK_INTERVAL
                     self._check_card()
