@@ -13,7 +13,6 @@ from zmeshlib.resilience import Admission, Pool, RetryBudgetTracker, backoff_del
 from zmeshlib.resilience.balancers import least_request, make, peak_ewma, uniform
 from zmeshlib.resilience.endpoints import EndpointState
 
-
 # -- backoff ------------------------------------------------------------------------
 
 
