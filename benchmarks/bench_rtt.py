@@ -60,7 +60,7 @@ class Spans:
         self.count = 0
 
     def install(self) -> None:
-        from zmeshlib.sockets import base, drivers, frames, pipeline, pubsub, reqrep
+        from zmeshlib.sockets import base, client, drivers, frames, pipeline, pubsub, server
 
         recv, send = frames.recv_message, frames.send_message
 
@@ -74,7 +74,7 @@ class Spans:
             self.count += 1
             return send(sock, frames, flags)
 
-        for module in (base, drivers, pipeline, pubsub, reqrep):  # each imported them by name
+        for module in (base, client, drivers, pipeline, pubsub, server):  # each imported them by name
             if hasattr(module, "recv_message"):
                 module.recv_message = timed_recv  # type: ignore[attr-defined]
             if hasattr(module, "send_message"):

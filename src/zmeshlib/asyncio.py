@@ -19,11 +19,12 @@ import zmq.asyncio
 
 from ._models import SocketKind
 from .sockets.base import MeshSocket
+from .sockets.client import AsyncReqSocket
 from .sockets.drivers import ASYNC
 from .sockets.mesh import Mesh as _SyncMesh
 from .sockets.pipeline import AsyncPullSocket, AsyncPushSocket
 from .sockets.pubsub import AsyncPubSocket, AsyncSubSocket
-from .sockets.reqrep import AsyncRepSocket, AsyncReqSocket
+from .sockets.server import AsyncRepSocket
 
 
 class Mesh(_SyncMesh):

@@ -172,7 +172,7 @@ def test_client_matches_replies_and_drops_late_ones():
     assert core.reply([b"\x01\x09"], ORDERS) is None and drops.counts["truncated"] == 1
 
 
-def test_client_answer_takes_only_the_awaited_reply():
+def test_client_take_matches_any_pending_request_by_id_and_drops_late_copies():
     drops = Drops()
     core = ClientCore("payment", DEFAULT_LIMITS, drops)
     now, wall = time.monotonic(), time.time()
@@ -182,23 +182,23 @@ def test_client_answer_takes_only_the_awaited_reply():
         return pending
 
     first, second = call(), call()
-    late = [encode(Envelope(Kind.REPLY, first.message_id)), b"late"]
-    assert core.answer(second, late, ORDERS) is None  # another request's reply: not this one's
     ok = [encode(Envelope(Kind.REPLY, second.message_id)), b"a", b"b"]
-    msg = core.answer(second, ok, ORDERS)
-    assert msg is not None and msg.frames == (b"a", b"b") and msg.peer == ORDERS
-    assert msg.message_id == second.message_id and core.pending == {}
-    assert core.answer(second, ok, ORDERS) is None and core.counts["late_replies"] == 1
+    mid, msg = core.take(ok, ORDERS)  # the usual reply, read without an Envelope
+    assert mid == second.message_id and isinstance(msg, zmeshlib.Message)
+    assert msg.frames == (b"a", b"b") and msg.peer == ORDERS
+    assert core.take(ok, ORDERS) is None and core.counts["late_replies"] == 1  # a duplicate
+    late = [encode(Envelope(Kind.REPLY, first.message_id)), b"late"]
+    assert core.take(late, ORDERS)[0] == first.message_id and core.pending == {}
     with_headers = call()
     reply = Envelope(Kind.REPLY, with_headers.message_id, headers={"k": "v"})
-    msg = core.answer(with_headers, [encode(reply), b"h"], ORDERS)
-    assert msg is not None and msg.headers == {"k": "v"} and msg.payload == b"h"
+    _, msg = core.take([encode(reply), b"h"], ORDERS)
+    assert msg.headers == {"k": "v"} and msg.payload == b"h"
     failing = call()
     error = Envelope(Kind.REPLY, failing.message_id, status=StatusCode.NOT_FOUND, detail="gone")
-    with pytest.raises(NotFound, match="gone"):
-        core.answer(failing, [encode(error)], ORDERS)
-    assert core.answer(call(), [], ORDERS) is None and drops.counts["malformed"] == 1
-    assert core.answer(call(), [b"junk"], ORDERS) is None
+    _, err = core.take([encode(error)], ORDERS)
+    assert isinstance(err, NotFound) and "gone" in str(err)
+    assert core.take([], ORDERS) is None and drops.counts["malformed"] == 1
+    assert core.take([b"junk"], ORDERS) is None
 
 
 def test_server_authorizes_calls_and_skips_expired_requests():

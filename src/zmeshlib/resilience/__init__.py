@@ -3,7 +3,7 @@
 Nothing here does I/O, reads a clock or draws from the global random source:
 every decision takes ``now`` (monotonic seconds) and an injected
 ``random.Random``, so the cores are tested exactly with a fake clock. The
-client sockets (``sockets/reqrep.py``) feed them events and execute the
+client sockets (``sockets/client.py``) feed them events and execute the
 commands they return.
 """
 

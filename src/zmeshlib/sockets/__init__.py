@@ -1,10 +1,11 @@
 """The mesh sockets: a Mesh, the socket kinds' engines and their sync and asyncio facades."""
 
 from .base import MeshSocket
+from .client import AsyncReqSocket, ReqSocket
 from .mesh import Mesh
 from .pipeline import AsyncPullSocket, AsyncPushSocket, PullSocket, PushSocket
 from .pubsub import AsyncPubSocket, AsyncSubSocket, PubSocket, SubSocket
-from .reqrep import AsyncRepSocket, AsyncReqSocket, RepSocket, ReqSocket
+from .server import AsyncRepSocket, RepSocket
 
 __all__ = [
     "AsyncPubSocket",

@@ -6,7 +6,7 @@ Rules this module keeps:
   may wait is a generator that yields a :class:`~zmeshlib.sockets.drivers.Wait`
   and is resumed with what happened; the socket's *driver* (sync or asyncio,
   ``sockets/drivers.py``) does the waiting. The kinds' facades
-  (``pubsub.py``, ``reqrep.py``, ``pipeline.py``) are thin: a sync method
+  (``pubsub.py``, ``client.py``, ``server.py``, ``pipeline.py``) are thin: a sync method
   runs an operation with the sync driver, its asyncio twin awaits it.
 * One thread (or one event loop) uses a socket, as with a zmq socket; other
   threads may only close it. Only the thread inside an operation touches
@@ -608,6 +608,12 @@ class MeshSocket(_options.OptionProperties):
         nudge = self.__dict__.get("_nudge_event")
         if nudge is not None:
             nudge.set()
+
+    def _wake(self) -> None:
+        """Wake a wait of this socket that has nothing to poll (a slot freed, say): the sync
+        one sleeps on the idle event, an asyncio one on the nudge (from its loop's thread)."""
+        self._idle.set()
+        self._nudge()
 
     # -- internals: receiving ------------------------------------------------------------
 

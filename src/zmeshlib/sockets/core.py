@@ -5,7 +5,8 @@ Rules this module keeps:
 * No sockets, no threads, no clock of its own: every function takes the
   frames it judges and the time it judges them at, and returns frames to
   send or a :class:`~zmeshlib.Message` (or a reason to drop). The sync and
-  asyncio shells (``sockets/pubsub.py``, ``reqrep.py``, ``pipeline.py``) only move frames.
+  asyncio shells (``sockets/pubsub.py``, ``client.py``, ``server.py``,
+  ``pipeline.py``) only move frames.
 * The sender of a message is who the handshake said it is: the User-Id of a
   bound socket's connection, or the verified card of the endpoint a
   connected socket dialled. Nothing in a message can claim otherwise.
@@ -694,26 +695,18 @@ class ClientCore:
             raise answer
         return answer
 
-    def answer(self, pending: Pending, frames: Frames, peer: Peer) -> Message | None:
-        """The reply to ``pending`` if ``frames`` are it (an error reply raises the error it
-        stands for); None when they were dropped, or answer another request (late)."""
+    def take(self, frames: Frames, peer: Peer) -> tuple[int, Message | RemoteError] | None:
+        """A received reply -> (request id, the reply or the error it stands for), for any
+        pending request; None when dropped (malformed, late, a duplicate).
+
+        The usual reply (OK, no extras, the first copy) is read without an Envelope.
+        """
         plain = decode_plain(frames[0], self.limits) if frames else None
-        if (
-            plain is not None
-            and plain[1] == pending.message_id
-            and plain[0] is _REPLY
-            and self.pending.pop(plain[1], None) is not None
-        ):  # the usual reply: OK, no extras, to the request awaited, the first copy
-            return Message._received(tuple(frames[1:]), peer, None, NO_HEADERS, plain[1], None)
-        answer = self.reply(frames, peer)
-        if answer is None:
-            return None
-        if answer[0] != pending.message_id:  # another waiting call's: it claims it
-            self.inbox[answer[0]] = answer[1]
-            return None
-        if isinstance(answer[1], RemoteError):
-            raise answer[1]
-        return answer[1]
+        if plain is not None and plain[0] is _REPLY:
+            mid: int = plain[1]
+            if self.pending.pop(mid, None) is not None:
+                return mid, Message._received(tuple(frames[1:]), peer, None, NO_HEADERS, mid, None)
+        return self.reply(frames, peer)
 
     def reply(self, frames: Frames, peer: Peer) -> tuple[int, Message | RemoteError] | None:
         """A received ``[envelope, payload...]`` -> (request id, reply or the error it stands for).

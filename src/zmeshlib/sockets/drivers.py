@@ -41,13 +41,15 @@ if TYPE_CHECKING:
 REFRESH_INTERVAL = 0.1  # seconds between housekeeping (registry view, policy) while waiting
 WAIT_MS = int(REFRESH_INTERVAL * 1000)  # every sync underlying socket's RCVTIMEO: the longest wait
 _POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 
 
 @attrs.define(slots=True)
 class Wait:
     """What an operation waits for: events on some underlying sockets, for at most ``timeout`` s.
 
-    ``peek``: report events only, never read (``poll()``).
+    ``peek``: report events only, never read (``poll()``). ``writable``: more sockets,
+    watched for POLLOUT (a request waiting for its connection to take it).
     """
 
     sockets: tuple[zmq.Socket, ...]
@@ -55,6 +57,7 @@ class Wait:
     timeout: float
     poller: zmq.Poller | None = None  # a prepared poller for the sync driver (cached per set)
     peek: bool = False
+    writable: tuple[zmq.Socket, ...] = ()
 
 
 #: What a wait found, by socket: its poll events, or (the sync driver, waiting to read one
@@ -69,11 +72,11 @@ def sync_wait(wait: Wait, idle: Any) -> Events:
     """One wait of the sync driver (module docstring); ``idle`` is a threading.Event."""
     ms = int(wait.timeout * 1000)
     sockets = wait.sockets
-    if not sockets:
+    if not sockets and not wait.writable:
         if idle.wait(wait.timeout):
             idle.clear()
         return {}
-    if wait.events == _POLLIN and len(sockets) == 1 and not wait.peek:
+    if wait.events == _POLLIN and len(sockets) == 1 and not (wait.peek or wait.writable):
         sock = sockets[0]
         if ms != WAIT_MS:  # the last wait before a deadline
             sock.setsockopt(zmq.RCVTIMEO, ms)
@@ -84,10 +87,12 @@ def sync_wait(wait: Wait, idle: Any) -> Events:
                 sock.setsockopt(zmq.RCVTIMEO, WAIT_MS)
         return {} if got is None else {sock: got}
     poller = wait.poller
-    if poller is None:
+    if poller is None or wait.writable:
         poller = zmq.Poller()
         for sock in sockets:
             poller.register(sock, wait.events)
+        for sock in wait.writable:
+            poller.register(sock, _POLLOUT | (wait.events if sock in sockets else 0))
     return dict(poller.poll(ms))
 
 
@@ -197,26 +202,40 @@ class AsyncDriver:
             sock._leave()
 
 
+def _nudge_event(sock: MeshSocket) -> asyncio.Event:
+    """What a waiting coroutine of ``sock`` also wakes on (``sock._wake()``, in its loop)."""
+    nudge = sock.__dict__.get("_nudge_event")
+    if nudge is None:
+        nudge = sock.__dict__["_nudge_event"] = asyncio.Event()
+    return nudge
+
+
 async def _async_wait(sock: MeshSocket, wait: Wait) -> Events:
-    if not wait.sockets:
-        await asyncio.sleep(wait.timeout)
+    if not wait.sockets and not wait.writable:  # nothing to poll: until nudged, or the timeout
+        nudge = _nudge_event(sock)
+        try:
+            await asyncio.wait_for(nudge.wait(), wait.timeout)
+            nudge.clear()
+        except asyncio.TimeoutError:
+            pass
         return {}
     wrappers = sock.__dict__.setdefault("_async_wrappers", {})
     poller = zmq.asyncio.Poller()
     wrapped = {}
-    for s in wait.sockets:
+    for s in (*wait.sockets, *wait.writable):
         w = wrappers.get(s)
         if w is None:
             for old in [k for k in wrappers if k.closed]:
                 del wrappers[old]
             w = wrappers[s] = zmq.asyncio.Socket.from_socket(s)
+        if w in wrapped:
+            poller.register(w, wait.events | _POLLOUT)
+            continue
         wrapped[w] = s
-        poller.register(w, wait.events)
+        poller.register(w, wait.events if s in wait.sockets else _POLLOUT)
     polled = asyncio.ensure_future(poller.poll(int(wait.timeout * 1000)))
     if sock._busy > 1:  # others wait on these sockets too: a message one reads may be ours
-        nudge = sock.__dict__.get("_nudge_event")
-        if nudge is None:
-            nudge = sock.__dict__["_nudge_event"] = asyncio.Event()
+        nudge = _nudge_event(sock)
         nudged = asyncio.ensure_future(nudge.wait())
         done, _ = await asyncio.wait((polled, nudged), return_when=asyncio.FIRST_COMPLETED)
         if nudged in done:

@@ -60,13 +60,14 @@ from ..telemetry.logs import LimitedLog
 from ..wire.envelope import DEFAULT_LIMITS, Limits
 from .addresses import default_advertise_host
 from .base import MeshSocket
+from .client import ReqSocket, Traffic
 from .core import MAX_TOPIC_BYTES, PolicyInForce
 from .directory import Directory
 from .drivers import SYNC
 from .handshake import ZapHandler
 from .pipeline import PullSocket, PushSocket
 from .pubsub import PubSocket, SubSocket
-from .reqrep import RepSocket, ReqSocket
+from .server import RepSocket
 
 log = logging.getLogger("zmeshlib.mesh")
 
@@ -188,6 +189,7 @@ class Mesh:
         self._started.append(self._zap.close)
         self._directory = Directory(self.registry, self._in_force)
         self._started.append(self._directory.close)
+        self._traffic = Traffic()  # per destination service: budget, circuit breaker
         if self.identity is not None:
             self._publish_card(startup=True)
             self._started.append(self._withdraw_card)

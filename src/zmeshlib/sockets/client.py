@@ -1,0 +1,522 @@
+"""REQ: requests over one DEALER per endpoint, driven by the call state machine.
+
+Rules this module keeps:
+
+* The shell decides nothing. Each request is a :class:`~zmeshlib.resilience.Call`
+  over the socket's :class:`~zmeshlib.resilience.EndpointSet`; the operation
+  here feeds it what happened (replies, sends that could not be handed over,
+  endpoints lost, timers) and executes the commands it returns (send attempt
+  N to endpoint E, cancel, finish). The usual request is the same operation:
+  its first step sends inline, and the sync driver's first wait is the
+  blocking read that brings the reply.
+* A reply finds its call by request id, whichever endpoint it comes from;
+  late and duplicate replies are dropped and counted, never handed to
+  another call. Unlike zmq.REQ, a lost reply costs one ``Timeout``, never the
+  socket. In the asyncio flavour, concurrent requests on one socket each get
+  their own reply (a reply one of them reads for another is handed over).
+* What applies comes from ``traffic.<service>`` of the policy in force, read
+  at each request: timeout, retries and their budget, hedging, the load
+  balancer, outlier detection, and the circuit breaker (``pool``), which the
+  sockets of one Mesh share per service.
+* pyzmq's REQ idiom works: ``send()`` hands a request over, ``recv()`` waits
+  for its reply; a second ``send()`` first raises, as zmq.REQ's EFSM does.
+* An attempt whose connection cannot take it (no completed handshake, a full
+  queue) waits for it at most ``pool.connect_timeout`` (1 s by default), then
+  counts as not sent (``connect-failure``): it never ran, so it may go
+  elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from .._exceptions import (
+    MeshError,
+    RemoteError,
+    ResourceExhausted,
+    Timeout,
+    Unavailable,
+)
+from .._models import Delivery, Message, SocketKind, StatusCode, TraceContext
+from ..policy import Policy
+from ..policy.model import TrafficSpec
+from ..resilience import (
+    Admission,
+    Call,
+    CallFailure,
+    Cancel,
+    EndpointSet,
+    Finish,
+    Pool,
+    RetryBudgetTracker,
+    Send,
+)
+from .base import MeshSocket, Upstream, flags_timeout
+from .core import ClientCore, Payload, Pending
+from .deadlines import remaining
+from .drivers import Op, Started, Wait
+from .frames import send_message
+from .idioms import RecvIdioms, SendIdioms
+
+if TYPE_CHECKING:
+    from .mesh import Mesh
+
+log = logging.getLogger("zmeshlib.sockets")
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+DEFAULT_TIMEOUT = 5.0  # seconds a request waits when neither the caller nor the policy says
+CONNECT_TIMEOUT = 1.0  # seconds an attempt waits for its connection to take it, by default
+
+
+class ServiceTraffic:
+    """What the sockets of one Mesh share for one destination service, under one policy:
+    its traffic settings, retry budget and circuit breaker (and who waits for a slot)."""
+
+    __slots__ = ("budget", "policy", "pool", "spec", "waiters")
+
+    def __init__(self, policy: Policy, spec: TrafficSpec) -> None:
+        self.policy = policy
+        self.spec = spec
+        budget = spec.retries.budget
+        self.budget = RetryBudgetTracker(budget) if budget is not None else None
+        pool = spec.pool
+        self.pool = (
+            Pool(pool.max_requests, pool.max_pending)
+            if pool.max_requests is not None or pool.max_pending is not None
+            else None
+        )
+        self.waiters: list[Any] = []  # the wake() of sockets waiting for a slot
+
+    def release(self) -> None:
+        assert self.pool is not None
+        self.pool.release()
+        for wake in list(self.waiters):
+            wake()
+
+
+class Traffic:
+    """Every destination service's :class:`ServiceTraffic` of one Mesh. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._services: dict[str, ServiceTraffic] = {}
+
+    def of(self, policy: Policy, service: str) -> ServiceTraffic:
+        state = self._services.get(service)
+        if state is not None and state.policy is policy:
+            return state
+        with self._lock:
+            state = self._services.get(service)
+            spec = policy.traffic_for(service)
+            if state is None or state.spec != spec:
+                state = ServiceTraffic(policy, spec)  # new settings: new budget and breaker
+            else:
+                state.policy = policy  # same settings under a new policy: keep the counts
+            self._services[service] = state
+            return state
+
+
+class _Client(MeshSocket, SendIdioms, RecvIdioms):
+    """REQ: a client over one DEALER per upstream endpoint."""
+
+    def __init__(self, mesh: Mesh, driver: Any) -> None:
+        super().__init__(mesh, SocketKind.REQ, driver)
+        self.core = ClientCore("", mesh.limits, self.drops)
+        self.default_timeout = DEFAULT_TIMEOUT
+        self._rng = random.Random()
+        self.endpoint_set = EndpointSet(rng=self._rng)
+        self._endpoints_policy: object = None
+        # send()'s request (operation, its first wait, result), until recv() takes its reply
+        self._outstanding: Started | None = None
+
+    def _configure(self, sock: zmq.Socket, server: bool) -> None:
+        # queue requests only to connections whose handshake completed: a request that could
+        # not be handed over was never sent (and may go elsewhere), rather than waiting in
+        # the queue of a connection that may never come up (a server restarted with a new key)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+
+    def _upstreams_changed(self) -> None:
+        super()._upstreams_changed()
+        members = {a: (u.card.labels if u.card else {}) for a, u in self._upstreams.items()}
+        self.endpoint_set.update(members, time.monotonic())
+
+    def _timeout(self, timeout: float | None, flags: int) -> float:
+        """How long a request may take: the caller's, or the socket's default, shortened to
+        what is left of a deadline inherited from the request being handled (deadlines.py)."""
+        default = self.default_timeout if self._rcvtimeo < 0 else self._rcvtimeo / 1000
+        wait = flags_timeout(timeout, flags, default)
+        wait = remaining(default if wait is None else wait)
+        if wait <= 0:
+            raise Timeout(
+                "the deadline this call inherits from the request being handled has passed: "
+                "not sent (the caller has given up)",
+                delivery=Delivery.NOT_SENT,
+            )
+        return wait
+
+    def _traffic(self) -> ServiceTraffic:
+        policy = self._mesh.policy
+        state = self._mesh._traffic.of(policy, self.service)
+        if policy is not self._endpoints_policy:  # a new policy: its balancer and ejection
+            self._endpoints_policy = policy
+            spec = state.spec
+            self.endpoint_set.configure(spec.load_balancer, spec.outlier_detection)
+        return state
+
+    # -- the request operation -------------------------------------------------------------
+
+    def _request_op(
+        self,
+        payload: Payload,
+        method: str,
+        timeout: float,
+        headers: Mapping[str, str] | None,
+        trace: TraceContext | None,
+    ) -> Op:
+        now = time.monotonic()
+        traffic = self._traffic()
+        spec = traffic.spec
+        if spec.timeout is not None and spec.timeout < timeout:
+            timeout = spec.timeout  # the service's timeout bounds every call to it
+        deadline = now + timeout
+        pool = traffic.pool
+        if pool is not None:
+            yield from self._admission(traffic, pool, deadline, timeout)
+        try:
+            return (yield from self._call_op(payload, method, deadline, headers, trace, spec))
+        finally:
+            if pool is not None:
+                traffic.release()
+
+    def _admission(
+        self, traffic: ServiceTraffic, pool: Pool, deadline: float, timeout: float
+    ) -> Op:
+        """Take a slot of the service's circuit breaker, waiting (up to the deadline) when
+        its queue has room; fail fast when it has none."""
+        admission = pool.admit()
+        if admission is Admission.FULL:
+            raise ResourceExhausted(pool.refusal(self.service), delivery=Delivery.NOT_SENT)
+        if admission is Admission.WAIT:
+            wake = self._wake
+            traffic.waiters.append(wake)
+            try:
+                while pool.admit_waiting() is Admission.WAIT:
+                    if time.monotonic() >= deadline:
+                        pool.leave()
+                        raise Timeout(
+                            f"no slot of the circuit breaker of service {self.service!r} freed "
+                            f"within {timeout:g}s (pool.max_requests = {pool.max_requests}): "
+                            "not sent",
+                            delivery=Delivery.NOT_SENT,
+                        )
+                    yield self._wait(deadline, socks=())
+            finally:
+                traffic.waiters.remove(wake)
+
+    def _call_op(
+        self,
+        payload: Payload,
+        method: str,
+        deadline: float,
+        headers: Mapping[str, str] | None,
+        trace: TraceContext | None,
+        spec: TrafficSpec,
+    ) -> Op:
+        core = self.core
+        self._refresh()
+        now = time.monotonic()
+        call = Call(
+            method,
+            deadline,
+            spec.retries,
+            spec.hedging,
+            self.endpoint_set,
+            self._mesh._traffic.of(self._mesh.policy, self.service).budget,
+            self._rng,
+            now,
+        )
+        connect_timeout = spec.pool.connect_timeout or CONNECT_TIMEOUT
+        sent: dict[int, tuple[Pending, Upstream]] = {}  # attempt -> its request, its upstream
+        attempts: dict[int, int] = {}  # request id -> attempt
+        unsent: dict[int, tuple[list[bytes], Upstream, Pending, float]] = {}  # waiting to go
+        replies: dict[int, Message | RemoteError] = {}  # attempt -> its reply
+        generation = self._generation
+        commands = call.start(now)
+        try:
+            while True:
+                i = 0
+                while i < len(commands):  # execute in order; executing may add commands
+                    command = commands[i]
+                    i += 1
+                    if command.__class__ is Send:
+                        commands += self._send(command, call, payload, method, headers, trace,
+                                               sent, attempts, unsent, connect_timeout)  # fmt: skip
+                    elif command.__class__ is Cancel:
+                        self._cancel(command.attempt, sent, attempts, unsent)
+                    else:
+                        return self._result(command, replies, method)  # type: ignore[arg-type]
+                commands = []
+                due = call.next_timer()
+                wait = self._wait(due, socks=tuple({up.sock for _, up in sent.values()}))
+                if unsent:
+                    wait.writable = tuple({up.sock for _, up, _, _ in unsent.values()})
+                    wait.poller = None
+                events = yield wait
+                now = time.monotonic()
+                for frames, peer in self._arrivals(events):
+                    got = core.take(frames, peer)
+                    if got is None:
+                        continue
+                    attempt = attempts.pop(got[0], None)
+                    if attempt is None:
+                        core.inbox[got[0]] = got[1]  # another call's, waiting on this socket too
+                        continue
+                    commands += self._answered(call, attempt, got[1], replies, sent, now)
+                if core.inbox:
+                    for mid in [m for m in attempts if m in core.inbox]:
+                        attempt = attempts.pop(mid)
+                        commands += self._answered(call, attempt, core.inbox.pop(mid), replies,
+                                                   sent, now)  # fmt: skip
+                    if core.inbox:
+                        self._nudge()  # replies read here for other waiting calls
+                for attempt, (request, up, pending, give_up) in list(unsent.items()):
+                    if self._upstreams.get(up.address) is not up or now >= give_up:
+                        del unsent[attempt]
+                        core.forget(pending)
+                        attempts.pop(pending.message_id, None)
+                        commands += call.not_sent(attempt, now)
+                    elif send_message(up.sock, request, _NOBLOCK):
+                        del unsent[attempt]
+                        sent[attempt] = (pending, up)
+                self._refresh()
+                for attempt, (pending, up) in list(sent.items()):
+                    if self._upstreams.get(up.address) is not up:  # gone, or a new key
+                        self.counts["upstream_lost"] += 1
+                        del sent[attempt]
+                        core.forget(pending)
+                        attempts.pop(pending.message_id, None)
+                        commands += call.lost(attempt, now)
+                if self._generation != generation:
+                    generation = self._generation
+                    commands += call.endpoints_changed(now)
+                if due is not None and now >= due:
+                    commands += call.timer(now)
+        finally:
+            for pending, _ in sent.values():
+                core.forget(pending)
+            for _, _, pending, _ in unsent.values():
+                core.forget(pending)
+
+    def _send(
+        self,
+        command: Send,
+        call: Call,
+        payload: Payload,
+        method: str,
+        headers: Mapping[str, str] | None,
+        trace: TraceContext | None,
+        sent: dict[int, tuple[Pending, Upstream]],
+        attempts: dict[int, int],
+        unsent: dict[int, tuple[list[bytes], Upstream, Pending, float]],
+        connect_timeout: float,
+    ) -> list[Any]:
+        """Hand attempt N to its endpoint's connection (or keep it to try when the
+        connection can take it); the commands the call answers with if it cannot go at all."""
+        now = time.monotonic()
+        up = self._upstreams.get(command.endpoint)
+        if up is None:  # it left between the choice and the send
+            return call.not_sent(command.attempt, now)
+        core = self.core
+        left = command.deadline - now
+        frames, mid = core.request_frames(
+            payload,
+            method,
+            int((time.time() + left) * 1000),
+            int(left * 1000),
+            headers,
+            trace,
+            command.attempt,
+        )
+        pending = core.expect(mid, command.deadline, method, up.address)
+        attempts[mid] = command.attempt
+        if send_message(up.sock, frames, _NOBLOCK):
+            sent[command.attempt] = (pending, up)
+        else:  # its connection cannot take it yet: wait a while for it (module docstring)
+            give_up = min(now + connect_timeout, command.deadline)
+            unsent[command.attempt] = (frames, up, pending, give_up)
+        return []
+
+    def _cancel(
+        self,
+        attempt: int,
+        sent: dict[int, tuple[Pending, Upstream]],
+        attempts: dict[int, int],
+        unsent: dict[int, tuple[list[bytes], Upstream, Pending, float]],
+    ) -> None:
+        entry = sent.pop(attempt, None)
+        pending = entry[0] if entry is not None else None
+        if pending is None and attempt in unsent:
+            pending = unsent.pop(attempt)[2]
+        if pending is not None:
+            self.core.forget(pending)  # its reply, if it comes, is late
+            attempts.pop(pending.message_id, None)
+            self.counts["attempts_cancelled"] += 1
+
+    def _answered(
+        self,
+        call: Call,
+        attempt: int,
+        answer: Message | RemoteError,
+        replies: dict[int, Message | RemoteError],
+        sent: dict[int, tuple[Pending, Upstream]],
+        now: float,
+    ) -> list[Any]:
+        sent.pop(attempt, None)
+        replies[attempt] = answer
+        if answer.__class__ is Message:
+            return call.reply(attempt, StatusCode.OK, False, now)
+        error: RemoteError = answer  # type: ignore[assignment]
+        return call.reply(attempt, error.status, getattr(error, "retriable", False), now)
+
+    def _result(
+        self, finish: Finish, replies: dict[int, Message | RemoteError], method: str
+    ) -> Message:
+        failure = finish.error
+        if failure is None:
+            answer = replies[finish.attempt]  # type: ignore[index]
+            assert isinstance(answer, Message)
+            return answer
+        self.counts["failures"] += 1
+        if failure.attempt is not None and failure.attempt in replies:
+            error = replies[failure.attempt]
+            assert isinstance(error, RemoteError)
+            raise error
+        raise self._error(failure, method)
+
+    def _error(self, failure: CallFailure, method: str) -> RemoteError:
+        what = f"{method or 'request'} to service {self.service or 'of this socket'!r}"
+        text = f"{what}: {failure.reason}"
+        if failure.status is StatusCode.DEADLINE_EXCEEDED:
+            self.counts["timeouts"] += 1
+            return Timeout(f"{text}; the socket stays usable", delivery=failure.delivery)
+        if failure.delivery is Delivery.NOT_SENT and not self._upstreams:
+            text += f": {self._why_none()}"
+        return Unavailable(text, delivery=failure.delivery)
+
+    def _take_outstanding(self) -> tuple[Op, Wait | None]:
+        """What :meth:`send` started, for ``recv()``: its operation and the wait it is at."""
+        started = self._outstanding
+        if started is None:
+            raise MeshError("no request to receive the reply of: send() one first")
+        self._outstanding = None
+        op, first, result = started
+        if first is None:  # it already ended with its reply: hand that out
+            return _done(result), None
+        return op, first
+
+    def _check_idle(self) -> None:
+        if self._outstanding is not None:
+            raise MeshError(
+                "this REQ socket already sent a request: recv() its reply first (send and recv "
+                "alternate, as on zmq.REQ), or use request() or one socket per concurrent caller"
+            )
+
+
+def _handed_over(wait: Wait) -> bool:
+    """A request's operation waits for its reply, no longer for an endpoint or to send it."""
+    return wait.events == _POLLIN and bool(wait.sockets) and not wait.writable
+
+
+def _done(result: Any) -> Op:
+    """An operation that ends at once with ``result``."""
+    return result
+    yield  # a generator  # type: ignore[unreachable]
+
+
+# -- the facades ---------------------------------------------------------------------
+
+
+class ReqSocket(_Client):
+    """REQ: ``request()`` (or ``send()`` then ``recv()``); never locks up."""
+
+    def request(
+        self,
+        payload: Payload = b"",
+        *,
+        method: str = "",
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        trace: TraceContext | None = None,
+    ) -> Message:
+        """Send one request and wait for its reply, for at most ``timeout`` seconds (default
+        ``default_timeout``, 5 s; ``traffic.<service>.timeout`` bounds it, and so does a
+        deadline inherited from the request being handled). Retries, hedging and balancing
+        follow the policy; an error reply is raised as the error its status stands for."""
+        self._check_idle()
+        op = self._request_op(payload, method, self._timeout(timeout, 0), headers, trace)
+        return self._driver.run(self, op)
+
+    def send(
+        self,
+        payload: Payload = b"",
+        *,
+        method: str = "",
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        trace: TraceContext | None = None,
+        flags: int = 0,
+    ) -> None:
+        """Start a request (pyzmq's REQ idiom: handed over before it returns); :meth:`recv`
+        waits for its reply."""
+        self._check_idle()
+        op = self._request_op(payload, method, self._timeout(timeout, 0), headers, trace)
+        self._outstanding = self._driver.advance(self, op, _handed_over)
+
+    def recv(self, timeout: float | None = None, *, flags: int = 0) -> Message:
+        """The reply to the request :meth:`send` started (its own timeout applies)."""
+        op, first = self._take_outstanding()
+        return self._driver.run(self, op, first)
+
+
+class AsyncReqSocket(_Client):
+    """REQ, awaited. Concurrent ``request()`` calls on one socket each get their own reply."""
+
+    async def request(
+        self,
+        payload: Payload = b"",
+        *,
+        method: str = "",
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        trace: TraceContext | None = None,
+    ) -> Message:
+        """Send one request and wait for its reply (as :meth:`ReqSocket.request`)."""
+        op = self._request_op(payload, method, self._timeout(timeout, 0), headers, trace)
+        return await self._driver.run(self, op)
+
+    async def send(
+        self,
+        payload: Payload = b"",
+        *,
+        method: str = "",
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        trace: TraceContext | None = None,
+        flags: int = 0,
+    ) -> None:
+        """Start a request, handed over before it returns (as :meth:`ReqSocket.send`)."""
+        self._check_idle()
+        op = self._request_op(payload, method, self._timeout(timeout, 0), headers, trace)
+        self._outstanding = await self._driver.advance(self, op, _handed_over)
+
+    async def recv(self, timeout: float | None = None, *, flags: int = 0) -> Message:
+        op, first = self._take_outstanding()
+        return await self._driver.run(self, op, first)

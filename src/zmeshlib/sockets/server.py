@@ -1,0 +1,203 @@
+"""REP: a server over ROUTER; replies go to the right client, in any order.
+
+Rules this module keeps:
+
+* A request's peer is who its connection's handshake said (the User-Id);
+  the core decides whether it may call the method, and whether its deadline
+  has passed (an expired request is never handed to a handler).
+* A handler's exception becomes an error reply with the status it stands for
+  (an :class:`~zmeshlib.ApplicationError` keeps its retriable flag), never a
+  silent hang; ``serve()`` ends cleanly when the socket is closed, from any
+  thread.
+* While a handler runs, its request's deadline is current (``deadlines.py``):
+  the calls it makes inherit what is left of it.
+* The sync and asyncio facades differ only in how they wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from .._exceptions import Closed, MeshError, RemoteError, Timeout
+from .._models import Message, Peer, SocketKind, StatusCode
+from .base import MeshSocket, flags_timeout, receive
+from .core import Payload, ServerCore
+from .deadlines import handling
+from .drivers import REFRESH_INTERVAL, Op
+from .frames import send_message
+from .idioms import RecvIdioms, SendIdioms
+
+if TYPE_CHECKING:
+    from .mesh import Mesh
+
+log = logging.getLogger("zmeshlib.sockets")
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_OK = StatusCode.OK  # a plain name: an enum member lookup per reply is measurable
+
+
+class _Server(MeshSocket, SendIdioms, RecvIdioms):
+    """REP: a server over ROUTER; replies go to the right client, in any order."""
+
+    burst = False
+
+    def __init__(self, mesh: Mesh, driver: Any) -> None:
+        super().__init__(mesh, SocketKind.REP, driver)
+        self.core = ServerCore(mesh._in_force, "", mesh.limits, self.drops)
+        self._last: Message | None = None
+        # what a request's Message.reply calls: one bound method for every request
+        self._replier: Callable[..., None] = self._reply
+
+    def _judge(self, frames: tuple[bytes, ...], peer: Peer) -> Message | None:
+        msg, immediate = self.core.request(frames, peer, time.time(), self._replier)
+        if immediate is not None:
+            self._send_reply(immediate)
+        return msg
+
+    def _reply(
+        self,
+        msg: Message,
+        payload: Payload,
+        headers: Mapping[str, str] | None = None,
+        *,
+        status: StatusCode = StatusCode.OK,
+        detail: str = "",
+        retriable: bool = False,
+    ) -> None:
+        """Answer ``msg``, a request received here (its ``Message.reply``)."""
+        if status is _OK:
+            frames = self.core.reply_frames(msg._route, msg.message_id, payload, headers)
+        else:
+            frames = self.core.error_frames(
+                msg._route, msg.message_id, status, detail, retriable=retriable
+            )
+        self._send_reply(frames)
+
+    def _send_reply(self, frames: list[bytes]) -> None:
+        server = self._server
+        if server is None or self._closing:
+            raise self._closed_error()
+        if not send_message(server, frames, _NOBLOCK):
+            self.drops.drop("reply-hwm", "the client is not reading its replies")
+
+    def _reply_last(self, payload: Payload, headers: Mapping[str, str] | None) -> None:
+        if self._last is None:
+            raise MeshError("no request to reply to: call recv() first")
+        msg, self._last = self._last, None
+        msg.reply(payload, headers=headers)
+
+    def _default_timeout(self) -> float | None:
+        return None if self._rcvtimeo < 0 else self._rcvtimeo / 1000
+
+    def _recv_op(self, timeout: float | None) -> Op:
+        msg = yield from self._receive_op(timeout, self._judge)
+        self._last = msg
+        return msg
+
+    def reply_exception(self, msg: Message, error: BaseException) -> None:
+        """Answer ``msg`` with the status an exception stands for (never a silent hang)."""
+        if isinstance(error, RemoteError):
+            msg.reply_error(error.status, str(error), retriable=getattr(error, "retriable", False))
+        else:
+            log.error("handler for %r raised", msg.method, exc_info=error)
+            msg.reply_error(StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+
+
+# -- the facades ---------------------------------------------------------------------
+
+
+class RepSocket(_Server):
+    def recv(self, timeout: float | None = None, *, flags: int = 0) -> Message:
+        """The next authorized request; answer it with ``msg.reply(...)`` or :meth:`send`."""
+        msg = receive(self, flags_timeout(timeout, flags, self._default_timeout()), self._judge)
+        self._last = msg
+        return msg
+
+    def send(
+        self, payload: Payload = b"", *, headers: Mapping[str, str] | None = None, flags: int = 0
+    ) -> None:
+        """Reply to the last request received (pyzmq's REP idiom)."""
+        self._reply_last(payload, headers)
+
+    def handle(self, msg: Message, handler: Callable[[Message], Payload | None]) -> None:
+        """Run ``handler`` on a request and reply with its result; an exception becomes an error reply.
+
+        An :class:`~zmeshlib.ApplicationError` keeps its retriable flag; any
+        other MeshError its status; anything else is INTERNAL (and logged).
+        """
+        try:
+            with handling(msg.deadline):
+                result = handler(msg)
+        except Exception as e:
+            self.reply_exception(msg, e)
+            return
+        msg.reply(b"" if result is None else result)
+
+    def serve(
+        self,
+        handler: Callable[[Message], Payload | None],
+        *,
+        max_requests: int | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> int:
+        """Answer requests with ``handler`` until ``stop()`` is true, ``max_requests`` were
+        served, or the socket is closed (from any thread); returns how many were served."""
+        served = 0
+        try:
+            while (max_requests is None or served < max_requests) and not (stop and stop()):
+                try:
+                    msg = receive(self, REFRESH_INTERVAL * 5, self._judge)
+                except Timeout:
+                    continue
+                self.handle(msg, handler)
+                served += 1
+        except Closed:
+            pass
+        return served
+
+
+class AsyncRepSocket(_Server):
+    async def recv(self, timeout: float | None = None, *, flags: int = 0) -> Message:
+        """The next authorized request (as :meth:`RepSocket.recv`)."""
+        op = self._recv_op(flags_timeout(timeout, flags, self._default_timeout()))
+        return await self._driver.run(self, op)
+
+    async def send(
+        self, payload: Payload = b"", *, headers: Mapping[str, str] | None = None, flags: int = 0
+    ) -> None:
+        self._reply_last(payload, headers)
+
+    async def serve(
+        self,
+        handler: Callable[[Message], Any],
+        *,
+        max_requests: int | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> int:
+        """Answer requests with ``handler`` (sync or async) until stopped or closed;
+        errors become replies."""
+        served = 0
+        try:
+            while (max_requests is None or served < max_requests) and not (stop and stop()):
+                try:
+                    msg = await self.recv(timeout=REFRESH_INTERVAL * 5)
+                except Timeout:
+                    continue
+                try:
+                    with handling(msg.deadline):
+                        result = handler(msg)
+                        if hasattr(result, "__await__"):
+                            result = await result
+                except Exception as e:
+                    self.reply_exception(msg, e)
+                else:
+                    msg.reply(b"" if result is None else result)
+                served += 1
+        except Closed:
+            pass
+        return served
