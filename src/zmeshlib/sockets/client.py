@@ -21,7 +21,7 @@ Rules this module keeps:
 * pyzmq's REQ idiom works: ``send()`` hands a request over, ``recv()`` waits
   for its reply; a second ``send()`` first raises, as zmq.REQ's EFSM does.
 * An attempt whose connection cannot take it (no completed handshake, a full
-  queue) waits for it at most ``pool.connect_timeout`` (1 s by default), then
+  queue) waits for it at most ``pool.connect_timeout`` (250 ms by default), then
   counts as not sent (``connect-failure``): it never ran, so it may go
   elsewhere.
 """
@@ -73,7 +73,7 @@ log = logging.getLogger("zmeshlib.sockets")
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 DEFAULT_TIMEOUT = 5.0  # seconds a request waits when neither the caller nor the policy says
-CONNECT_TIMEOUT = 1.0  # seconds an attempt waits for its connection to take it, by default
+CONNECT_TIMEOUT = 0.25  # seconds an attempt waits for its connection to take it, by default
 
 
 class ServiceTraffic:
