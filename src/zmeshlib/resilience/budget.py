@@ -64,8 +64,12 @@ class RetryBudgetTracker:
         return requests, retries
 
     def deposit(self, now: float) -> None:
+        epoch = int(now // self._width)
+        slot = epoch % BUCKETS
         with self._lock:
-            self._requests[self._slot(now)] += 1
+            if self._epochs[slot] != epoch:
+                self._slot(now)
+            self._requests[slot] += 1
 
     def try_withdraw(self, now: float) -> bool:
         spec = self.spec

@@ -59,6 +59,10 @@ class Outcome(enum.Enum):
     CANCELLED = "cancelled"  # a hedge abandoned when another attempt answered
 
 
+# plain names: looking a member up on its class, per request, is measurable
+_SUCCESS, _ERROR, _CANCELLED = Outcome.SUCCESS, Outcome.ERROR, Outcome.CANCELLED
+
+
 @attrs.frozen
 class Event:
     """An ejection or a return, for logs and metrics."""
@@ -67,6 +71,9 @@ class Event:
     endpoint: str
     until: float | None = None  # when an ejection may end (ejections only)
     times: int = 0  # how many times the endpoint has been ejected
+
+
+_NOTHING: list[Event] = []  # what finished() returns without events: shared, never changed
 
 
 class EndpointState:
@@ -159,6 +166,8 @@ class EndpointSet:
         members = self._members
         if not members:
             return None
+        if len(members) == 1 and members[0].ejected_until is None and self._next_sweep is None:
+            return members[0].id  # one endpoint, healthy: nothing to choose
         if self.outlier is not None:
             if self._next_sweep is not None and now >= self._next_sweep:
                 self.tick(now)
@@ -187,7 +196,7 @@ class EndpointSet:
 
     def classify(self, status: StatusCode) -> Outcome:
         """A reply's outcome for outlier detection: an error only if its status is listed."""
-        return Outcome.ERROR if status in self.error_codes else Outcome.SUCCESS
+        return _ERROR if status in self.error_codes else _SUCCESS
 
     def finished(self, endpoint: str, outcome: Outcome, latency: float, now: float) -> list[Event]:
         state = self.endpoints.get(endpoint)
@@ -195,12 +204,17 @@ class EndpointSet:
             return []  # it left meanwhile
         if state.in_flight > 0:
             state.in_flight -= 1
-        if outcome is Outcome.SUCCESS:
+        if outcome is _SUCCESS:
             state.consecutive_errors = 0
-            self._sample(state, latency, now)
-            return []
-        if outcome is Outcome.CANCELLED:
-            return []
+            ewma = state.ewma  # the peak EWMA (_sample), its usual case inline
+            if ewma is None or latency >= ewma:
+                state.ewma = latency
+                state.last_sample = now
+            else:
+                self._sample(state, latency, now)
+            return _NOTHING
+        if outcome is _CANCELLED:
+            return _NOTHING
         state.errors += 1
         state.errors_this_interval += 1
         state.consecutive_errors += 1

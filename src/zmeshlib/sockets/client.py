@@ -191,7 +191,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         if pool is not None:
             yield from self._admission(traffic, pool, deadline, timeout)
         try:
-            return (yield from self._call_op(payload, method, deadline, headers, trace, spec))
+            return (yield from self._call_op(payload, method, deadline, headers, trace, traffic))
         finally:
             if pool is not None:
                 traffic.release()
@@ -228,9 +228,10 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         deadline: float,
         headers: Mapping[str, str] | None,
         trace: TraceContext | None,
-        spec: TrafficSpec,
+        traffic: ServiceTraffic,
     ) -> Op:
         core = self.core
+        spec = traffic.spec
         self._refresh()
         now = time.monotonic()
         call = Call(
@@ -239,7 +240,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
             spec.retries,
             spec.hedging,
             self.endpoint_set,
-            self._mesh._traffic.of(self._mesh.policy, self.service).budget,
+            traffic.budget,
             self._rng,
             now,
         )
@@ -265,7 +266,11 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                         return self._result(command, replies, method)  # type: ignore[arg-type]
                 commands = []
                 due = call.next_timer()
-                wait = self._wait(due, socks=tuple({up.sock for _, up in sent.values()}))
+                if len(sent) == 1:  # the usual wait: one attempt's reply
+                    ((_, up),) = sent.values()
+                    wait = self._wait(due, socks=(up.sock,))
+                else:
+                    wait = self._wait(due, socks=tuple({up.sock for _, up in sent.values()}))
                 if unsent:
                     wait.writable = tuple({up.sock for _, up, _, _ in unsent.values()})
                     wait.poller = None
@@ -280,6 +285,8 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                         core.inbox[got[0]] = got[1]  # another call's, waiting on this socket too
                         continue
                     commands += self._answered(call, attempt, got[1], replies, sent, now)
+                if call.finished:
+                    continue  # the usual end: its reply came
                 if core.inbox:
                     for mid in [m for m in attempts if m in core.inbox]:
                         attempt = attempts.pop(mid)
