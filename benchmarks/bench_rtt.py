@@ -19,7 +19,11 @@ lean       the leanest loop of the pattern a non-locking client needs:
            them (``zmeshlib.sockets.frames``: one call per message when
            compiled) with the User-Id read; no mesh logic on either side. The
            floor of the design.
-mesh       ``REQ.request(method="echo")`` -> ``REP.serve(handler)``, STRICT
+mesh       ``REQ.request(method="echo")`` -> ``REP.serve(handler)``, STRICT, the
+           default policy
+resilient  the same, from a client whose policy turns on retries (3, a per-try
+           timeout, ``echo`` idempotent), the retry budget and outlier
+           detection: what request resilience costs when nothing fails
 =========  ==================================================================
 
 ``--split`` also says where the mesh's own time goes on the critical path:
@@ -47,6 +51,20 @@ from zmeshlib.sockets.frames import recv_message, send_message
 from zmeshlib.wire import Kind, decode_plain, encode_minimal, encode_request
 
 PAYLOAD = b"x" * 64
+RESILIENT = {
+    "traffic": {
+        "bench": {
+            "retries": {
+                "attempts": 3,
+                "per_try_timeout": "1s",
+                "retry_on": ["unavailable", "connect-failure", "deadline-exceeded"],
+                "idempotent_methods": ["echo"],
+                "budget": {"retry_ratio": 0.2, "min_retries_per_second": 10, "ttl": "10s"},
+            },
+            "outlier_detection": {"consecutive_errors": 5, "interval": "10s"},
+        }
+    }
+}
 STOP = b"stop"
 ns = time.perf_counter_ns
 
@@ -74,7 +92,14 @@ class Spans:
             self.count += 1
             return send(sock, frames, flags)
 
-        for module in (base, client, drivers, pipeline, pubsub, server):  # each imported them by name
+        for module in (
+            base,
+            client,
+            drivers,
+            pipeline,
+            pubsub,
+            server,
+        ):  # each imported them by name
             if hasattr(module, "recv_message"):
                 module.recv_message = timed_recv  # type: ignore[attr-defined]
             if hasattr(module, "send_message"):
@@ -187,6 +212,13 @@ def main(argv: list[str]) -> int:
         )
         req = mesh.socket(zmq.REQ)
         req.connect(service="bench")
+        resilient_mesh = zmeshlib.Mesh(
+            identity=ca.issue("spiffe://example.org/ns/bench/sa/resilient"),
+            registry=registry,
+            policy=zmeshlib.Policy.from_dict(RESILIENT),
+        )
+        resilient = resilient_mesh.socket(zmq.REQ)
+        resilient.connect(service="bench")
         ids = iter(range(1, 1 << 62))
         client = {
             name: Spans() for name in ("lean-send", "mesh-send", "lean-return", "mesh-return")
@@ -212,7 +244,10 @@ def main(argv: list[str]) -> int:
             req.request(payload, method="echo", timeout=5)
             client["mesh-return"].total += ns() - sending.read_at  # from the reply's read
 
-        calls = {"raw": raw_call, "lean": lean_call, "mesh": mesh_call}
+        def resilient_call(payload: bytes = PAYLOAD) -> None:
+            resilient.request(payload, method="echo", timeout=5)
+
+        calls = {"raw": raw_call, "lean": lean_call, "mesh": mesh_call, "resilient": resilient_call}
         for call in calls.values():  # warm up: handshakes, caches
             for _ in range(args.size):
                 call()
@@ -228,21 +263,25 @@ def main(argv: list[str]) -> int:
         timed = args.batches * args.size
         for spans in client.values():
             spans.count = timed
-        for call in calls.values():
-            call(STOP)
+        for name, call in calls.items():
+            if name != "resilient":  # it shares the mesh's server, which the mesh's STOP stops
+                call(STOP)
         spent = dict(info.get(timeout=30) for _ in range(2)) if args.split else {}
         for s in servers:
             s.join(10)
         mesh.close()
+        resilient_mesh.close()
         ctx.destroy(linger=0)
     print(f"{args.batches} batches of {args.size} round trips per case, 64-byte payloads")
     for name in calls:
         print(
             f"{name:<5} mean round trip, median of batches: {statistics.median(per[name]):7.1f} us"
         )
-    for name in ("lean", "mesh"):
+    for name in ("lean", "mesh", "resilient"):
         ratios = [x / r for x, r in zip(per[name], per["raw"], strict=True)]
         print(f"{name}/raw median ratio {statistics.median(ratios):.2f}x")
+    costs = [x / m for x, m in zip(per["resilient"], per["mesh"], strict=True)]
+    print(f"resilient/mesh median ratio {statistics.median(costs):.3f}x (target <= 1.05x)")
     if args.split:
         print("where the time goes (us per round trip, mean)    lean    mesh")
         rows = [
