@@ -14,8 +14,10 @@ from zmeshlib.identity.spiffe_id import SpiffeId
 from zmeshlib.policy import (
     AuthorizationPolicy,
     Condition,
+    HedgingPolicy,
     Operation,
     Policy,
+    RetryBudget,
     Rule,
     Source,
     SplitDestination,
@@ -78,14 +80,19 @@ FULL = {
                 "per_try_timeout": "250ms",
                 "retry_on": ["deadline-exceeded", "retriable"],
                 "backoff": {"base_interval": "10ms", "max_interval": "1s"},
-                "budget": {"percent": 25, "min_concurrency": 2},
+                "idempotent_methods": ["status", "get*"],
+                "budget": {"retry_ratio": 0.25, "min_retries_per_second": 2, "ttl": "30s"},
             },
+            "hedging": {"delay": "20ms", "max_attempts": 3},
             "load_balancer": "random",
             "outlier_detection": {
                 "consecutive_errors": 3,
                 "interval": "1s",
                 "base_ejection_time": "5s",
+                "max_ejection_time": "1m",
                 "max_ejection_percent": 50,
+                "always_eject_one": False,
+                "min_health_percent": 50,
                 "error_codes": ["unavailable", "internal"],
             },
             "pool": {"max_requests": 100, "max_pending": 10, "connect_timeout": "2s"},
@@ -170,10 +177,15 @@ def test_every_section_reads_into_typed_values() -> None:
     assert t.retries.statuses == {StatusCode.DEADLINE_EXCEEDED}
     assert t.retries.on_retriable and not t.retries.on_connect_failure
     assert (t.retries.backoff.base_interval, t.retries.backoff.max_interval) == (0.01, 1.0)
-    assert t.retries.budget is not None and t.retries.budget.percent == 25.0
+    assert t.retries.budget == RetryBudget(retry_ratio=0.25, min_retries_per_second=2.0, ttl=30.0)
+    assert t.retries.idempotent_methods == ("status", "get*")
+    assert t.hedging == HedgingPolicy(delay=0.02, max_attempts=3)
     assert t.load_balancer == "random"
     assert t.outlier_detection is not None
     assert t.outlier_detection.error_codes == {StatusCode.UNAVAILABLE, StatusCode.INTERNAL}
+    assert t.outlier_detection.effective_max_ejection_time == 60.0
+    assert not t.outlier_detection.always_eject_one
+    assert t.outlier_detection.min_health_percent == 50.0
     assert (t.pool.max_requests, t.pool.max_pending, t.pool.connect_timeout) == (100, 10, 2.0)
     assert t.pool.max_connections is None
     assert t.faults is not None and t.faults.delay is not None and t.faults.abort is not None

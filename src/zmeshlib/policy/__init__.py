@@ -17,6 +17,7 @@ from .authz import (
     unregister_provider,
 )
 from .model import (
+    LOAD_BALANCERS,
     AbortFault,
     AccessLogSpec,
     AuthorizationPolicy,
@@ -24,6 +25,7 @@ from .model import (
     Condition,
     DelayFault,
     FaultSpec,
+    HedgingPolicy,
     MetricsSpec,
     MirrorSpec,
     Operation,
@@ -46,6 +48,7 @@ from .watcher import PolicyWatcher
 
 __all__ = [
     "ACTIONS",
+    "LOAD_BALANCERS",
     "AbortFault",
     "AccessLogSpec",
     "AuthorizationPolicy",
@@ -56,6 +59,7 @@ __all__ = [
     "Decision",
     "DelayFault",
     "FaultSpec",
+    "HedgingPolicy",
     "MetricsSpec",
     "MirrorSpec",
     "Operation",

@@ -4,23 +4,58 @@ Rules this module keeps:
 
 * One pass collects every problem, each with its path; any problem means
   one :class:`~zmeshlib.PolicyError` whose ``problems`` lists them all.
+  Nothing else is ever raised for a document or a file, whatever it holds.
 * Unknown keys are problems. So are empty lists (an empty ``principals``
   would match nothing, which is never what was meant), except ``rules: []``,
   which is Istio's "allow nothing".
 * Cross-references are checked once the sections are read: unique policy
   names, a subset named by ``split`` or ``mirror`` exists, split weights sum
-  to 100, a per-try timeout fits inside the overall one.
+  to 100, a per-try timeout fits inside the overall one, ``hedging`` has
+  ``retries.idempotent_methods`` to hedge, ``max_ejection_time`` is not below
+  ``base_ejection_time``.
+* A replaced key is a problem that names its replacement (the retry
+  budget's ``percent`` and ``min_concurrency``).
 * Principals are kept in Istio form (``td/path``, no ``spiffe://``), which is
   what the authorizer matches against.
+* A file is refused before it is parsed when reading or parsing it could
+  hang or cost more than its size suggests:
+
+  ========================  =============================================
+  refused                   because
+  ========================  =============================================
+  not a regular file        a FIFO or device would block the read: the file
+  (directory, FIFO,         is opened non-blocking and checked with
+  device)                   ``fstat`` on the open descriptor
+  over MAX_FILE_BYTES       no policy is that large (4 MiB)
+  not UTF-8                 the three formats are UTF-8 text (a leading
+                            byte-order mark is skipped)
+  a TOML dotted key of      ``tomllib`` is quadratic in a key's parts
+  more than 33 parts
+  a YAML number of more     a sexagesimal integer (``1:2:3``) is quadratic
+  than 100 characters       to convert
+  YAML merge keys (``<<``)  never supported; refused by name
+  duplicate keys            YAML and JSON keep the last one silently
+  a list or mapping as a    keys are names
+  YAML key
+  ========================  =============================================
+
+  YAML aliases are kept (an alias is its anchor's object, so the loaded
+  value is no larger than the text); walking them is bounded by the reader's
+  budget (:data:`~zmeshlib.policy._reader.MAX_ENTRIES`). Whatever else a
+  parser raises (its recursion limit on deep nesting, a date that does not
+  exist) means the text is not valid in that format.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import stat
 import sys
 from collections.abc import Mapping
+from itertools import repeat
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -29,7 +64,7 @@ from .._exceptions import IdentityError, PolicyError
 from .._models import Endpoint
 from ..identity.spiffe_id import SpiffeId, validate_trust_domain
 from ._patterns import EXACT, PREFIX, Pattern, parse_pattern
-from ._reader import Reader
+from ._reader import MAX_COUNT, Reader, _clip, _kind, _number, reported
 from .model import (
     ACTIONS,
     LOAD_BALANCERS,
@@ -43,6 +78,7 @@ from .model import (
     Condition,
     DelayFault,
     FaultSpec,
+    HedgingPolicy,
     MetricsSpec,
     MirrorSpec,
     Operation,
@@ -79,6 +115,74 @@ _KINDS = ("PUB", "SUB", "REQ", "REP", "PUSH", "PULL")
 _SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
 
 
+#: Largest policy file read, in bytes: a policy of thousands of rules is far smaller.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+#: Most dots in one TOML dotted key or table header (its parts minus one).
+MAX_TOML_KEY_DOTS = 32
+#: Longest YAML number scalar, in characters (no policy number needs more).
+_MAX_YAML_NUMBER = 100
+_YAML_MERGE = "tag:yaml.org,2002:merge"
+
+
+def read_policy_file(path: str | PathLike[str]) -> bytes:
+    """The bytes of a policy file: a regular file of at most :data:`MAX_FILE_BYTES`.
+
+    Opened without blocking and checked with ``fstat`` on the open descriptor, so a
+    FIFO or a device given as the path is refused at once instead of waiting for a
+    writer, and a file swapped between a check and the open cannot slip through.
+    """
+    path = Path(path)
+    flags = os.O_RDONLY
+    for name in ("O_NONBLOCK", "O_NOCTTY", "O_CLOEXEC", "O_BINARY"):
+        flags |= getattr(os, name, 0)
+    try:
+        fd = os.open(path, flags)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise _unreadable(path, exc) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = (
+                "a directory"
+                if stat.S_ISDIR(st.st_mode)
+                else "not a regular file (a FIFO, socket or device)"
+            )
+            raise PolicyError(
+                f"cannot read policy {str(path)!r}: it is {what}",
+                problems=(f"{path}: is {what}; give the path of a policy file",),
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    _check_size(path, data)
+    return data
+
+
+def _unreadable(path: Path, exc: Exception) -> PolicyError:
+    return PolicyError(f"cannot read policy {str(path)!r}", problems=(f"{path}: {exc}",))
+
+
+def _check_size(path: Path, data: bytes) -> None:
+    if len(data) > MAX_FILE_BYTES:
+        raise PolicyError(
+            f"cannot read policy {str(path)!r}: it is larger than {MAX_FILE_BYTES:,} bytes",
+            problems=(
+                f"{path}: larger than {MAX_FILE_BYTES:,} bytes (4 MiB); a mesh policy is "
+                "far smaller: is this the right file?",
+            ),
+        )
+
+
 def load_policy(path: str | PathLike[str], *, data: bytes | None = None) -> Policy:
     """Load ``path``, or parse ``data`` as its content (the watcher hashes what it parses)."""
     path = Path(path)
@@ -88,64 +192,193 @@ def load_policy(path: str | PathLike[str], *, data: bytes | None = None) -> Poli
             f"cannot load policy {str(path)!r}: unknown file type {path.suffix!r}",
             problems=(f"{path}: name the file .yaml, .yml, .toml or .json",),
         )
+    if data is None:
+        data = read_policy_file(path)
+    else:
+        _check_size(path, data)
     try:
-        text = (path.read_bytes() if data is None else data).decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise PolicyError(
-            f"cannot read policy {str(path)!r}", problems=(f"{path}: {exc}",)
+            f"cannot read policy {str(path)!r}: it is not UTF-8 text",
+            problems=(
+                f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start} "
+                f"({exc.reason}); save the file as UTF-8",
+            ),
         ) from exc
     return parse_policy_text(text, fmt, source=str(path))
 
 
 def parse_policy_text(text: str, fmt: str, *, source: str = "<policy>") -> Policy:
-    """Parse ``text`` in ``fmt`` (``yaml``, ``toml`` or ``json``) and validate it."""
+    """Parse ``text`` in ``fmt`` (``yaml``, ``toml`` or ``json``) and validate it.
+
+    Whatever the parser raises is reported as the text being invalid in that format:
+    a parser that fails on some input (nesting beyond its recursion limit, a number
+    it cannot convert) has still said that the text is not a document it can read.
+    """
     try:
-        document = _parse(text, fmt)
-    except ValueError as exc:
-        raise PolicyError(
-            f"policy {source!r} is not valid {fmt.upper()}", problems=(f"{source}: {exc}",)
-        ) from exc
+        document = _parse(text.removeprefix("\ufeff"), fmt)
+    except RecursionError as exc:
+        reason = "nested too deeply for the parser (a mesh policy nests a few levels)"
+        raise _not_valid(source, fmt, reason) from exc
+    except Exception as exc:
+        raise _not_valid(source, fmt, _one_line(str(exc)) or type(exc).__name__) from exc
     return build_policy(document, source=source)
+
+
+def _not_valid(source: str, fmt: str, reason: str) -> PolicyError:
+    return PolicyError(
+        f"policy {source!r} is not valid {fmt.upper()}", problems=(f"{source}: {reason}",)
+    )
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _parse(text: str, fmt: str) -> Any:
     if fmt == "json":
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_json_object)
     if fmt == "toml":
         if sys.version_info >= (3, 11):
             import tomllib
         else:  # pragma: no cover
             import tomli as tomllib
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(str(exc)) from exc
+        _check_toml_keys(text)
+        return tomllib.loads(text)
     import yaml
 
-    try:
-        return yaml.load(text, Loader=_strict_loader())  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ValueError(str(exc).replace("\n", " ")) from exc
+    return yaml.load(text, Loader=_strict_loader())  # a (C)SafeLoader subclass
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object that refuses duplicate keys (``json`` keeps the last one, silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {_clip(key)!r}")
+        out[key] = value
+    return out
+
+
+# Outside strings and comments, what ends a TOML key or value (no dotted key spans one),
+# and what starts a string or a comment.
+_TOML_STOP = re.compile(r"""[.=,{}\[\]\n"'#]""")
+_TOML_STRING_REST = {
+    '"': re.compile(r'(?:[^"\\\n]|\\.)*"'),
+    "'": re.compile(r"[^'\n]*'"),
+    '"""': re.compile(r'(?:[^"\\]|\\[\s\S]|"(?!""))*"""(?:""?)?'),
+    "'''": re.compile(r"(?:[^']|'(?!''))*'''(?:''?)?"),
+}
+
+
+def _check_toml_keys(text: str) -> None:
+    """Refuse a dotted key of more than MAX_TOML_KEY_DOTS dots before ``tomllib`` sees it.
+
+    ``tomllib`` spends time and memory quadratic in the parts of one dotted key (a
+    40 kB key ``a.a.a...`` takes gigabytes); a policy's keys have a few parts. Dots are
+    counted between the characters that end a key or a value, outside strings and
+    comments, so a value (a float, a date) adds at most one. A text with no line of
+    many dots needs no scan at all.
+    """
+    if max(map(str.count, text.split("\n"), repeat("."))) <= MAX_TOML_KEY_DOTS:
+        return
+    pos = dots = 0
+    while (m := _TOML_STOP.search(text, pos)) is not None:
+        c, pos = m.group(), m.end()
+        if c == ".":
+            dots += 1
+            if dots > MAX_TOML_KEY_DOTS:
+                line = text.count("\n", 0, pos) + 1
+                raise ValueError(
+                    f"line {line}: a dotted key of more than {MAX_TOML_KEY_DOTS + 1} parts "
+                    "(a mesh policy nests a few levels)"
+                )
+        elif c == "#":
+            end = text.find("\n", pos)
+            pos = len(text) if end < 0 else end
+        elif c in "\"'":
+            quote = c * 3 if text.startswith(c * 2, pos) else c
+            rest = _TOML_STRING_REST[quote].match(text, pos + len(quote) - 1)
+            if rest is None:
+                return  # an unterminated string: tomllib stops there too
+            pos = rest.end()
+        else:
+            dots = 0
 
 
 @functools.cache
 def _strict_loader() -> type:
     import yaml
 
-    class StrictLoader(yaml.SafeLoader):
-        """A SafeLoader that refuses duplicate keys (plain YAML keeps the last one, silently)."""
+    # libyaml's parser when PyYAML was built with it: several times faster, and it refuses
+    # nesting that the pure-Python parser would recurse into
+    return _yaml_loader(getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader)
+
+
+def _yaml_loader(base: type) -> type:
+    """A safe loader that also refuses duplicate keys, keys that are lists or mappings,
+    numbers too long to convert quickly, and merge keys (``<<``).
+
+    Aliases are kept (each is the same object as its anchor, so the loaded value is no
+    larger than the text); the reader's budget bounds the work of walking them.
+    """
+    import yaml
+    from yaml.nodes import ScalarNode
+
+    error = yaml.constructor.ConstructorError
+
+    class StrictLoader(base):
+        _merged = 0
 
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             seen: set[Any] = set()
             for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                if key_node.tag == _YAML_MERGE:
+                    raise error(
+                        None,
+                        None,
+                        "merge keys ('<<') are not supported: write the keys out "
+                        "(an alias such as *name repeats a whole value)",
+                        key_node.start_mark,
                     )
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # unhashable: a list or a mapping
+                    raise error(
+                        None,
+                        None,
+                        f"a {type(key).__name__} cannot be a key (keys are names)",
+                        key_node.start_mark,
+                    ) from None
+                if duplicate:
+                    raise error(None, None, f"duplicate key {key!r}", key_node.start_mark)
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
+        def _short_number(self, node: Any) -> None:
+            # a sexagesimal integer (YAML 1.1's 1:2:3) costs time quadratic in its length
+            if isinstance(node, ScalarNode) and len(node.value) > _MAX_YAML_NUMBER:
+                raise error(
+                    None,
+                    None,
+                    f"a number of {len(node.value):,} characters is too long "
+                    f"(at most {_MAX_YAML_NUMBER})",
+                    node.start_mark,
+                )
+
+        def construct_yaml_int(self, node: Any) -> Any:
+            self._short_number(node)
+            return super().construct_yaml_int(node)
+
+        def construct_yaml_float(self, node: Any) -> Any:
+            self._short_number(node)
+            return super().construct_yaml_float(node)
+
+    StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+    StrictLoader.add_constructor("tag:yaml.org,2002:float", StrictLoader.construct_yaml_float)
     return StrictLoader
 
 
@@ -154,13 +387,15 @@ def build_policy(document: Mapping[str, Any], *, source: str = "") -> Policy:
     root = Reader(problems)
     doc = root.mapping(document, _TOP)
     if doc is None:
-        raise PolicyError("the policy document must be a mapping", problems=tuple(problems))
+        raise PolicyError(
+            "the policy document must be a mapping", problems=_invalid(problems, source).problems
+        )
     kwargs: dict[str, Any] = {}
     if "version" in doc:
         version = root.key("version").integer(doc["version"])
         if version is not None and version != 1:
             root.key("version").problem(
-                f"unsupported version {version}; this zmeshlib reads version 1"
+                f"unsupported version {_number(version)}; this zmeshlib reads version 1"
             )
     if "peer_authentication" in doc:
         kwargs["peer_authentication"] = _peer_authentication(
@@ -185,12 +420,16 @@ def build_policy(document: Mapping[str, Any], *, source: str = "") -> Policy:
     if "telemetry" in doc:
         kwargs["telemetry"] = _telemetry(root.key("telemetry"), doc["telemetry"])
     if problems:
-        n = len(problems)
-        where = f"{source}: " if source else ""
-        raise PolicyError(
-            f"{where}invalid policy: {n} problem{'s' if n != 1 else ''}", problems=tuple(problems)
-        )
+        raise _invalid(problems, source)
     return Policy(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _invalid(problems: list[str], source: str) -> PolicyError:
+    n, lines = reported(problems)
+    where = f"{source}: " if source else ""
+    return PolicyError(
+        f"{where}invalid policy: {n:,} problem{'s' if n != 1 else ''}", problems=lines
+    )
 
 
 def _named(r: Reader, value: Any, read: Any) -> dict[str, Any]:
@@ -257,6 +496,7 @@ def _service(r: Reader, name: str, value: Any) -> ServiceSpec | None:
 
 
 def _endpoint(r: Reader, value: Any, service: str) -> Endpoint | None:
+    kind: str | None
     if isinstance(value, str):
         address, kind = value, ""
     else:
@@ -519,20 +759,23 @@ def _condition(r: Reader, value: Any) -> Condition | None:
 # -- traffic -----------------------------------------------------------------------
 
 
+_TRAFFIC_KEYS = (
+    "timeout",
+    "retries",
+    "load_balancer",
+    "outlier_detection",
+    "pool",
+    "faults",
+    "split",
+    "mirror",
+    "hedging",
+)
+
+
 def _traffic(
     r: Reader, name: str, value: Any, services: Mapping[str, ServiceSpec]
 ) -> TrafficSpec | None:
-    keys = (
-        "timeout",
-        "retries",
-        "load_balancer",
-        "outlier_detection",
-        "pool",
-        "faults",
-        "split",
-        "mirror",
-    )
-    body = r.mapping(value, keys)
+    body = r.mapping(value, _TRAFFIC_KEYS)
     if body is None:
         return None
     before = len(r.problems)
@@ -553,11 +796,19 @@ def _traffic(
         kw["split"] = _split(r.key("split"), body["split"], name, services)
     if "mirror" in body:
         kw["mirror"] = _mirror(r.key("mirror"), body["mirror"], name, services)
-    timeout, retries = kw.get("timeout"), kw.get("retries")
+    if "hedging" in body:
+        kw["hedging"] = _hedging(r.key("hedging"), body["hedging"])
+    timeout = kw.get("timeout")
+    retries = kw["retries"] if "retries" in body else RetryPolicy()  # None when invalid
     per_try = retries.per_try_timeout if retries is not None else None
     if timeout is not None and per_try is not None and per_try > timeout:
         r.key("retries").key("per_try_timeout").problem(
             f"{per_try:g}s exceeds the overall timeout ({timeout:g}s), so it can never fire"
+        )
+    if "hedging" in body and retries is not None and not retries.idempotent_methods:
+        r.key("hedging").problem(
+            "hedging applies only to retries.idempotent_methods; list them "
+            '(method patterns such as ["status", "get*"])'
         )
     if len(r.problems) != before:
         return None
@@ -580,7 +831,7 @@ def _split(
         r.problem(f"weights sum to {total}, they must sum to 100")
     names = [d.subset for d in destinations]
     for dup in sorted({n for n in names if names.count(n) > 1}):
-        r.problem(f"subset {dup!r} appears more than once")
+        r.problem(f"subset {_clip(dup)!r} appears more than once")
     return tuple(destinations) if len(r.problems) == before else None
 
 
@@ -589,14 +840,31 @@ def _check_subset(
 ) -> None:
     spec = services.get(service)
     if spec is None or subset not in spec.subsets:
-        where = f"services.{service}.subsets" if spec else f"services ({service!r} is not listed)"
-        r.problem(f"subset {subset!r} of service {service!r} is not defined in {where}")
+        where = (
+            f"services.{service}.subsets"
+            if spec
+            else f"services ({_clip(service)!r} is not listed)"
+        )
+        r.problem(
+            f"subset {_clip(subset)!r} of service {_clip(service)!r} is not defined in {where}"
+        )
+
+
+_RETRY_KEYS = (
+    "attempts",
+    "per_try_timeout",
+    "retry_on",
+    "idempotent_methods",
+    "backoff",
+    "budget",
+)
 
 
 def _retries(r: Reader, value: Any) -> RetryPolicy | None:
-    body = r.mapping(value, ("attempts", "per_try_timeout", "retry_on", "backoff", "budget"))
+    body = r.mapping(value, _RETRY_KEYS)
     if body is None:
         return None
+    before = len(r.problems)
     kw: dict[str, Any] = {}
     if "attempts" in body:
         kw["attempts"] = r.key("attempts").integer(body["attempts"], minimum=0, maximum=10)
@@ -607,34 +875,101 @@ def _retries(r: Reader, value: Any) -> RetryPolicy | None:
         kw["retry_on"] = r.key("retry_on").list_of(
             body["retry_on"], lambda rr, v: rr.choice(v, allowed)
         )
+    if "idempotent_methods" in body:
+        kw["idempotent_methods"] = r.key("idempotent_methods").list_of(
+            body["idempotent_methods"], _plain_pattern
+        )
     if "backoff" in body:
-        br = r.key("backoff")
-        b = br.mapping(body["backoff"], ("base_interval", "max_interval"))
-        if b is None:
-            kw["backoff"] = None
-        else:
-            bkw = {k: br.key(k).duration(v) for k, v in b.items()}
-            backoff = None if None in bkw.values() else Backoff(**bkw)
-            if backoff is not None and backoff.max_interval < backoff.base_interval:
-                br.key("max_interval").problem("must not be below base_interval")
-            kw["backoff"] = backoff
+        kw["backoff"] = _backoff(r.key("backoff"), body["backoff"])
     if "budget" in body:
-        br = r.key("budget")
-        b = br.mapping(body["budget"], ("percent", "min_concurrency"))
-        if b is None:
-            kw["budget"] = None
-        else:
-            bkw = {}
-            if "percent" in b:
-                bkw["percent"] = br.key("percent").percentage(b["percent"])
-            if "min_concurrency" in b:
-                bkw["min_concurrency"] = br.key("min_concurrency").integer(
-                    b["min_concurrency"], minimum=0
-                )
-            kw["budget"] = None if None in bkw.values() else RetryBudget(**bkw)
-    if None in kw.values():
+        kw["budget"] = _budget(r.key("budget"), body["budget"])
+    if len(r.problems) != before:
         return None
     return RetryPolicy(**kw)
+
+
+def _backoff(r: Reader, value: Any) -> Backoff | None:
+    body = r.mapping(value, ("base_interval", "max_interval"))
+    if body is None:
+        return None
+    base = (
+        r.key("base_interval").duration(body["base_interval"]) if "base_interval" in body else None
+    )
+    cap = r.key("max_interval").duration(body["max_interval"]) if "max_interval" in body else None
+    if ("base_interval" in body and base is None) or ("max_interval" in body and cap is None):
+        return None
+    backoff = Backoff(
+        base_interval=Backoff().base_interval if base is None else base,
+        max_interval=Backoff().max_interval if cap is None else cap,
+    )
+    if backoff.max_interval < backoff.base_interval:
+        r.key("max_interval").problem("must not be below base_interval")
+        return None
+    return backoff
+
+
+#: The budget's old keys, and what to write instead.
+_REPLACED_BUDGET_KEYS = {
+    "percent": (
+        "'percent' was replaced by 'retry_ratio', a fraction of the requests sent over "
+        "'ttl' (20 percent is retry_ratio: 0.2)"
+    ),
+    "min_concurrency": (
+        "'min_concurrency' was replaced by 'min_retries_per_second', the retries allowed "
+        "every second whatever the ratio"
+    ),
+}
+
+
+def _budget(r: Reader, value: Any) -> RetryBudget | None:
+    """The retry budget; ``false`` or ``null`` turn it off (None), as does a bad one."""
+    if value is None or value is False:
+        return None
+    if not isinstance(value, Mapping):
+        r.problem(
+            f"expected a mapping such as {{retry_ratio: 0.2, min_retries_per_second: 10, "
+            f"ttl: 10s}} ({{}} for those defaults), or false to turn the budget off; "
+            f"got {_kind(value)}"
+        )
+        return None
+    body = r.mapping(
+        value, ("retry_ratio", "min_retries_per_second", "ttl", *_REPLACED_BUDGET_KEYS)
+    )
+    if body is None:
+        return None
+    before = len(r.problems)
+    for old, replaced in _REPLACED_BUDGET_KEYS.items():
+        if old in body:
+            r.key(old).problem(replaced)
+    kw: dict[str, Any] = {}
+    if "retry_ratio" in body:
+        kw["retry_ratio"] = r.key("retry_ratio").number(
+            body["retry_ratio"], minimum=0, maximum=1000
+        )
+    if "min_retries_per_second" in body:
+        kw["min_retries_per_second"] = r.key("min_retries_per_second").number(
+            body["min_retries_per_second"], minimum=0, maximum=MAX_COUNT
+        )
+    if "ttl" in body:
+        kw["ttl"] = r.key("ttl").duration(body["ttl"], maximum=3600.0)
+    if len(r.problems) != before:
+        return None
+    return RetryBudget(**kw)
+
+
+def _hedging(r: Reader, value: Any) -> HedgingPolicy | None:
+    body = r.mapping(value, ("delay", "max_attempts"), required=("delay",))
+    if body is None or "delay" not in body:
+        return None
+    delay = r.key("delay").duration(body["delay"])
+    attempts = (
+        r.key("max_attempts").integer(body["max_attempts"], minimum=2, maximum=10)
+        if "max_attempts" in body
+        else 2
+    )
+    if delay is None or attempts is None:
+        return None
+    return HedgingPolicy(delay=delay, max_attempts=attempts)
 
 
 def _status(r: Reader, value: Any) -> Any:
@@ -642,35 +977,50 @@ def _status(r: Reader, value: Any) -> Any:
     return STATUS_BY_KEY[key] if key is not None else None
 
 
+_OUTLIER_KEYS = (
+    "consecutive_errors",
+    "interval",
+    "base_ejection_time",
+    "max_ejection_time",
+    "max_ejection_percent",
+    "always_eject_one",
+    "min_health_percent",
+    "error_codes",
+)
+
+
 def _outlier(r: Reader, value: Any) -> OutlierDetection | None:
-    keys = (
-        "consecutive_errors",
-        "interval",
-        "base_ejection_time",
-        "max_ejection_percent",
-        "error_codes",
-    )
-    body = r.mapping(value, keys)
+    body = r.mapping(value, _OUTLIER_KEYS)
     if body is None:
         return None
+    before = len(r.problems)
     kw: dict[str, Any] = {}
     if "consecutive_errors" in body:
         kw["consecutive_errors"] = r.key("consecutive_errors").integer(
-            body["consecutive_errors"], minimum=1
+            body["consecutive_errors"], minimum=1, maximum=MAX_COUNT
         )
-    for k in ("interval", "base_ejection_time"):
+    for k in ("interval", "base_ejection_time", "max_ejection_time"):
         if k in body:
             kw[k] = r.key(k).duration(body[k])
-    if "max_ejection_percent" in body:
-        kw["max_ejection_percent"] = r.key("max_ejection_percent").percentage(
-            body["max_ejection_percent"]
-        )
+    for k in ("max_ejection_percent", "min_health_percent"):
+        if k in body:
+            kw[k] = r.key(k).percentage(body[k])
+    if "always_eject_one" in body:
+        kw["always_eject_one"] = r.key("always_eject_one").boolean(body["always_eject_one"])
     if "error_codes" in body:
         codes = r.key("error_codes").list_of(body["error_codes"], _status)
         kw["error_codes"] = frozenset(codes) if codes is not None else None
-    if None in kw.values():
+    if len(r.problems) != before:
         return None
-    return OutlierDetection(**kw)
+    outlier = OutlierDetection(**kw)
+    top = outlier.max_ejection_time
+    if top is not None and top < outlier.base_ejection_time:
+        r.key("max_ejection_time").problem(
+            f"{top:g}s is below base_ejection_time ({outlier.base_ejection_time:g}s); "
+            "the longest ejection cannot be shorter than the first"
+        )
+        return None
+    return outlier
 
 
 def _pool(r: Reader, value: Any) -> PoolSpec | None:
@@ -681,7 +1031,10 @@ def _pool(r: Reader, value: Any) -> PoolSpec | None:
         return None
     kw: dict[str, Any] = {}
     for k, v in body.items():
-        kw[k] = r.key(k).integer(v, minimum=1) if k in counts else r.key(k).duration(v)
+        if k in counts:
+            kw[k] = r.key(k).integer(v, minimum=1, maximum=MAX_COUNT)
+        else:
+            kw[k] = r.key(k).duration(v)
     if None in kw.values():
         return None
     return PoolSpec(**kw)

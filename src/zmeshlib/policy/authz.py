@@ -365,9 +365,9 @@ class Authorizer:
         if entry is None:
             entry = self._plan(key)
         if entry.__class__ is Decision:
-            if entry.audited:  # type: ignore[union-attr]
-                self._log_audit(entry, key)  # type: ignore[arg-type]
-            return entry  # type: ignore[return-value]
+            if entry.audited:
+                self._log_audit(entry, key)
+            return entry
         decision = self._decide(entry, key, headers or {})  # type: ignore[arg-type]
         if decision.audited:
             self._log_audit(decision, key)
@@ -454,7 +454,8 @@ class Authorizer:
                 continue
             seen.add(pi)
             policy = c.policies[pi]
-            request = AuthzRequest(*key, headers, policy.name)
+            principal, action, service, resource = key
+            request = AuthzRequest(principal, action, service, resource, headers, policy.name)
             refusal = self._ask_provider(policy, request)
             if refusal is not None:
                 reason = (

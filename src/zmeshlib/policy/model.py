@@ -11,7 +11,12 @@ Rules this module keeps:
 * Durations are float seconds, percentages are floats from 0 to 100, status
   codes are :class:`~zmeshlib.StatusCode` members.
 * Work derived from a policy (its revision, its compiled authorizer) is done
-  once, lazily, and kept on the object under a lock.
+  once, lazily, and kept on the object under a lock. A value that is asked
+  something per request compiles what it needs once, when it is built
+  (:meth:`RetryPolicy.is_idempotent`'s patterns).
+* Defaults are the anchors' (Istio, Envoy, Linkerd, gRPC) where one exists,
+  and a default that is a value (``RetryPolicy.budget``) is on unless the
+  document turns it off.
 
 Theory of operation: ``Policy.from_dict`` walks the document with a
 problem-collecting reader and builds these values; ``Policy.authorizer()``
@@ -34,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .._models import Endpoint, StatusCode
-from ._patterns import parse_pattern
+from ._patterns import PatternIndex, parse_pattern
 
 if TYPE_CHECKING:
     from ..identity.spiffe_id import SpiffeId
@@ -42,7 +47,7 @@ if TYPE_CHECKING:
 
 PEER_AUTHENTICATION_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
 ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
-LOAD_BALANCERS = ("round_robin", "least_request", "random")
+LOAD_BALANCERS = ("round_robin", "random", "least_request", "peak_ewma")
 #: ``retry_on`` values besides status names: the request never reached a
 #: verified server, or the server's handler flagged its error retriable.
 RETRY_CONDITIONS = ("connect-failure", "retriable")
@@ -197,21 +202,48 @@ class Backoff:
 
 @attrs.frozen
 class RetryBudget:
-    """At most ``percent`` of active requests may be retries, but always ``min_concurrency``."""
+    """Linkerd's retry budget: retries may add ``retry_ratio`` of the requests sent over the
+    last ``ttl`` seconds, plus ``min_retries_per_second`` always (so a quiet client can retry).
 
-    percent: float = 20.0
-    min_concurrency: int = 3
+    A ratio of requests, not of requests in flight (Envoy's budget), so it bounds a
+    sequential client too.
+    """
+
+    retry_ratio: float = 0.2
+    min_retries_per_second: float = 10.0
+    ttl: float = 10.0
+
+
+def _compile_methods(patterns: tuple[str, ...]) -> PatternIndex:
+    """The idempotent method patterns, compiled; an invalid one (never from a document) is skipped."""
+    parsed = (parse_pattern(p) for p in patterns)
+    return PatternIndex((p, 1) for p in parsed if not isinstance(p, str))
 
 
 @attrs.frozen
 class RetryPolicy:
-    """``attempts`` = retries after the first try (Istio's meaning)."""
+    """``attempts`` = retries after the first try (Istio's meaning).
+
+    ``idempotent_methods`` are method patterns (exact, ``prefix*``, ``*suffix``, ``*``)
+    whose calls may run twice: only they may be retried after the request may have
+    reached a server, and only they may be hedged. ``budget`` None = no budget.
+    """
 
     attempts: int = 2
     per_try_timeout: float | None = None
     retry_on: tuple[str, ...] = ("connect-failure", "unavailable")
     backoff: Backoff = Backoff()
-    budget: RetryBudget | None = None
+    budget: RetryBudget | None = RetryBudget()
+    idempotent_methods: tuple[str, ...] = ()
+    _idempotent: PatternIndex = attrs.field(init=False, eq=False, hash=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        # compiled once here, because is_idempotent is asked per request
+        object.__setattr__(self, "_idempotent", _compile_methods(self.idempotent_methods))
+
+    def is_idempotent(self, method: str) -> bool:
+        """May a call of ``method`` run twice (be retried after possible delivery, or hedged)?"""
+        return bool(self._idempotent.lookup(method))
 
     @property
     def statuses(self) -> frozenset[StatusCode]:
@@ -228,8 +260,28 @@ class RetryPolicy:
 
 
 @attrs.frozen
+class HedgingPolicy:
+    """gRPC's hedging: send another copy of an idempotent request every ``delay`` seconds
+    until one answers, up to ``max_attempts`` copies in all (the first included)."""
+
+    delay: float
+    max_attempts: int = 2
+
+
+#: Envoy's floor for the longest ejection when ``max_ejection_time`` is not given.
+DEFAULT_MAX_EJECTION_TIME = 300.0
+
+
+@attrs.frozen
 class OutlierDetection:
-    """Eject an endpoint after ``consecutive_errors`` replies whose status is in ``error_codes``."""
+    """Eject an endpoint after ``consecutive_errors`` replies whose status is in ``error_codes``.
+
+    An ejection lasts ``base_ejection_time`` times the number of times the endpoint was
+    ejected, at most :attr:`effective_max_ejection_time`. ``max_ejection_percent`` caps the
+    share ejected at once, except that one endpoint may always be ejected while
+    ``always_eject_one``; below ``min_health_percent`` healthy endpoints, balancing ignores
+    ejections (Envoy's panic threshold, as Istio maps ``minHealthPercent``).
+    """
 
     consecutive_errors: int = 5
     interval: float = 10.0
@@ -238,6 +290,16 @@ class OutlierDetection:
     error_codes: frozenset[StatusCode] = frozenset(
         {StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED, StatusCode.INTERNAL}
     )
+    max_ejection_time: float | None = None
+    always_eject_one: bool = True
+    min_health_percent: float = 0.0
+
+    @property
+    def effective_max_ejection_time(self) -> float:
+        """``max_ejection_time``, or Envoy's default: max(300 s, ``base_ejection_time``)."""
+        if self.max_ejection_time is not None:
+            return self.max_ejection_time
+        return max(DEFAULT_MAX_EJECTION_TIME, self.base_ejection_time)
 
 
 @attrs.frozen
@@ -298,6 +360,7 @@ class TrafficSpec:
     faults: FaultSpec | None = None
     split: tuple[SplitDestination, ...] = ()
     mirror: MirrorSpec | None = None
+    hedging: HedgingPolicy | None = None
 
 
 # -- telemetry -------------------------------------------------------------------
