@@ -496,3 +496,26 @@ def test_check_address_table():
     for bad in ("", "tcp://", "udp://1.2.3.4:5", "orders"):
         with pytest.raises(MeshError):
             check_address(bad, "STRICT", "connect")
+
+
+def test_a_policy_that_sets_what_is_not_applied_yet_says_so(mesh_factory, caplog):
+    policy = Policy.from_dict(
+        {
+            "services": {"orders": {"subsets": [{"name": "v1", "labels": {"version": "1"}}]}},
+            "traffic": {
+                "orders": {
+                    "split": [{"subset": "v1", "weight": 100}],
+                    "pool": {"max_connections": 3},
+                }
+            },
+            "telemetry": {"tracing": {"sampling": 10}},
+        }
+    )
+    with caplog.at_level(logging.WARNING, logger="zmeshlib.mesh"):
+        mesh = mesh_factory(SERVER)
+        assert not caplog.records
+        mesh.update_policy(policy)
+    (record,) = caplog.records
+    text = record.getMessage()
+    for name in ("telemetry", "traffic.orders.split", "traffic.orders.pool.max_connections"):
+        assert name in text

@@ -54,6 +54,7 @@ from ..identity.source import Identity
 from ..identity.spiffe_id import SpiffeId
 from ..identity.svid import Bundles
 from ..policy import Policy, PolicyWatcher
+from ..policy.model import TelemetrySpec
 from ..registry import Registry
 from ..telemetry import MeshMetrics
 from ..telemetry.logs import LimitedLog
@@ -121,6 +122,7 @@ class Mesh:
     ) -> None:
         self._closed = True  # until fully started: close() of a half-made Mesh does nothing
         self._in_force = PolicyInForce(_as_policy(policy))
+        _warn_unapplied(self._in_force.policy)
         if identity is not None and not isinstance(identity, Identity):
             raise IdentityError(
                 f"identity= takes a zmeshlib.Identity (DevCA.issue, Identity.from_pem, "
@@ -349,6 +351,7 @@ class Mesh:
         if not isinstance(policy, Policy):
             raise MeshError(f"update_policy takes a zmeshlib.Policy, not {type(policy).__name__}")
         old = self._in_force.policy
+        _warn_unapplied(policy)
         self._in_force.policy = policy
         self._policy_updates += 1
         self.metrics.policy_updates.add(1, {"revision": policy.revision})
@@ -443,6 +446,34 @@ class Mesh:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Traffic settings this version validates but does not apply yet (traffic shaping); the
+#: telemetry section too, when it is not the defaults.
+UNAPPLIED = ("faults", "split", "mirror", "pool.max_connections", "pool.idle_timeout")
+
+
+def _unapplied(policy: Policy) -> list[str]:
+    found = ["telemetry"] if policy.telemetry != TelemetrySpec() else []
+    for service, spec in sorted(policy.traffic.items()):
+        for name in UNAPPLIED:
+            owner, _, field = name.rpartition(".")
+            value = getattr(getattr(spec, owner) if owner else spec, field)
+            if value:
+                found.append(f"traffic.{service}.{name}")
+    return found
+
+
+def _warn_unapplied(policy: Policy) -> None:
+    """Say it loudly when a policy sets what is not applied yet: never silently ignored."""
+    found = _unapplied(policy)
+    if found:
+        log.warning(
+            "policy %s sets %s, which this zmeshlib validates but does not apply yet "
+            "(docs/policy.md says which traffic settings are applied)",
+            policy.revision,
+            ", ".join(found),
+        )
 
 
 def _as_policy(policy: object) -> Policy:
