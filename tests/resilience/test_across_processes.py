@@ -128,6 +128,7 @@ def test_idempotent_requests_survive_a_failing_and_a_killed_replica(tmp_path, ca
                 doomed.kill()  # mid-run, no goodbye
             assert cli.request(b"%d" % i, method="getBalance", timeout=5).payload == b"%d" % i
         ejected = cli.endpoint_set.stats["ejections"]
+        assert cli.stats["outlier_ejected"] == ejected  # each one told, logged and counted
     failing_saw, _ = failing.stop()
     healthy_saw, healthy_retries = healthy.stop()
     print(

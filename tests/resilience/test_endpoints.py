@@ -174,3 +174,17 @@ def test_latency_ewma_takes_peaks_at_once_and_decays_towards_faster_samples():
     es.started("e0", 11.0)
     es.finished("e0", OK, 0.010, 11.0)  # ten seconds later: one decay time
     assert es.endpoints["e0"].ewma == pytest.approx(0.200 * 0.3679 + 0.010 * 0.6321, rel=1e-3)
+
+
+def test_ejections_and_returns_are_told_as_they_happen():
+    told = []
+    es = EndpointSet(
+        "least_request",
+        OutlierDetection(consecutive_errors=1, base_ejection_time=5, interval=10),
+        random.Random(1),
+        on_event=told.append,
+    )
+    es.update({"a": {}, "b": {}}, 0.0)
+    _fail(es, "a", 1, 0.0)
+    es.tick(10.0)
+    assert [(e.kind, e.endpoint) for e in told] == [("ejected", "a"), ("returned", "a")]

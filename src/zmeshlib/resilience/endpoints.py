@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 import math
 import random
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import attrs
 
@@ -119,8 +119,11 @@ class EndpointSet:
         balancer: str = "least_request",
         outlier: OutlierDetection | None = None,
         rng: random.Random | None = None,
+        on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self._rng = rng if rng is not None else random.Random()
+        #: Told of every ejection and return, as it happens (the shell logs them).
+        self.on_event = on_event
         self.endpoints: dict[str, EndpointState] = {}
         self._members: list[EndpointState] = []
         self._next_sweep: float | None = None
@@ -253,7 +256,10 @@ class EndpointSet:
         self.stats["ejections"] += 1
         if self._next_sweep is None:
             self._next_sweep = now + outlier.interval
-        return [Event("ejected", state.id, state.ejected_until, state.times_ejected)]
+        event = Event("ejected", state.id, state.ejected_until, state.times_ejected)
+        if self.on_event is not None:
+            self.on_event(event)
+        return [event]
 
     # -- the interval sweep --------------------------------------------------------------
 
@@ -271,7 +277,10 @@ class EndpointSet:
                 if now >= state.ejected_until:
                     state.ejected_until = None
                     self.stats["returns"] += 1
-                    events.append(Event("returned", state.id, None, state.times_ejected))
+                    event = Event("returned", state.id, None, state.times_ejected)
+                    if self.on_event is not None:
+                        self.on_event(event)
+                    events.append(event)
             elif state.times_ejected and not state.errors_this_interval:
                 state.times_ejected -= 1
             state.errors_this_interval = 0

@@ -58,6 +58,7 @@ from ..resilience import (
     RetryBudgetTracker,
     Send,
 )
+from ..resilience.endpoints import Event
 from .base import MeshSocket, Upstream, flags_timeout
 from .core import ClientCore, Payload, Pending
 from .deadlines import remaining
@@ -132,7 +133,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         self.core = ClientCore("", mesh.limits, self.drops)
         self.default_timeout = DEFAULT_TIMEOUT
         self._rng = random.Random()
-        self.endpoint_set = EndpointSet(rng=self._rng)
+        self.endpoint_set = EndpointSet(rng=self._rng, on_event=self._outlier_event)
         self._endpoints_policy: object = None
         # send()'s request (operation, its first wait, result), until recv() takes its reply
         self._outstanding: Started | None = None
@@ -142,6 +143,21 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         # not be handed over was never sent (and may go elsewhere), rather than waiting in
         # the queue of a connection that may never come up (a server restarted with a new key)
         sock.setsockopt(zmq.IMMEDIATE, 1)
+
+    def _outlier_event(self, event: Event) -> None:
+        """An ejection or a return: logged (at a bounded rate) and counted."""
+        self.counts[f"outlier_{event.kind}"] += 1
+        if event.kind == "ejected":
+            self._mesh._log_limited(
+                f"ejected-{event.endpoint}",
+                "%s of service %r ejected for %.0fs (ejection %d): consecutive errors",
+                event.endpoint,
+                self.service,
+                (event.until or 0.0) - time.monotonic(),
+                event.times,
+            )
+        else:
+            log.info("%s of service %r returns from ejection", event.endpoint, self.service)
 
     def _upstreams_changed(self) -> None:
         super()._upstreams_changed()
