@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -19,21 +20,30 @@ B = "spiffe://example.org/ns/shop/sa/b"
 C = "spiffe://example.org/ns/shop/sa/c"
 
 
+@contextlib.contextmanager
+def deadlines_handling(wall_deadline):
+    token = deadlines.enter(wall_deadline)
+    try:
+        yield
+    finally:
+        deadlines.leave(token)
+
+
 def test_remaining_is_the_shorter_of_the_timeout_and_the_inherited_deadline():
     assert deadlines.inherited() is None
     assert deadlines.remaining(5.0) == 5.0
-    with deadlines.handling(time.time() + 1.0):
+    with deadlines_handling(time.time() + 1.0):
         left = deadlines.remaining(5.0)
         assert 0.9 < left <= 1.0
         assert deadlines.remaining(0.5) == 0.5
-        with deadlines.handling(None):  # a request without a deadline: nothing inherited
+        with deadlines_handling(None):  # a request without a deadline: nothing inherited
             assert deadlines.remaining(5.0) == 5.0
     assert deadlines.inherited() is None
 
 
 def test_contexts_of_threads_never_mix():
     seen: list[float | None] = []
-    with deadlines.handling(time.time() + 1.0):
+    with deadlines_handling(time.time() + 1.0):
         thread = threading.Thread(target=lambda: seen.append(deadlines.inherited()))
         thread.start()
         thread.join()

@@ -135,6 +135,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         self._rng = random.Random()
         self.endpoint_set = EndpointSet(rng=self._rng, on_event=self._outlier_event)
         self._endpoints_policy: object = None
+        self._service_traffic: ServiceTraffic
         # send()'s request (operation, its first wait, result), until recv() takes its reply
         self._outstanding: Started | None = None
 
@@ -179,12 +180,13 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         return wait
 
     def _traffic(self) -> ServiceTraffic:
-        policy = self._mesh.policy
-        state = self._mesh._traffic.of(policy, self.service)
-        if policy is not self._endpoints_policy:  # a new policy: its balancer and ejection
-            self._endpoints_policy = policy
-            spec = state.spec
-            self.endpoint_set.configure(spec.load_balancer, spec.outlier_detection)
+        policy = self._mesh._in_force.policy
+        if policy is self._endpoints_policy:
+            return self._service_traffic  # the usual case: the policy of the last request
+        state = self._service_traffic = self._mesh._traffic.of(policy, self.service)
+        self._endpoints_policy = policy  # a new policy: its balancer and ejection
+        spec = state.spec
+        self.endpoint_set.configure(spec.load_balancer, spec.outlier_detection)
         return state
 
     # -- the request operation -------------------------------------------------------------
@@ -273,9 +275,24 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                 while i < len(commands):  # execute in order; executing may add commands
                     command = commands[i]
                     i += 1
-                    if command.__class__ is Send:
-                        commands += self._send(command, call, payload, method, headers, trace,
-                                               sent, attempts, unsent, connect_timeout)  # fmt: skip
+                    if isinstance(command, Send):  # hand attempt N to its endpoint's connection
+                        now = time.monotonic()
+                        up = self._upstreams.get(command.endpoint)
+                        if up is None:  # it left between the choice and the send
+                            commands += call.not_sent(command.attempt, now)
+                            continue
+                        left = command.deadline - now
+                        request, mid = core.request_frames(
+                            payload, method, int((time.time() + left) * 1000), int(left * 1000),
+                            headers, trace, command.attempt,
+                        )  # fmt: skip
+                        pending = core.expect(mid, command.deadline, method, up.address)
+                        attempts[mid] = command.attempt
+                        if send_message(up.sock, request, _NOBLOCK):
+                            sent[command.attempt] = (pending, up)
+                        else:  # its connection cannot take it yet: wait a while (docstring)
+                            give_up = min(now + connect_timeout, command.deadline)
+                            unsent[command.attempt] = (request, up, pending, give_up)
                     elif command.__class__ is Cancel:
                         self._cancel(command.attempt, sent, attempts, unsent)
                     else:
@@ -337,45 +354,6 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                 core.forget(pending)
             for _, _, pending, _ in unsent.values():
                 core.forget(pending)
-
-    def _send(
-        self,
-        command: Send,
-        call: Call,
-        payload: Payload,
-        method: str,
-        headers: Mapping[str, str] | None,
-        trace: TraceContext | None,
-        sent: dict[int, tuple[Pending, Upstream]],
-        attempts: dict[int, int],
-        unsent: dict[int, tuple[list[bytes], Upstream, Pending, float]],
-        connect_timeout: float,
-    ) -> list[Any]:
-        """Hand attempt N to its endpoint's connection (or keep it to try when the
-        connection can take it); the commands the call answers with if it cannot go at all."""
-        now = time.monotonic()
-        up = self._upstreams.get(command.endpoint)
-        if up is None:  # it left between the choice and the send
-            return call.not_sent(command.attempt, now)
-        core = self.core
-        left = command.deadline - now
-        frames, mid = core.request_frames(
-            payload,
-            method,
-            int((time.time() + left) * 1000),
-            int(left * 1000),
-            headers,
-            trace,
-            command.attempt,
-        )
-        pending = core.expect(mid, command.deadline, method, up.address)
-        attempts[mid] = command.attempt
-        if send_message(up.sock, frames, _NOBLOCK):
-            sent[command.attempt] = (pending, up)
-        else:  # its connection cannot take it yet: wait a while for it (module docstring)
-            give_up = min(now + connect_timeout, command.deadline)
-            unsent[command.attempt] = (frames, up, pending, give_up)
-        return []
 
     def _cancel(
         self,

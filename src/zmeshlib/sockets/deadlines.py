@@ -20,9 +20,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 _DEADLINE: ContextVar[float | None] = ContextVar("zmeshlib_deadline", default=None)
 
@@ -32,15 +30,16 @@ def inherited() -> float | None:
     return _DEADLINE.get()
 
 
-@contextmanager
-def handling(wall_deadline: float | None) -> Iterator[None]:
-    """Make a request's deadline (``msg.deadline``, time.time() seconds) current for a block."""
-    mono = None if wall_deadline is None else time.monotonic() + (wall_deadline - time.time())
-    token = _DEADLINE.set(mono)
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
+def enter(wall_deadline: float | None) -> Token[float | None]:
+    """Make a request's deadline (``msg.deadline``, time.time() seconds) current until
+    :func:`leave` (a ``try``/``finally`` pair: cheaper than a context manager, and it runs
+    once per request)."""
+    if wall_deadline is None:
+        return _DEADLINE.set(None)
+    return _DEADLINE.set(time.monotonic() + (wall_deadline - time.time()))
+
+
+leave = _DEADLINE.reset
 
 
 def remaining(timeout: float) -> float:

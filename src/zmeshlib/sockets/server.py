@@ -27,7 +27,7 @@ from .._exceptions import Closed, MeshError, RemoteError, Timeout
 from .._models import Message, Peer, SocketKind, StatusCode
 from .base import MeshSocket, flags_timeout, receive
 from .core import Payload, ServerCore
-from .deadlines import handling
+from .deadlines import enter, leave
 from .drivers import REFRESH_INTERVAL, Op
 from .frames import send_message
 from .idioms import RecvIdioms, SendIdioms
@@ -130,12 +130,14 @@ class RepSocket(_Server):
         An :class:`~zmeshlib.ApplicationError` keeps its retriable flag; any
         other MeshError its status; anything else is INTERNAL (and logged).
         """
+        token = enter(msg.deadline)
         try:
-            with handling(msg.deadline):
-                result = handler(msg)
+            result = handler(msg)
         except Exception as e:
             self.reply_exception(msg, e)
             return
+        finally:
+            leave(token)
         msg.reply(b"" if result is None else result)
 
     def serve(
@@ -188,15 +190,17 @@ class AsyncRepSocket(_Server):
                     msg = await self.recv(timeout=REFRESH_INTERVAL * 5)
                 except Timeout:
                     continue
+                token = enter(msg.deadline)
                 try:
-                    with handling(msg.deadline):
-                        result = handler(msg)
-                        if hasattr(result, "__await__"):
-                            result = await result
+                    result = handler(msg)
+                    if hasattr(result, "__await__"):
+                        result = await result
                 except Exception as e:
                     self.reply_exception(msg, e)
                 else:
                     msg.reply(b"" if result is None else result)
+                finally:
+                    leave(token)
                 served += 1
         except Closed:
             pass
