@@ -199,20 +199,34 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         headers: Mapping[str, str] | None,
         trace: TraceContext | None,
     ) -> Op:
-        now = time.monotonic()
+        """A request's operation: the call itself, inside the service's circuit breaker when
+        it has one (without one, the call's own operation: one generator, not two)."""
         traffic = self._traffic()
         spec = traffic.spec
         if spec.timeout is not None and spec.timeout < timeout:
             timeout = spec.timeout  # the service's timeout bounds every call to it
-        deadline = now + timeout
+        deadline = time.monotonic() + timeout
+        if traffic.pool is None:
+            return self._call_op(payload, method, deadline, headers, trace, traffic)
+        return self._pooled_op(payload, method, deadline, timeout, headers, trace, traffic)
+
+    def _pooled_op(
+        self,
+        payload: Payload,
+        method: str,
+        deadline: float,
+        timeout: float,
+        headers: Mapping[str, str] | None,
+        trace: TraceContext | None,
+        traffic: ServiceTraffic,
+    ) -> Op:
         pool = traffic.pool
-        if pool is not None:
-            yield from self._admission(traffic, pool, deadline, timeout)
+        assert pool is not None
+        yield from self._admission(traffic, pool, deadline, timeout)
         try:
             return (yield from self._call_op(payload, method, deadline, headers, trace, traffic))
         finally:
-            if pool is not None:
-                traffic.release()
+            traffic.release()
 
     def _admission(
         self, traffic: ServiceTraffic, pool: Pool, deadline: float, timeout: float
