@@ -650,21 +650,10 @@ class ClientCore:
         else:
             body = payload_frames(payload, self.limits)
         mid = self.next_id()
-        if method and not (headers or trace):
+        env_b = b""
+        if method and not (headers or trace):  # the usual request: its cached layout
             env_b = encode_request(mid, method, deadline_ms, timeout_ms, attempt)
-            if len(env_b) > self.limits.max_envelope_bytes:  # let encode() say why
-                encode(
-                    Envelope(
-                        Kind.REQUEST,
-                        mid,
-                        method=method,
-                        deadline_ms=deadline_ms,
-                        timeout_ms=timeout_ms,
-                        attempt=attempt,
-                    ),
-                    self.limits,
-                )
-        else:
+        if not env_b or len(env_b) > self.limits.max_envelope_bytes:  # or let encode() say why
             env = Envelope(
                 Kind.REQUEST,
                 mid,

@@ -102,49 +102,45 @@ class SyncDriver:
     blocking_reads = True
 
     def run(self, sock: MeshSocket, op: Op, first: Wait | None = None) -> Any:
-        """Run ``op`` to its result; ``first``: the wait it already yielded (:func:`start`)."""
-        sock._enter()
-        try:
-            wait = next(op) if first is None else first
-            while True:
-                events = sync_wait(wait, sock._idle)
-                if sock._closing:
-                    raise sock._closed_error()
-                wait = op.send(events)
-        except StopIteration as stop:
-            return stop.value
-        except zmq.ZMQError as e:
-            if sock._closing or sock._closed:
-                raise sock._closed_error() from e
-            raise
-        finally:
-            op.close()
-            sock._leave()
-
-    def then(self, value: Any, fn: Callable[[Any], Any]) -> Any:
-        """``fn`` of an operation's result (a coroutine of it, in the asyncio driver)."""
-        return fn(value)
+        """Run ``op`` to its result; ``first``: the wait it stopped at (:meth:`advance`)."""
+        return self._drive(sock, op, first, None)[1]
 
     def advance(self, sock: MeshSocket, op: Op, until: Callable[[Wait], bool]) -> Started:
         """Run ``op`` until it yields a wait that ``until`` accepts (pyzmq's REQ ``send()``
         returns once the request is handed over): ``(op, that wait, None)``, or
         ``(op, None, result)`` when it finished first. :meth:`run` resumes it."""
+        wait, result = self._drive(sock, op, None, until)
+        return op, wait, result
+
+    def _drive(
+        self, sock: MeshSocket, op: Op, first: Wait | None, until: Callable[[Wait], bool] | None
+    ) -> tuple[Wait | None, Any]:
+        """(the wait ``until`` accepted, None), or (None, the result); the one loop of both."""
         sock._enter()
+        paused = False
         try:
-            wait = next(op)
-            while not until(wait):
+            wait = next(op) if first is None else first
+            while until is None or not until(wait):
                 events = sync_wait(wait, sock._idle)
                 if sock._closing:
                     raise sock._closed_error()
                 wait = op.send(events)
-            return op, wait, None
+            paused = True
+            return wait, None
         except StopIteration as stop:
-            return op, None, stop.value
-        except BaseException:
-            op.close()
+            return None, stop.value
+        except zmq.ZMQError as e:
+            if sock._closing or sock._closed:
+                raise sock._closed_error() from e
             raise
         finally:
+            if not paused:
+                op.close()
             sock._leave()
+
+    def then(self, value: Any, fn: Callable[[Any], Any]) -> Any:
+        """``fn`` of an operation's result (a coroutine of it, in the asyncio driver)."""
+        return fn(value)
 
 
 class AsyncDriver:
@@ -158,22 +154,37 @@ class AsyncDriver:
     blocking_reads = False
 
     async def run(self, sock: MeshSocket, op: Op, first: Wait | None = None) -> Any:
+        return (await self._drive(sock, op, first, None))[1]
+
+    async def advance(self, sock: MeshSocket, op: Op, until: Callable[[Wait], bool]) -> Started:
+        """As :meth:`SyncDriver.advance`, awaited."""
+        wait, result = await self._drive(sock, op, None, until)
+        return op, wait, result
+
+    async def _drive(
+        self, sock: MeshSocket, op: Op, first: Wait | None, until: Callable[[Wait], bool] | None
+    ) -> tuple[Wait | None, Any]:
+        """As :meth:`SyncDriver._drive`, each wait awaited."""
         sock._enter()
+        paused = False
         try:
             wait = next(op) if first is None else first
-            while True:
+            while until is None or not until(wait):
                 events = await _async_wait(sock, wait)
                 if sock._closing:
                     raise sock._closed_error()
                 wait = op.send(events)
+            paused = True
+            return wait, None
         except StopIteration as stop:
-            return stop.value
+            return None, stop.value
         except zmq.ZMQError as e:
             if sock._closing or sock._closed:
                 raise sock._closed_error() from e
             raise
         finally:
-            op.close()
+            if not paused:
+                op.close()
             sock._leave()
 
     def then(self, value: Any, fn: Callable[[Any], Any]) -> Any:
@@ -181,25 +192,6 @@ class AsyncDriver:
             return fn(await value)
 
         return mapped()
-
-    async def advance(self, sock: MeshSocket, op: Op, until: Callable[[Wait], bool]) -> Started:
-        """As :meth:`SyncDriver.advance`, awaited."""
-        sock._enter()
-        try:
-            wait = next(op)
-            while not until(wait):
-                events = await _async_wait(sock, wait)
-                if sock._closing:
-                    raise sock._closed_error()
-                wait = op.send(events)
-            return op, wait, None
-        except StopIteration as stop:
-            return op, None, stop.value
-        except BaseException:
-            op.close()
-            raise
-        finally:
-            sock._leave()
 
 
 def _nudge_event(sock: MeshSocket) -> asyncio.Event:
