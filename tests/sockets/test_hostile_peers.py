@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+import zmeshlib
 from zmeshlib import Endpoint, Policy
 from zmeshlib.sockets.core import MAX_REQUESTS_PER_PEER
 
@@ -195,3 +196,33 @@ def test_a_card_replayed_with_another_curve_key_is_refused(
         lambda: server_mesh.handshake_counts().get("refused", 0) > refused,
         what="the thief's handshake refused",
     )
+
+
+def test_an_authenticated_peer_sending_an_oversized_frame_is_cut_off_before_it_is_held(
+    mesh_factory, raw_peer, zctx, eventually
+):
+    """ZMQ_MAXMSGSIZE from the Mesh's limits: libzmq drops the connection when the frame's
+    size is read, instead of buffering 64 MiB to refuse it afterwards."""
+    mesh = mesh_factory(PUBLISHER, limits=zmeshlib.Limits(max_message_bytes=1 << 20))
+    pull = mesh.socket(zmq.PULL)
+    address = pull.bind("tcp://127.0.0.1:0", service="jobs")
+    peer = raw_peer(mesh, READER)
+    push = peer.client(zctx.socket(zmq.PUSH), mesh.curve_public)
+    push.connect(address)
+    envelope = bytes([1, 4, 0, 0]) + (7).to_bytes(8, "big")
+    push.send_multipart([envelope, b"small"])
+    assert pull.recv(timeout=5).payload == b"small"  # authenticated and delivered
+    rss_before = _rss_mib()
+    push.send_multipart([envelope, b"x" * (64 << 20)])  # 64 MiB: over the 1 MiB limit
+    push.send_multipart([envelope, b"after"])
+    got = []
+    try:
+        while True:  # the connection is cut at the oversized frame; the peer may reconnect
+            got.append(pull.recv(timeout=1.0).payload)
+    except zmeshlib.Timeout:
+        pass
+    assert all(len(p) < (1 << 20) for p in got)  # never the oversized one
+    # and it never reached the mesh's own size check: libzmq refused it as its size was read
+    assert pull.stats.get("drop.too-large", 0) == 0
+    grown = _rss_mib() - rss_before
+    print(f"\na 64 MiB frame from an authenticated peer: cut off by libzmq, RSS +{grown:.0f} MiB")
