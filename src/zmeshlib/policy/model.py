@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Callable, Mapping
 from enum import Enum
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .._models import Endpoint, StatusCode
-from ._patterns import PatternIndex, parse_pattern
+from ._patterns import Pattern, PatternIndex, parse_pattern
 
 if TYPE_CHECKING:
     from ..identity.spiffe_id import SpiffeId
@@ -349,6 +350,75 @@ class MirrorSpec:
 
 
 @attrs.frozen
+class HeaderMatch:
+    """One header condition of a route: the value ``exact``, starting with ``prefix``, or
+    matching ``regex`` as a whole (``re.fullmatch``, as Istio's RE2 match). Exactly one of the
+    three is set. A request without the header never matches. Names are compared as sent.
+    """
+
+    name: str
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+    _compiled: re.Pattern[str] | None = attrs.field(init=False, eq=False, hash=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        compiled = re.compile(self.regex) if self.regex is not None else None
+        object.__setattr__(self, "_compiled", compiled)
+
+    def matches(self, headers: Mapping[str, str]) -> bool:
+        value = headers.get(self.name)
+        if value is None:
+            return False
+        if self.exact is not None:
+            return value == self.exact
+        if self.prefix is not None:
+            return value.startswith(self.prefix)
+        return self._compiled is not None and self._compiled.fullmatch(value) is not None
+
+
+@attrs.frozen
+class RouteMatch:
+    """One alternative of a route's ``match``: every field it sets must hold (AND).
+
+    ``method`` is a pattern as in authorization's ``call`` (exact, ``prefix*``,
+    ``*suffix`` or ``*``); ``None`` matches every method.
+    """
+
+    method: str | None = None
+    headers: tuple[HeaderMatch, ...] = ()
+    _method: Pattern | None = attrs.field(init=False, eq=False, hash=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        parsed = parse_pattern(self.method) if self.method is not None else None
+        object.__setattr__(self, "_method", parsed if isinstance(parsed, Pattern) else None)
+
+    def matches(self, method: str, headers: Mapping[str, str]) -> bool:
+        if self._method is not None and not self._method.matches(method):
+            return False
+        return all(h.matches(headers) for h in self.headers)
+
+
+@attrs.frozen
+class Route:
+    """One entry of ``traffic.<service>.routes``.
+
+    ``match`` holds alternatives (OR); empty matches every request. ``traffic`` is the
+    service's settings with the route's own ``split``, ``timeout``, ``retries``,
+    ``hedging``, ``faults`` and ``mirror`` put over them, resolved once when the document
+    is read; its ``routes`` is empty. Balancing, outlier detection and the pool stay the
+    service's: they belong to the destination, not to the route.
+    """
+
+    traffic: TrafficSpec
+    match: tuple[RouteMatch, ...] = ()
+    name: str | None = None
+
+    def matches(self, method: str, headers: Mapping[str, str]) -> bool:
+        return not self.match or any(m.matches(method, headers) for m in self.match)
+
+
+@attrs.frozen
 class TrafficSpec:
     """Resilience settings for requests to one destination service."""
 
@@ -361,6 +431,7 @@ class TrafficSpec:
     split: tuple[SplitDestination, ...] = ()
     mirror: MirrorSpec | None = None
     hedging: HedgingPolicy | None = None
+    routes: tuple[Route, ...] = ()
 
 
 # -- telemetry -------------------------------------------------------------------
