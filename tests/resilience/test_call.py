@@ -8,7 +8,15 @@ import pytest
 
 from zmeshlib import Delivery, StatusCode
 from zmeshlib.policy.model import Backoff, HedgingPolicy, RetryBudget, RetryPolicy
-from zmeshlib.resilience import Call, Cancel, EndpointSet, Finish, RetryBudgetTracker, Send
+from zmeshlib.resilience import (
+    Call,
+    Cancel,
+    EndpointSet,
+    Finish,
+    Mirror,
+    RetryBudgetTracker,
+    Send,
+)
 
 OK, UNAVAILABLE, INTERNAL = StatusCode.OK, StatusCode.UNAVAILABLE, StatusCode.INTERNAL
 NO_BACKOFF = Backoff(base_interval=0.0, max_interval=0.0)
@@ -279,3 +287,59 @@ def test_no_hedge_without_an_untried_endpoint():
     c, _ = call(policy, es=endpoints(1), hedging=HedgingPolicy(delay=0.01, max_attempts=3))
     c.start(0.0)
     assert sends(c.timer(0.01)) == []
+
+
+# -- injected faults and mirroring (the route's plan) ----------------------------------
+
+
+def test_an_injected_delay_holds_the_first_attempt_back_and_counts_against_the_deadline():
+    es = endpoints()
+    c = Call("get", 10.0, retries(), None, es, None, random.Random(2), 0.0, delay=0.05)
+    assert c.start(0.0) == [] and c.next_timer() == 0.05
+    assert c.timer(0.04) == [] and in_flight_total(es) == 0
+    (send,) = c.timer(0.05)
+    assert isinstance(send, Send) and send.attempt == 0 and send.deadline == 10.0
+
+
+def test_a_delay_longer_than_the_deadline_ends_it_never_sent():
+    c = Call("get", 1.0, retries(), None, endpoints(), None, random.Random(2), 0.0, delay=5.0)
+    assert c.start(0.0) == [] and c.next_timer() == 1.0
+    done = finish(c.timer(1.0))
+    assert done.error is not None and done.error.status is StatusCode.DEADLINE_EXCEEDED
+    assert done.error.delivery is Delivery.NOT_SENT and "faults.delay" in done.error.reason
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02])
+def test_an_injected_abort_ends_the_call_with_its_status_never_sent(delay: float):
+    es, budget = endpoints(), RetryBudgetTracker(RetryBudget())
+    mirror = endpoints(1)
+    c = Call(
+        "get", 10.0, retries(), None, es, budget, random.Random(2), 0.0,
+        delay=delay, abort=StatusCode.RESOURCE_EXHAUSTED, mirror=mirror,
+    )  # fmt: skip
+    commands = c.start(0.0) if not delay else c.start(0.0) + c.timer(delay)
+    (done,) = commands  # no Send, no Mirror
+    assert isinstance(done, Finish) and done.error is not None
+    assert done.error.status is StatusCode.RESOURCE_EXHAUSTED
+    assert done.error.delivery is Delivery.NOT_SENT and "fault injection" in done.error.reason
+    assert in_flight_total(es) == 0 and budget._window(0.0) == (0, 0)  # not a request sent
+
+
+def test_a_mirror_copy_goes_with_the_first_attempt_only():
+    mirror = EndpointSet("round_robin", None, random.Random(1))
+    mirror.update({"shadow": {}}, 0.0)
+    c = Call(
+        "get", 10.0, retries(retry_on=("unavailable",)), None, endpoints(), None,
+        random.Random(2), 0.0, mirror=mirror,
+    )  # fmt: skip
+    first = c.start(0.0)
+    assert [type(x).__name__ for x in first] == ["Send", "Mirror"] and first[1].endpoint == "shadow"
+    retry = c.reply(0, UNAVAILABLE, False, 0.0) + c.timer(0.0)
+    assert [type(x).__name__ for x in retry] == ["Send"]  # a retry is not mirrored again
+    assert mirror.endpoints["shadow"].in_flight == 0  # never reported to the mirror's set
+
+
+def test_a_mirror_without_an_endpoint_is_a_copy_to_drop():
+    empty = EndpointSet("round_robin", None, random.Random(1))
+    c = Call("get", 10.0, retries(), None, endpoints(), None, random.Random(2), 0.0, mirror=empty)
+    assert [x for x in c.start(0.0) if not isinstance(x, Send)] == [Mirror(None)]

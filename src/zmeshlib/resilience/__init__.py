@@ -10,7 +10,7 @@ commands they return.
 from .backoff import backoff_delay
 from .balancers import BALANCERS
 from .budget import RetryBudgetTracker
-from .call import Call, CallFailure, Cancel, Finish, Send
+from .call import Call, CallFailure, Cancel, Finish, Mirror, Send
 from .endpoints import EndpointSet, EndpointState, Outcome
 from .pool import Admission, Pool
 
@@ -23,6 +23,7 @@ __all__ = [
     "EndpointSet",
     "EndpointState",
     "Finish",
+    "Mirror",
     "Outcome",
     "Pool",
     "RetryBudgetTracker",

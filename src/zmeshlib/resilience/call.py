@@ -5,7 +5,7 @@ Rules this module keeps:
 * Events in, commands out (h11's manner): the shell reports what happened
   (:meth:`Call.start`, :meth:`reply`, :meth:`not_sent`, :meth:`lost`,
   :meth:`timer`, :meth:`endpoints_changed`) and executes the commands returned
-  (:class:`Send`, :class:`Cancel`, :class:`Finish`). Nothing here sends, waits
+  (:class:`Send`, :class:`Cancel`, :class:`Mirror`, :class:`Finish`). Nothing here sends, waits
   or reads a clock: ``now`` is given, randomness is injected.
 * A call finishes exactly once; after that every event returns nothing.
   Every attempt sent is reported to the endpoint set exactly once (its
@@ -47,6 +47,17 @@ another copy goes to an endpoint not tried yet (none left: no hedge); a reply
 that the table above would retry does not end the call (the next hedge goes
 at once); the first reply that is OK, or an error the table would not retry,
 commits: every other attempt is cancelled and counted.
+
+Injected faults and mirroring (the route's :class:`~zmeshlib.resilience.routing.Plan`,
+decided before the call starts) come first, as Envoy's fault filter comes before
+its router: an injected ``delay`` holds the first attempt back (the deadline
+keeps running, so a delay longer than the time left ends in
+``DEADLINE_EXCEEDED``, never sent); an injected ``abort`` then ends the call
+with its status, delivery NOT_SENT, without a send, a budget deposit or a
+mirror copy. A call that goes out sends one :class:`Mirror` copy with its
+first attempt, to an endpoint of the mirror's set (None when it has none: the
+shell counts the copy as dropped). Mirror copies are never retried, awaited or
+reported to an endpoint set: their fate does not touch the call's.
 
 The overall deadline ends the call: ``DEADLINE_EXCEEDED``, delivery UNKNOWN if
 an attempt was ever handed over, else the call was never sent (``UNAVAILABLE``
@@ -110,6 +121,24 @@ class Cancel:
     __hash__ = None  # type: ignore[assignment]
 
 
+class Mirror:
+    """Hand a shadow copy of the request to ``endpoint`` if its connection takes it at once;
+    None: the mirror has no endpoint (drop the copy and count it)."""
+
+    __slots__ = ("endpoint",)
+
+    def __init__(self, endpoint: str | None) -> None:
+        self.endpoint = endpoint
+
+    def __repr__(self) -> str:
+        return f"Mirror({self.endpoint!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mirror) and self.endpoint == other.endpoint
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class CallFailure:
     """Why a call failed. ``attempt``: whose reply was the final error (the shell raises the
     error that reply stands for), None when the failure is local."""
@@ -147,7 +176,7 @@ class Finish:
         return f"Finish({self.attempt}, {self.error!r})"
 
 
-Command = Send | Cancel | Finish
+Command = Send | Cancel | Mirror | Finish
 
 
 class _Attempt:
@@ -163,8 +192,10 @@ class Call:
     """One logical request (module docstring)."""
 
     __slots__ = (
+        "_abort",
         "_backoff_until",
         "_budget",
+        "_delay_until",
         "_endpoints",
         "_handed_over",
         "_hedge_at",
@@ -173,6 +204,7 @@ class Call:
         "_in_flight",
         "_last_failure",
         "_max_attempts",
+        "_mirror",
         "_retries",
         "_rng",
         "_sent",
@@ -195,6 +227,10 @@ class Call:
         budget: RetryBudgetTracker | None,
         rng: random.Random,
         now: float,
+        *,
+        delay: float = 0.0,
+        abort: StatusCode | None = None,
+        mirror: EndpointSet | None = None,
     ) -> None:
         self.method = method
         self.deadline = deadline
@@ -215,6 +251,9 @@ class Call:
         self._waiting_endpoint = False
         self._backoff_until: float | None = None
         self._hedge_at: float | None = None
+        self._delay_until: float | None = now + delay if delay > 0.0 else None
+        self._abort = abort
+        self._mirror = mirror
         self.cancelled = 0  # attempts abandoned when another one answered
         self.finished = False
         self.outcome: Finish | None = None
@@ -224,9 +263,22 @@ class Call:
     def start(self, now: float) -> list[Command]:
         if now >= self.deadline:
             return self._fail(_DEADLINE, Delivery.NOT_SENT, "the deadline passed before it started")
+        if self._delay_until is not None:
+            return []  # an injected delay: timer() goes on when it is over
+        return self._go(now)
+
+    def _go(self, now: float) -> list[Command]:
+        """The request goes out, unless an injected abort ends it here."""
+        if self._abort is not None:
+            return self._fail(
+                self._abort, Delivery.NOT_SENT, "aborted by fault injection (faults.abort)"
+            )
         if self._budget is not None:
             self._budget.deposit(now)
-        return self._send(now)
+        commands = self._send(now)
+        if self._mirror is not None:
+            commands.append(Mirror(self._mirror.pick(now)))
+        return commands
 
     def reply(self, attempt: int, status: StatusCode, retriable: bool, now: float) -> list[Command]:
         """A reply envelope for ``attempt`` arrived (``retriable``: an APPLICATION error's flag)."""
@@ -286,6 +338,11 @@ class Call:
             return []
         if now >= self.deadline:
             return self._expire(now)
+        if self._delay_until is not None:
+            if now < self._delay_until:
+                return []
+            self._delay_until = None
+            return self._go(now)
         commands: list[Command] = []
         for attempt, sent in list(self._in_flight.items()):
             if now >= sent.deadline:
@@ -323,6 +380,8 @@ class Call:
         if self.finished:
             return None
         due = self.deadline
+        if self._delay_until is not None and self._delay_until < due:
+            return self._delay_until
         for sent in self._in_flight.values():
             if sent.deadline < due:
                 due = sent.deadline
@@ -406,6 +465,12 @@ class Call:
         return self._commit(failure.attempt, failure)
 
     def _expire(self, now: float) -> list[Command]:
+        if self._delay_until is not None:
+            return self._fail(
+                _DEADLINE,
+                Delivery.NOT_SENT,
+                "an injected delay (faults.delay) outlasted the deadline",
+            )
         if self._handed_over > 0:
             last = self._last_failure
             if not self._in_flight and last is not None and last.delivery is Delivery.ANSWERED:

@@ -10,9 +10,9 @@ Rules this module keeps:
   listed when a split exists, is never chosen. No split: every endpoint.
 * Faults are drawn independently, each by its own percentage (Envoy's fault
   filter): a delay, then an abort. An aborted request is never sent.
-* A mirror copy is drawn by its percentage, after the faults: an aborted
-  request is mirrored too when drawn, as Envoy does (the mirror sees the
-  traffic the service would have seen).
+* A mirror copy is drawn by its percentage, after the faults. The call sends
+  it with its first attempt, so an aborted request is not mirrored (Envoy's
+  fault filter runs before its router, which mirrors).
 * Every draw takes the injected random source, always in the same order
   (split, delay, abort, mirror) and only for what the settings have, so a
   seeded source gives the same plans every run.
