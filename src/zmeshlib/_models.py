@@ -122,6 +122,10 @@ class TraceContext:
         return f"00-{self.trace_id.hex()}-{self.span_id.hex()}-{self.flags:02x}"
 
 
+#: The header a mirrored copy of a request carries: the service the original went to.
+SHADOW_HEADER = "zmesh-shadow"
+
+
 @attrs.frozen(slots=False)
 class Message:
     """A received mesh message: what was said, by whom, and on which topic or method.
@@ -145,6 +149,15 @@ class Message:
     )
     # where a request's reply goes: its routing id on the REP socket's ROUTER
     _route: bytes = attrs.field(default=b"", eq=False, repr=False, alias="route")
+
+    @property
+    def shadow(self) -> bool:
+        """A mirror's copy of a request (``traffic.<service>.mirror``): its reply is discarded.
+
+        Marked by the ``zmesh-shadow`` header, which names the service the original went to
+        (Envoy marks its copies by a ``-shadow`` suffix on the host instead).
+        """
+        return SHADOW_HEADER in self.headers
 
     @property
     def payload(self) -> bytes:

@@ -139,6 +139,10 @@ class MeshSocket(_options.OptionProperties):
         self._advertised: list[str] = []  # what the card lists for each bind, same order
         self._upstreams: dict[str, Upstream] = {}
         self._targets: list[tuple[str, str]] = []  # ("service", name) or ("address", addr)
+        #: Services the socket connects for itself, after the user's targets (a REQ's mirrors),
+        #: and the addresses only they resolved to, by service.
+        self._also: frozenset[str] = frozenset()
+        self._also_only: dict[str, str] = {}
         self._shunned: dict[str, float] = {}  # address -> until (monotonic): not connected
         self._generation = -1
         self._policy_seen: object = None
@@ -486,8 +490,20 @@ class MeshSocket(_options.OptionProperties):
                 found = directory.address(name)
                 if found is not None or disabled:
                     wanted[name] = found
+        also_only: dict[str, str] = {}
+        for name in sorted(self._also):
+            for card in directory.service(name, want_kind):
+                for ep in card.endpoints_for(name, want_kind):
+                    if ep.address in wanted and ep.address not in also_only:
+                        continue  # one of the user's targets already
+                    old = wanted.get(ep.address)
+                    if old is None or card.not_before > old.not_before:
+                        wanted[ep.address] = card
+                        also_only[ep.address] = name
         for address in self._shunned:
             wanted.pop(address, None)
+            also_only.pop(address, None)
+        self._also_only = also_only
         return wanted
 
     def _shun(self, address: str, seconds: float) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -43,10 +42,10 @@ from .._exceptions import (
     ResourceExhausted,
     Timeout,
     Unavailable,
+    error_for_status,
 )
-from .._models import Delivery, Message, SocketKind, StatusCode, TraceContext
-from ..policy import Policy
-from ..policy.model import TrafficSpec
+from .._models import SHADOW_HEADER, Delivery, Message, SocketKind, StatusCode, TraceContext
+from ..policy.model import MirrorSpec, Subset
 from ..resilience import (
     Admission,
     Call,
@@ -54,17 +53,19 @@ from ..resilience import (
     Cancel,
     EndpointSet,
     Finish,
+    Mirror,
     Pool,
-    RetryBudgetTracker,
     Send,
 )
 from ..resilience.endpoints import Event
+from ..resilience.routing import Plan
 from .base import MeshSocket, Upstream, flags_timeout
 from .core import ClientCore, Payload, Pending
 from .deadlines import remaining
 from .drivers import Op, Started, Wait
 from .frames import send_message
 from .idioms import RecvIdioms, SendIdioms
+from .traffic import ServiceTraffic
 
 if TYPE_CHECKING:
     from .mesh import Mesh
@@ -77,54 +78,6 @@ DEFAULT_TIMEOUT = 5.0  # seconds a request waits when neither the caller nor the
 CONNECT_TIMEOUT = 0.25  # seconds an attempt waits for its connection to take it, by default
 
 
-class ServiceTraffic:
-    """What the sockets of one Mesh share for one destination service, under one policy:
-    its traffic settings, retry budget and circuit breaker (and who waits for a slot)."""
-
-    __slots__ = ("budget", "policy", "pool", "spec", "waiters")
-
-    def __init__(self, policy: Policy, spec: TrafficSpec) -> None:
-        self.policy = policy
-        self.spec = spec
-        budget = spec.retries.budget
-        self.budget = RetryBudgetTracker(budget) if budget is not None else None
-        pool = spec.pool
-        self.pool = (
-            Pool(pool.max_requests, pool.max_pending)
-            if pool.max_requests is not None or pool.max_pending is not None
-            else None
-        )
-        self.waiters: list[Any] = []  # the wake() of sockets waiting for a slot
-
-    def release(self) -> None:
-        assert self.pool is not None
-        self.pool.release()
-        for wake in list(self.waiters):
-            wake()
-
-
-class Traffic:
-    """Every destination service's :class:`ServiceTraffic` of one Mesh. Thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._services: dict[str, ServiceTraffic] = {}
-
-    def of(self, policy: Policy, service: str) -> ServiceTraffic:
-        state = self._services.get(service)
-        if state is not None and state.policy is policy:
-            return state
-        with self._lock:
-            state = self._services.get(service)
-            spec = policy.traffic_for(service)
-            if state is None or state.spec != spec:
-                state = ServiceTraffic(policy, spec)  # new settings: new budget and breaker
-            else:
-                state.policy = policy  # same settings under a new policy: keep the counts
-            self._services[service] = state
-            return state
-
-
 class _Client(MeshSocket, SendIdioms, RecvIdioms):
     """REQ: a client over one DEALER per upstream endpoint."""
 
@@ -134,6 +87,11 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         self.default_timeout = DEFAULT_TIMEOUT
         self._rng = random.Random()
         self.endpoint_set = EndpointSet(rng=self._rng, on_event=self._outlier_event)
+        #: Every subset a route sent to, and every mirror target: each its own endpoint set
+        #: (balancing and ejection within it, as Istio makes each subset its own cluster).
+        self._subset_sets: dict[str, tuple[Subset, EndpointSet]] = {}
+        self._mirror_sets: dict[tuple[str, str | None], tuple[Subset | None, EndpointSet]] = {}
+        self._primary: dict[str, Mapping[str, str]] = {}  # address -> labels, the service's
         self._endpoints_policy: object = None
         self._service_traffic: ServiceTraffic
         # send()'s request (operation, its first wait, result), until recv() takes its reply
@@ -162,8 +120,62 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
 
     def _upstreams_changed(self) -> None:
         super()._upstreams_changed()
-        members = {a: (u.card.labels if u.card else {}) for a, u in self._upstreams.items()}
-        self.endpoint_set.update(members, time.monotonic())
+        now = time.monotonic()
+        also = self._also_only
+        primary: dict[str, Mapping[str, str]] = {}
+        for address, up in self._upstreams.items():
+            if address not in also:
+                primary[address] = up.card.labels if up.card else {}
+        self._primary = primary
+        self.endpoint_set.update(primary, now)
+        for chosen, es in self._subset_sets.values():
+            es.update({a: labels for a, labels in primary.items() if chosen.selects(labels)}, now)
+        for (service, _), (subset, mirror_es) in self._mirror_sets.items():
+            mirror_es.update(self._members_of(service, subset), now)
+
+    def _members_of(self, service: str, subset: Subset | None) -> dict[str, Mapping[str, str]]:
+        """The endpoints of ``service`` (this socket's, or one it mirrors to) in ``subset``."""
+        if service == self.service:
+            found = self._primary
+        else:
+            found = {
+                a: (up.card.labels if up.card else {})
+                for a, up in self._upstreams.items()
+                if self._also_only.get(a) == service
+            }
+        return {
+            a: labels for a, labels in found.items() if subset is None or subset.selects(labels)
+        }
+
+    def _subset_set(self, traffic: ServiceTraffic, name: str) -> EndpointSet:
+        """The endpoint set of subset ``name`` of this socket's service, made on first use."""
+        entry = self._subset_sets.get(name)
+        if entry is None:
+            subset = traffic.subsets[name]  # the policy checked that it is defined
+            es = self._new_set(traffic)
+            es.update(self._members_of(self.service, subset), time.monotonic())
+            entry = self._subset_sets[name] = (subset, es)
+        return entry[1]
+
+    def _mirror_set(self, traffic: ServiceTraffic, mirror: MirrorSpec) -> EndpointSet:
+        """Where a mirror's copies go: a subset of this service, or another service's."""
+        if mirror.service == self.service and mirror.subset is not None:
+            return self._subset_set(traffic, mirror.subset)
+        key = (mirror.service, mirror.subset)
+        entry = self._mirror_sets.get(key)
+        if entry is None:
+            found = traffic.policy.services.get(mirror.service)
+            subset = found.subsets[mirror.subset] if found and mirror.subset else None
+            es = self._new_set(traffic)
+            es.update(self._members_of(mirror.service, subset), time.monotonic())
+            entry = self._mirror_sets[key] = (subset, es)
+        return entry[1]
+
+    def _new_set(self, traffic: ServiceTraffic) -> EndpointSet:
+        spec = traffic.spec
+        return EndpointSet(
+            spec.load_balancer, spec.outlier_detection, rng=self._rng, on_event=self._outlier_event
+        )
 
     def _timeout(self, timeout: float | None, flags: int) -> float:
         """How long a request may take: the caller's, or the socket's default, shortened to
@@ -184,9 +196,18 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         if policy is self._endpoints_policy:
             return self._service_traffic  # the usual case: the policy of the last request
         state = self._service_traffic = self._mesh._traffic.of(policy, self.service)
-        self._endpoints_policy = policy  # a new policy: its balancer and ejection
+        self._endpoints_policy = policy  # a new policy: its balancer, ejection, subsets, mirrors
         spec = state.spec
         self.endpoint_set.configure(spec.load_balancer, spec.outlier_detection)
+        for name, (subset, es) in list(self._subset_sets.items()):
+            if state.subsets.get(name) != subset:
+                del self._subset_sets[name]  # redefined or gone: made again on next use
+            else:
+                es.configure(spec.load_balancer, spec.outlier_detection)
+        self._mirror_sets.clear()  # made again on next use, from the new policy
+        if state.mirrors != self._also:
+            self._also = state.mirrors  # connect to (or drop) the services it mirrors to
+            self._refresh(force=True)
         return state
 
     # -- the request operation -------------------------------------------------------------
@@ -202,13 +223,17 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         """A request's operation: the call itself, inside the service's circuit breaker when
         it has one (without one, the call's own operation: one generator, not two)."""
         traffic = self._traffic()
-        spec = traffic.spec
+        plan = traffic.planner.plan(method, headers, self._rng)
+        spec = plan.traffic
         if spec.timeout is not None and spec.timeout < timeout:
-            timeout = spec.timeout  # the service's timeout bounds every call to it
+            timeout = spec.timeout  # the route's (or service's) timeout bounds every call to it
         deadline = time.monotonic() + timeout
-        if traffic.pool is None:
-            return self._call_op(payload, method, deadline, headers, trace, traffic)
-        return self._pooled_op(payload, method, deadline, timeout, headers, trace, traffic)
+        pool = traffic.pool_for(plan.subset)
+        if pool is None:
+            return self._call_op(payload, method, deadline, headers, trace, traffic, plan)
+        return self._pooled_op(
+            payload, method, deadline, timeout, headers, trace, traffic, plan, pool
+        )
 
     def _pooled_op(
         self,
@@ -219,14 +244,16 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         headers: Mapping[str, str] | None,
         trace: TraceContext | None,
         traffic: ServiceTraffic,
+        plan: Plan,
+        pool: Pool,
     ) -> Op:
-        pool = traffic.pool
-        assert pool is not None
         yield from self._admission(traffic, pool, deadline, timeout)
         try:
-            return (yield from self._call_op(payload, method, deadline, headers, trace, traffic))
+            return (
+                yield from self._call_op(payload, method, deadline, headers, trace, traffic, plan)
+            )
         finally:
-            traffic.release()
+            traffic.release(pool)
 
     def _admission(
         self, traffic: ServiceTraffic, pool: Pool, deadline: float, timeout: float
@@ -261,21 +288,26 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         headers: Mapping[str, str] | None,
         trace: TraceContext | None,
         traffic: ServiceTraffic,
+        plan: Plan,
     ) -> Op:
         core = self.core
-        spec = traffic.spec
+        spec = plan.traffic
         self._refresh()
         now = time.monotonic()
-        call = Call(
-            method,
-            deadline,
-            spec.retries,
-            spec.hedging,
-            self.endpoint_set,
-            traffic.budget,
-            self._rng,
-            now,
-        )
+        subset = plan.subset
+        if plan.mirror is None and plan.delay == 0.0 and plan.abort is None:
+            call = Call(
+                method,
+                deadline,
+                spec.retries,
+                spec.hedging,
+                self.endpoint_set if subset is None else self._subset_set(traffic, subset),
+                traffic.budget_for(spec.retries.budget),
+                self._rng,
+                now,
+            )
+        else:
+            call = self._shaped_call(method, deadline, traffic, plan, now)
         connect_timeout = spec.pool.connect_timeout or CONNECT_TIMEOUT
         sent: dict[int, tuple[Pending, Upstream]] = {}  # attempt -> its request, its upstream
         attempts: dict[int, int] = {}  # request id -> attempt
@@ -309,8 +341,10 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                             unsent[command.attempt] = (request, up, pending, give_up)
                     elif command.__class__ is Cancel:
                         self._cancel(command.attempt, sent, attempts, unsent)
+                    elif command.__class__ is Mirror:
+                        self._shadow(command.endpoint, payload, method, deadline, headers, trace)
                     else:
-                        return self._result(command, replies, method)  # type: ignore[arg-type]
+                        return self._result(command, replies, method, subset)  # type: ignore[arg-type]
                 commands = []
                 due = call.next_timer()
                 if len(sent) == 1:  # the usual wait: one attempt's reply
@@ -369,6 +403,81 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
             for _, _, pending, _ in unsent.values():
                 core.forget(pending)
 
+    def _shaped_call(
+        self, method: str, deadline: float, traffic: ServiceTraffic, plan: Plan, now: float
+    ) -> Call:
+        """The call of a request with injected faults or a mirror (counted here)."""
+        spec = plan.traffic
+        if plan.delay:
+            self._count_traffic("fault.delay", "faults_delayed")
+        if plan.abort is not None:
+            self._count_traffic("fault.abort", "faults_aborted")
+        subset = plan.subset
+        return Call(
+            method,
+            deadline,
+            spec.retries,
+            spec.hedging,
+            self.endpoint_set if subset is None else self._subset_set(traffic, subset),
+            traffic.budget_for(spec.retries.budget),
+            self._rng,
+            now,
+            delay=plan.delay,
+            abort=plan.abort,
+            mirror=self._mirror_set(traffic, plan.mirror) if plan.mirror is not None else None,
+        )
+
+    def _count_traffic(self, event: str, counter: str) -> None:
+        self.counts[counter] += 1
+        self._mesh._traffic.count(self.service, event)
+
+    def _shadow(
+        self,
+        endpoint: str | None,
+        payload: Payload,
+        method: str,
+        deadline: float,
+        headers: Mapping[str, str] | None,
+        trace: TraceContext | None,
+    ) -> None:
+        """Hand a mirror copy over if its connection takes it now; else drop and count it.
+
+        The copy carries the call's deadline and the ``zmesh-shadow`` header; its reply is
+        counted and dropped (``ClientCore.shadow``). Replies read from a connection only the
+        mirror uses are drained here, since no call waits on it.
+        """
+        up = self._upstreams.get(endpoint) if endpoint is not None else None
+        sent = False
+        if up is not None:
+            left = deadline - time.monotonic()
+            marked = (
+                {**headers, SHADOW_HEADER: self.service}
+                if headers
+                else {SHADOW_HEADER: self.service}
+            )
+            try:
+                frames, mid = self.core.request_frames(
+                    payload, method, int((time.time() + left) * 1000), int(left * 1000), marked,
+                    trace,
+                )  # fmt: skip
+            except MeshError:  # no room for the mark (the header limits): not a copy to send
+                frames, mid = [], 0
+            if frames and send_message(up.sock, frames, _NOBLOCK):
+                self.core.shadow(mid)
+                sent = True
+            if up.address in self._also_only:
+                self._drain(up)
+        self._count_traffic("mirror.sent" if sent else "mirror.dropped",
+                            "mirrored" if sent else "mirror_dropped")  # fmt: skip
+
+    def _drain(self, up: Upstream, most: int = 64) -> None:
+        """Read what waits on a mirror-only connection (replies to copies): counted, dropped."""
+        for _ in range(most):
+            got = self._take(up.sock)
+            if got is None:
+                return
+            self.core.take(*got)
+
     def _cancel(
         self,
         attempt: int,
@@ -402,7 +511,11 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         return call.reply(attempt, error.status, getattr(error, "retriable", False), now)
 
     def _result(
-        self, finish: Finish, replies: dict[int, Message | RemoteError], method: str
+        self,
+        finish: Finish,
+        replies: dict[int, Message | RemoteError],
+        method: str,
+        subset: str | None = None,
     ) -> Message:
         failure = finish.error
         if failure is None:
@@ -414,16 +527,31 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
             error = replies[failure.attempt]
             assert isinstance(error, RemoteError)
             raise error
-        raise self._error(failure, method)
+        raise self._error(failure, method, subset)
 
-    def _error(self, failure: CallFailure, method: str) -> RemoteError:
+    def _error(self, failure: CallFailure, method: str, subset: str | None = None) -> RemoteError:
         what = f"{method or 'request'} to service {self.service or 'of this socket'!r}"
+        if subset is not None:
+            what += f", subset {subset!r}"
         text = f"{what}: {failure.reason}"
-        if failure.status is StatusCode.DEADLINE_EXCEEDED:
+        status = failure.status
+        if status is StatusCode.DEADLINE_EXCEEDED:
             self.counts["timeouts"] += 1
             return Timeout(f"{text}; the socket stays usable", delivery=failure.delivery)
+        if status is not StatusCode.UNAVAILABLE:  # an injected abort: raised as its status
+            error = error_for_status(status, failure.reason, what=what)
+            error.delivery = failure.delivery  # never sent
+            return error
         if failure.delivery is Delivery.NOT_SENT and not self._upstreams:
             text += f": {self._why_none()}"
+        elif failure.delivery is Delivery.NOT_SENT and subset is not None:
+            entry = self._subset_sets.get(subset)
+            if entry is not None and not len(entry[1]):
+                labels = dict(entry[0].labels)
+                text += (
+                    f": no connected endpoint of this service has the labels {labels} "
+                    "(Mesh(labels=...) sets a server's labels)"
+                )
         return Unavailable(text, delivery=failure.delivery)
 
     def _take_outstanding(self) -> tuple[Op, Wait | None]:

@@ -586,6 +586,9 @@ class Pending:
     endpoint: str
 
 
+MAX_SHADOWS = 1024  # mirror copies whose replies a client core recognises
+
+
 class ClientCore:
     """Request ids, deadlines and reply matching for a REQ socket."""
 
@@ -598,6 +601,9 @@ class ClientCore:
         #: Replies read by one waiting call for another (asyncio: several calls share a
         #: DEALER), by request id, until that call claims them.
         self.inbox: dict[int, Message | RemoteError] = {}
+        #: Ids of the latest mirror copies sent (insertion order, at most ``MAX_SHADOWS``):
+        #: their replies are counted as ``mirror_replies``, not as late.
+        self.shadows: dict[int, None] = {}
         self.counts: Counter[str] = Counter()
 
     def request(
@@ -673,6 +679,13 @@ class ClientCore:
         pending = self.pending[message_id] = Pending(message_id, deadline, method, endpoint)
         return pending
 
+    def shadow(self, message_id: int) -> None:
+        """A mirror copy went out with ``message_id``: its reply is expected, and dropped."""
+        shadows = self.shadows
+        shadows[message_id] = None
+        if len(shadows) > MAX_SHADOWS:
+            del shadows[next(iter(shadows))]  # the oldest: its reply is late by now
+
     def forget(self, pending: Pending) -> None:
         self.pending.pop(pending.message_id, None)
         self.inbox.pop(pending.message_id, None)
@@ -715,7 +728,11 @@ class ClientCore:
             return None
         pending = self.pending.pop(env.message_id, None)
         if pending is None:
-            self.counts["late_replies"] += 1
+            if env.message_id in self.shadows:
+                del self.shadows[env.message_id]
+                self.counts["mirror_replies"] += 1
+            else:
+                self.counts["late_replies"] += 1
             return None
         if env.status is not StatusCode.OK:
             return env.message_id, error_for_status(

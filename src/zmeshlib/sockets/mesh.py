@@ -61,7 +61,7 @@ from ..telemetry.logs import LimitedLog
 from ..wire.envelope import DEFAULT_LIMITS, Limits
 from .addresses import default_advertise_host
 from .base import MeshSocket
-from .client import ReqSocket, Traffic
+from .client import ReqSocket
 from .core import MAX_TOPIC_BYTES, PolicyInForce
 from .directory import Directory
 from .drivers import SYNC
@@ -69,6 +69,7 @@ from .handshake import ZapHandler
 from .pipeline import PullSocket, PushSocket
 from .pubsub import PubSocket, SubSocket
 from .server import RepSocket
+from .traffic import Traffic
 
 log = logging.getLogger("zmeshlib.mesh")
 
