@@ -443,8 +443,8 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         """Hand a mirror copy over if its connection takes it now; else drop and count it.
 
         The copy carries the call's deadline and the ``zmesh-shadow`` header; its reply is
-        counted and dropped (``ClientCore.shadow``). Replies read from a connection only the
-        mirror uses are drained here, since no call waits on it.
+        counted and dropped (``ClientCore.shadow``) when the next copy drains the connection,
+        on which no call may be waiting.
         """
         up = self._upstreams.get(endpoint) if endpoint is not None else None
         sent = False
@@ -465,18 +465,23 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
             if frames and send_message(up.sock, frames, _NOBLOCK):
                 self.core.shadow(mid)
                 sent = True
-            if up.address in self._also_only:
-                self._drain(up)
+            self._drain(up)
         self._count_traffic("mirror.sent" if sent else "mirror.dropped",
                             "mirrored" if sent else "mirror_dropped")  # fmt: skip
 
     def _drain(self, up: Upstream, most: int = 64) -> None:
-        """Read what waits on a mirror-only connection (replies to copies): counted, dropped."""
+        """Read what waits on a mirror's connection: replies to copies are counted and
+        dropped; a reply to a call (the mirror also serves calls) goes to its inbox."""
+        core = self.core
         for _ in range(most):
             got = self._take(up.sock)
             if got is None:
-                return
-            self.core.take(*got)
+                break
+            answer = core.take(*got)
+            if answer is not None:
+                core.inbox[answer[0]] = answer[1]  # its call claims it (_call_op)
+        if core.inbox:
+            self._nudge()
 
     def _cancel(
         self,

@@ -417,6 +417,12 @@ class Mesh:
         """Handshake decisions so far, by outcome."""
         return dict(self._zap.counters)
 
+    def traffic_counts(self) -> dict[tuple[str, str], int]:
+        """Traffic shaping so far, by (destination service, event): ``fault.delay``,
+        ``fault.abort``, ``mirror.sent``, ``mirror.dropped``, over every REQ socket."""
+        with self._traffic._lock:
+            return dict(self._traffic.counts)
+
     @property
     def stats(self) -> dict[str, int]:
         """Counters: ``handshake.<outcome>``, ``registry.<name>``, ``policy.updates|rejected``."""
