@@ -53,6 +53,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .._exceptions import Closed, IdentityError, InvalidArgument, MeshError, Timeout
 from .._models import ANONYMOUS, Delivery, Peer, SocketKind
 from ..identity.card import Card
+from ..policy.model import Subset
 from . import options as _options
 from .addresses import advertised_address, check_address
 from .core import Drops, PeerBook
@@ -142,6 +143,7 @@ class MeshSocket(_options.OptionProperties):
         #: Services the socket connects for itself, after the user's targets (a REQ's mirrors),
         #: and the addresses only they resolved to, by service.
         self._also: frozenset[str] = frozenset()
+        self._subsets: dict[str, str] = {}  # service -> the subset connect(subset=) keeps to
         self._also_only: dict[str, str] = {}
         self._shunned: dict[str, float] = {}  # address -> until (monotonic): not connected
         self._generation = -1
@@ -255,22 +257,35 @@ class MeshSocket(_options.OptionProperties):
             del self._bound[i], self._advertised[i]
             self._mesh._remove_endpoints([public])
 
-    def connect(self, address: str | None = None, *, service: str | None = None) -> None:
+    def connect(
+        self,
+        address: str | None = None,
+        *,
+        service: str | None = None,
+        subset: str | None = None,
+    ) -> None:
         """Connect to a service's verified endpoints (``service=``) or to one address.
 
         Endpoints that appear later in the registry are connected as they appear, and
-        vanished ones are dropped.
+        vanished ones are dropped. ``subset=`` (with ``service=``) keeps to the servers of
+        that subset (``services.<service>.subsets`` of the policy in force, by card labels).
         """
         with self._operation():
             if UNDERLYING[self.kind][1] is None:
                 raise MeshError(f"a {self.kind.name} socket cannot connect: bind it")
             if (address is None) == (service is None):
                 raise MeshError("connect() takes an address or service=..., exactly one of them")
+            if subset is not None:
+                self._check_subset(service, subset)
             if service is not None:
                 if not isinstance(service, str) or not service:
                     raise MeshError(f"service= takes a service name, not {service!r}")
                 self._set_service(service)
                 target = ("service", service)
+                if subset is not None:
+                    self._subsets[service] = subset
+                else:
+                    self._subsets.pop(service, None)
             else:
                 check_address(str(address), self._mesh.mode, "connect")
                 target = ("address", str(address))
@@ -286,6 +301,22 @@ class MeshSocket(_options.OptionProperties):
                     address,
                     self._mesh._directory.why_none("address", str(address)),
                 )
+
+    def _check_subset(self, service: str | None, subset: str) -> None:
+        if self.kind is SocketKind.REQ:
+            raise MeshError(
+                "a REQ socket chooses subsets per request from traffic.<service>.split and "
+                "routes in the policy: connect(service=...) without subset="
+            )
+        if service is None:
+            raise MeshError("subset= goes with service=: connect(service=..., subset=...)")
+        spec = self._mesh.policy.services.get(service)
+        if spec is None or subset not in spec.subsets:
+            known = sorted(spec.subsets) if spec is not None else []
+            raise MeshError(
+                f"subset {subset!r} of service {service!r} is not defined in the policy in "
+                f"force (services.{service}.subsets: {known or 'none'})"
+            )
 
     def disconnect(self, address: str | None = None, *, service: str | None = None) -> None:
         """Undo a :meth:`connect` (of that address, or every endpoint of that service)."""
@@ -481,7 +512,12 @@ class MeshSocket(_options.OptionProperties):
             self._shunned = {a: t for a, t in self._shunned.items() if t > now}
         for how, name in self._targets:
             if how == "service":
+                chosen = self._subset_of(name) if name in self._subsets else None
+                if name in self._subsets and chosen is None:
+                    continue  # its subset is no longer defined: none of its servers
                 for card in directory.service(name, want_kind):
+                    if chosen is not None and not chosen.selects(card.labels):
+                        continue
                     for ep in card.endpoints_for(name, want_kind):
                         old = wanted.get(ep.address)
                         if old is None or card.not_before > old.not_before:
@@ -505,6 +541,23 @@ class MeshSocket(_options.OptionProperties):
             also_only.pop(address, None)
         self._also_only = also_only
         return wanted
+
+    def _subset_of(self, service: str) -> Subset | None:
+        """The subset ``connect(subset=)`` keeps ``service`` to, as the policy in force
+        defines it; None (and a warning) when the policy no longer defines it."""
+        name = self._subsets[service]
+        spec = self._mesh.policy.services.get(service)
+        found = spec.subsets.get(name) if spec is not None else None
+        if found is None:
+            self._mesh._log_limited(
+                f"subset-gone-{service}-{name}",
+                "subset %r of service %r is no longer defined in the policy: %s connects to "
+                "none of its servers",
+                name,
+                service,
+                self.kind.name,
+            )
+        return found
 
     def _shun(self, address: str, seconds: float) -> None:
         """Drop the upstream at ``address`` and do not connect it again for ``seconds``."""

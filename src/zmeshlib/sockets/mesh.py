@@ -457,7 +457,7 @@ class Mesh:
 
 #: Traffic settings this version validates but does not apply yet (traffic shaping); the
 #: telemetry section too, when it is not the defaults.
-UNAPPLIED = ("faults", "split", "mirror", "pool.max_connections", "pool.idle_timeout")
+UNAPPLIED = ("pool.max_connections", "pool.idle_timeout")
 
 
 def _unapplied(policy: Policy) -> list[str]:

@@ -5,6 +5,11 @@ Rules this module keeps:
 * A pusher sends each message to one puller that can take it now (round
   robin over the connected ones, skipping any at its high-water mark), and
   waits, up to its timeout, while none can: as zmq.PUSH does.
+* A pusher connected by ``service=`` honours ``traffic.<service>.split`` (and
+  the split of a route whose ``match`` its headers meet; a push has no
+  method): each message first draws its subset (``resilience.routing``), then
+  goes round robin among the connected pullers of that subset only. Retries,
+  timeouts, faults and mirrors are for requests: a push has no reply to judge.
 * A puller judges every message (the sender may push to this service), as a
   subscriber judges publications; the resource is the service, not a topic.
 * The sync and asyncio facades differ only in how they wait.
@@ -12,6 +17,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -20,6 +26,8 @@ import zmq
 
 from .._exceptions import Timeout
 from .._models import Delivery, Message, SocketKind, TraceContext
+from ..policy import Policy
+from ..resilience.routing import choose_subset, select
 from ..wire.envelope import Kind
 from .base import MeshSocket, flags_timeout, receive
 from .core import Payload, PushCore, SubscriberCore
@@ -40,6 +48,9 @@ class _Pusher(MeshSocket, SendIdioms):
         super().__init__(mesh, SocketKind.PUSH, driver)
         self.core = PushCore(mesh._in_force, "", lambda: mesh.spiffe_id, mesh.limits)
         self._rr = 0
+        self._rng = random.Random()
+        self._split_key: tuple[object, str | None] = (None, None)  # (policy, subset)
+        self._split_socks: list[zmq.Socket] = []
 
     def _configure(self, sock: zmq.Socket, server: bool) -> None:
         # hand a message only to a puller whose connection completed its handshake: one that
@@ -56,8 +67,14 @@ class _Pusher(MeshSocket, SendIdioms):
         self._refresh()
         frames = self.core.frames(payload, headers, trace)
         deadline = None if timeout is None else time.monotonic() + timeout
+        policy = self._mesh._in_force.policy
+        subset = None
+        if self.service and self._upstreams:
+            spec = policy.traffic_for(self.service)
+            if spec.split or spec.routes:
+                subset = choose_subset(select(spec, "", headers).split, self._rng)
         while True:
-            targets = self.underlying()
+            targets = self.underlying() if subset is None else self._subset_socks(policy, subset)
             n = len(targets)
             for i in range(n):
                 sock = targets[(self._rr + i) % n]
@@ -66,14 +83,35 @@ class _Pusher(MeshSocket, SendIdioms):
                 self._rr = (self._rr + i + 1) % n
                 return None
             if deadline is not None and time.monotonic() >= deadline:
+                where = self.service or "this socket"
+                if subset is not None:
+                    where += f", subset {subset!r} (the split's draw for this message)"
                 raise Timeout(
-                    f"no PULL peer of {self.service or 'this socket'} could take a message within "
+                    f"no PULL peer of {where} could take a message within "
                     f"{timeout}s (none connected, or all at their high-water mark): "
                     + (self._why_none() if not targets else "they are not reading"),
                     delivery=Delivery.NOT_SENT,
                 )
             yield self._wait(deadline, zmq.POLLOUT, socks=tuple(targets))
             self._refresh()
+
+    def _subset_socks(self, policy: Policy, name: str) -> list[zmq.Socket]:
+        """The connected pullers of subset ``name``, kept while upstreams and policy stay."""
+        key = (policy, name)
+        if key != self._split_key:
+            spec = policy.services.get(self.service)
+            chosen = spec.subsets[name] if spec is not None else None  # the policy checked it
+            self._split_socks = [
+                up.sock
+                for up in self._upstreams.values()
+                if chosen is not None and up.card is not None and chosen.selects(up.card.labels)
+            ]
+            self._split_key = key
+        return self._split_socks
+
+    def _upstreams_changed(self) -> None:
+        super()._upstreams_changed()
+        self._split_key = (None, None)
 
     def _default_timeout(self) -> float | None:
         return None if self._sndtimeo < 0 else self._sndtimeo / 1000

@@ -110,7 +110,7 @@ class Traffic:
         self._lock = threading.Lock()
         self._services: dict[str, ServiceTraffic] = {}
         #: (service, event) -> count: ``fault.delay``, ``fault.abort``, ``mirror.sent``,
-        #: ``mirror.dropped``, ``mirror.replies``.
+        #: ``mirror.dropped``.
         self.counts: Counter[tuple[str, str]] = Counter()
 
     def of(self, policy: Policy, service: str) -> ServiceTraffic:

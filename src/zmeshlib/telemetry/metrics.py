@@ -19,6 +19,12 @@ instrument                         kind         attributes
 ``zmeshlib.policy.rejected``       counter      ``path``: a watched file that failed to load
 ``zmeshlib.handshakes``            obs counter  ``outcome`` (verified, anonymous,
                                                 unknown-key, mechanism, refused...)
+``zmeshlib.faults.injected``       obs counter  ``destination.service``, ``fault``
+                                                (``delay``, ``abort``): requests given an
+                                                injected fault (``traffic.<svc>.faults``)
+``zmeshlib.mirror.copies``         obs counter  ``destination.service``, ``outcome``
+                                                (``sent``, ``dropped``): mirror copies
+                                                handed over, or dropped rather than queued
 =================================  ===========  =========================================
 """
 
@@ -63,6 +69,29 @@ class MeshMetrics:
             unit="{handshake}",
             description="handshake decisions of this workload's ZAP handler, by outcome",
         )
+        meter.create_observable_counter(
+            "zmeshlib.faults.injected",
+            callbacks=[lambda _options: self._traffic("fault")],
+            unit="{request}",
+            description="requests given an injected fault (traffic.<service>.faults)",
+        )
+        meter.create_observable_counter(
+            "zmeshlib.mirror.copies",
+            callbacks=[lambda _options: self._traffic("mirror")],
+            unit="{request}",
+            description="mirror copies handed over (sent) or dropped rather than queued",
+        )
+
+    def _traffic(self, group: str) -> list[Observation]:
+        mesh = self._mesh()
+        if mesh is None or mesh.closed:
+            return []
+        key = "fault" if group == "fault" else "outcome"
+        return [
+            Observation(n, {"destination.service": service, key: event.partition(".")[2]})
+            for (service, event), n in sorted(mesh.traffic_counts().items())
+            if event.startswith(group + ".")
+        ]
 
     def _active(self, _options: CallbackOptions) -> Iterable[Observation]:
         mesh = self._mesh()
