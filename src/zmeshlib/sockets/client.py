@@ -45,7 +45,6 @@ from .._exceptions import (
     error_for_status,
 )
 from .._models import SHADOW_HEADER, Delivery, Message, SocketKind, StatusCode, TraceContext
-from ..policy.model import MirrorSpec, Subset
 from ..resilience import (
     Admission,
     Call,
@@ -62,6 +61,7 @@ from ..resilience.routing import Plan
 from .base import MeshSocket, Upstream, flags_timeout
 from .core import ClientCore, Payload, Pending
 from .deadlines import remaining
+from .destinations import Destinations
 from .drivers import Op, Started, Wait
 from .frames import send_message
 from .idioms import RecvIdioms, SendIdioms
@@ -86,12 +86,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         self.core = ClientCore("", mesh.limits, self.drops)
         self.default_timeout = DEFAULT_TIMEOUT
         self._rng = random.Random()
-        self.endpoint_set = EndpointSet(rng=self._rng, on_event=self._outlier_event)
-        #: Every subset a route sent to, and every mirror target: each its own endpoint set
-        #: (balancing and ejection within it, as Istio makes each subset its own cluster).
-        self._subset_sets: dict[str, tuple[Subset, EndpointSet]] = {}
-        self._mirror_sets: dict[tuple[str, str | None], tuple[Subset | None, EndpointSet]] = {}
-        self._primary: dict[str, Mapping[str, str]] = {}  # address -> labels, the service's
+        self.destinations = Destinations(self._rng, self._outlier_event)
         self._endpoints_policy: object = None
         self._service_traffic: ServiceTraffic
         # send()'s request (operation, its first wait, result), until recv() takes its reply
@@ -120,62 +115,12 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
 
     def _upstreams_changed(self) -> None:
         super()._upstreams_changed()
-        now = time.monotonic()
-        also = self._also_only
-        primary: dict[str, Mapping[str, str]] = {}
-        for address, up in self._upstreams.items():
-            if address not in also:
-                primary[address] = up.card.labels if up.card else {}
-        self._primary = primary
-        self.endpoint_set.update(primary, now)
-        for chosen, es in self._subset_sets.values():
-            es.update({a: labels for a, labels in primary.items() if chosen.selects(labels)}, now)
-        for (service, _), (subset, mirror_es) in self._mirror_sets.items():
-            mirror_es.update(self._members_of(service, subset), now)
+        self.destinations.update(self.service, self._upstreams, self._also_only)
 
-    def _members_of(self, service: str, subset: Subset | None) -> dict[str, Mapping[str, str]]:
-        """The endpoints of ``service`` (this socket's, or one it mirrors to) in ``subset``."""
-        if service == self.service:
-            found = self._primary
-        else:
-            found = {
-                a: (up.card.labels if up.card else {})
-                for a, up in self._upstreams.items()
-                if self._also_only.get(a) == service
-            }
-        return {
-            a: labels for a, labels in found.items() if subset is None or subset.selects(labels)
-        }
-
-    def _subset_set(self, traffic: ServiceTraffic, name: str) -> EndpointSet:
-        """The endpoint set of subset ``name`` of this socket's service, made on first use."""
-        entry = self._subset_sets.get(name)
-        if entry is None:
-            subset = traffic.subsets[name]  # the policy checked that it is defined
-            es = self._new_set(traffic)
-            es.update(self._members_of(self.service, subset), time.monotonic())
-            entry = self._subset_sets[name] = (subset, es)
-        return entry[1]
-
-    def _mirror_set(self, traffic: ServiceTraffic, mirror: MirrorSpec) -> EndpointSet:
-        """Where a mirror's copies go: a subset of this service, or another service's."""
-        if mirror.service == self.service and mirror.subset is not None:
-            return self._subset_set(traffic, mirror.subset)
-        key = (mirror.service, mirror.subset)
-        entry = self._mirror_sets.get(key)
-        if entry is None:
-            found = traffic.policy.services.get(mirror.service)
-            subset = found.subsets[mirror.subset] if found and mirror.subset else None
-            es = self._new_set(traffic)
-            es.update(self._members_of(mirror.service, subset), time.monotonic())
-            entry = self._mirror_sets[key] = (subset, es)
-        return entry[1]
-
-    def _new_set(self, traffic: ServiceTraffic) -> EndpointSet:
-        spec = traffic.spec
-        return EndpointSet(
-            spec.load_balancer, spec.outlier_detection, rng=self._rng, on_event=self._outlier_event
-        )
+    @property
+    def endpoint_set(self) -> EndpointSet:
+        """The endpoint set of the whole service (each subset has its own: destinations.py)."""
+        return self.destinations.all
 
     def _timeout(self, timeout: float | None, flags: int) -> float:
         """How long a request may take: the caller's, or the socket's default, shortened to
@@ -197,14 +142,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
             return self._service_traffic  # the usual case: the policy of the last request
         state = self._service_traffic = self._mesh._traffic.of(policy, self.service)
         self._endpoints_policy = policy  # a new policy: its balancer, ejection, subsets, mirrors
-        spec = state.spec
-        self.endpoint_set.configure(spec.load_balancer, spec.outlier_detection)
-        for name, (subset, es) in list(self._subset_sets.items()):
-            if state.subsets.get(name) != subset:
-                del self._subset_sets[name]  # redefined or gone: made again on next use
-            else:
-                es.configure(spec.load_balancer, spec.outlier_detection)
-        self._mirror_sets.clear()  # made again on next use, from the new policy
+        self.destinations.configure(state)
         if state.mirrors != self._also:
             self._also = state.mirrors  # connect to (or drop) the services it mirrors to
             self._refresh(force=True)
@@ -301,7 +239,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                 deadline,
                 spec.retries,
                 spec.hedging,
-                self.endpoint_set if subset is None else self._subset_set(traffic, subset),
+                self.destinations.for_subset(traffic, subset),
                 traffic.budget_for(spec.retries.budget),
                 self._rng,
                 now,
@@ -418,13 +356,13 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
             deadline,
             spec.retries,
             spec.hedging,
-            self.endpoint_set if subset is None else self._subset_set(traffic, subset),
+            self.destinations.for_subset(traffic, subset),
             traffic.budget_for(spec.retries.budget),
             self._rng,
             now,
             delay=plan.delay,
             abort=plan.abort,
-            mirror=self._mirror_set(traffic, plan.mirror) if plan.mirror is not None else None,
+            mirror=self.destinations.for_mirror(traffic, plan.mirror) if plan.mirror is not None else None,
         )
 
     def _count_traffic(self, event: str, counter: str) -> None:
@@ -550,9 +488,9 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         if failure.delivery is Delivery.NOT_SENT and not self._upstreams:
             text += f": {self._why_none()}"
         elif failure.delivery is Delivery.NOT_SENT and subset is not None:
-            entry = self._subset_sets.get(subset)
-            if entry is not None and not len(entry[1]):
-                labels = dict(entry[0].labels)
+            empty = self.destinations.empty_subset(subset)
+            if empty is not None:
+                labels = dict(empty.labels)
                 text += (
                     f": no connected endpoint of this service has the labels {labels} "
                     "(Mesh(labels=...) sets a server's labels)"
