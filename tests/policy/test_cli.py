@@ -173,3 +173,40 @@ def test_zmesh_policy_check_as_a_process(files: tuple[Path, Path]) -> None:
     assert [line.strip()[:40] for line in bad.stdout.splitlines()[1:]] == [
         p[:40] for p in BAD_PROBLEMS
     ]
+
+
+UNREACHABLE = textwrap.dedent(
+    """\
+    traffic:
+      orders:
+        timeout: 2s
+        routes:
+          - name: canary
+            match: [{headers: {x-canary: "true"}}]
+          - match: [{method: "*"}]
+            timeout: 5s
+          - name: beta
+            match: [{method: "beta*"}]
+    """
+)
+
+
+def test_check_warns_of_an_unreachable_route_and_still_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(UNREACHABLE)
+    assert run_in_process(["policy", "check", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"OK {path}: revision ")
+    assert lines[1:] == [
+        'warning: traffic.orders.routes[2] ("beta") is unreachable: traffic.orders.routes[1] '
+        "matches every request"
+    ]
+
+
+def test_check_prints_no_warning_for_reachable_routes(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_in_process(["policy", "check", str(files[0])]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1

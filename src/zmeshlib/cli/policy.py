@@ -1,7 +1,8 @@
 """``zmesh policy``: check a policy file, or ask it for one authorization decision.
 
-``zmesh policy check FILE`` prints ``OK`` with the revision, or every problem
-with its path (exit status 1), so it fits in CI before a rollout.
+``zmesh policy check FILE`` prints ``OK`` with the revision and a ``warning:``
+line for each finding of :func:`~zmeshlib.policy.analyze` (exit status 0), or
+every problem with its path (exit status 1), so it fits in CI before a rollout.
 ``zmesh policy decide FILE PRINCIPAL ACTION SERVICE RESOURCE`` prints the
 decision and the sentence that explains it (exit status 1 when denied).
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 from .._exceptions import IdentityError, PolicyError
 from ..identity.spiffe_id import SpiffeId
-from ..policy import ACTIONS, Policy
+from ..policy import ACTIONS, Policy, analyze
 
 
 def register(subparsers: Any) -> None:
@@ -48,6 +49,8 @@ def check_command(args: argparse.Namespace) -> int:
         f"OK {args.file}: revision {policy.revision}, {len(policy.authorization)} authorization "
         f"policies, {len(policy.services)} services, {len(policy.traffic)} traffic entries"
     )
+    for finding in analyze(policy):
+        print(f"warning: {finding}")
     return 0
 
 

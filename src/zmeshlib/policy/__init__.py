@@ -3,11 +3,13 @@
 ``Policy`` is the document (peer authentication, services and secure naming,
 authorization, traffic, telemetry); ``Policy.authorizer()`` is the compiled
 ``Authorizer`` the sockets ask on every operation; ``PolicyWatcher`` reloads a
-policy file live. See docs/policy.md and docs/authorization.md.
+policy file live; ``analyze(policy)`` lists what is valid but likely a mistake
+(routes that can never be chosen). See docs/policy.md and docs/authorization.md.
 """
 
 from __future__ import annotations
 
+from ._traffic import analyze
 from .authz import (
     ACTIONS,
     Authorizer,
@@ -84,6 +86,7 @@ __all__ = [
     "TelemetrySpec",
     "TracingSpec",
     "TrafficSpec",
+    "analyze",
     "register_provider",
     "unregister_provider",
 ]
