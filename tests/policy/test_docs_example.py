@@ -66,3 +66,42 @@ def test_subscription_rows(row: list[str]) -> None:
     expected = () if applied == "nothing" else tuple(p.strip(" `") for p in applied.split(","))
     authz = example_policy().authorizer()
     assert authz.allowed_subscription(principal(who), service, prefix) == expected
+
+
+POLICY_DOC = (Path(__file__).resolve().parents[2] / "docs" / "policy.md").read_text()
+ROUTES = POLICY_DOC[POLICY_DOC.index("### `traffic.<service>.routes`") :]
+ROUTES = ROUTES[: ROUTES.index("\n## ")]
+
+
+def routes_example() -> Policy:
+    block = re.search(r"```yaml\n(.*?)```", ROUTES, re.S)
+    assert block is not None
+    return Policy.from_dict(yaml.safe_load(block.group(1)))
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "timeout", "attempts", "split"),
+    [
+        ("get", {"x-canary": "true"}, 2.0, 2, [("v2", 100)]),
+        ("get", {"x-user": "test-7"}, 2.0, 2, [("v2", 100)]),
+        ("get", {"x-user": "test-7x"}, 2.0, 2, [("v1", 90), ("v2", 10)]),
+        ("reportDaily", {}, 10.0, 0, [("v1", 90), ("v2", 10)]),
+        ("reportDaily", {"x-canary": "true"}, 2.0, 2, [("v2", 100)]),
+        ("get", {}, 2.0, 2, [("v1", 90), ("v2", 10)]),
+    ],
+)
+def test_the_routes_example_does_what_it_says(
+    method: str,
+    headers: dict[str, str],
+    timeout: float,
+    attempts: int,
+    split: list[tuple[str, int]],
+) -> None:
+    from zmeshlib.policy import analyze
+    from zmeshlib.resilience.routing import select
+
+    policy = routes_example()
+    assert analyze(policy) == ()
+    settings = select(policy.traffic_for("orders"), method, headers)
+    assert (settings.timeout, settings.retries.attempts) == (timeout, attempts)
+    assert [(d.subset, d.weight) for d in settings.split] == split
