@@ -24,6 +24,10 @@ mesh       ``REQ.request(method="echo")`` -> ``REP.serve(handler)``, STRICT, the
 resilient  the same, from a client whose policy turns on retries (3, a per-try
            timeout, ``echo`` idempotent), the retry budget and outlier
            detection: what request resilience costs when nothing fails
+shaped     the mesh's client with traffic shaping configured and no faults:
+           two routes (a header match, a method match) that the request
+           falls through, then a split (100/0) over two subsets: what
+           routing and the split cost
 =========  ==================================================================
 
 ``--split`` also says where the mesh's own time goes on the critical path:
@@ -64,6 +68,29 @@ RESILIENT = {
             "outlier_detection": {"consecutive_errors": 5, "interval": "10s"},
         }
     }
+}
+SHAPED = {
+    "services": {
+        "bench": {
+            "subsets": [
+                {"name": "stable", "labels": {"service": "bench"}},
+                {"name": "canary", "labels": {"version": "canary"}},
+            ]
+        }
+    },
+    "traffic": {
+        "bench": {
+            "split": [{"subset": "stable", "weight": 100}, {"subset": "canary", "weight": 0}],
+            "routes": [
+                {
+                    "name": "testers",
+                    "match": [{"headers": {"x-canary": "1"}}],
+                    "split": [{"subset": "canary", "weight": 100}],
+                },
+                {"name": "admin", "match": [{"method": "admin*"}], "timeout": "30s"},
+            ],
+        }
+    },
 }
 STOP = b"stop"
 ns = time.perf_counter_ns
@@ -219,6 +246,13 @@ def main(argv: list[str]) -> int:
         )
         resilient = resilient_mesh.socket(zmq.REQ)
         resilient.connect(service="bench")
+        shaped_mesh = zmeshlib.Mesh(
+            identity=ca.issue("spiffe://example.org/ns/bench/sa/shaped"),
+            registry=registry,
+            policy=zmeshlib.Policy.from_dict(SHAPED),
+        )
+        shaped = shaped_mesh.socket(zmq.REQ)
+        shaped.connect(service="bench")
         ids = iter(range(1, 1 << 62))
         client = {
             name: Spans() for name in ("lean-send", "mesh-send", "lean-return", "mesh-return")
@@ -247,9 +281,13 @@ def main(argv: list[str]) -> int:
         def resilient_call(payload: bytes = PAYLOAD) -> None:
             resilient.request(payload, method="echo", timeout=5)
 
+        def shaped_call(payload: bytes = PAYLOAD) -> None:
+            shaped.request(payload, method="echo", timeout=5)
+
         calls = {"raw": raw_call, "lean": lean_call, "mesh": mesh_call}
-        if not args.split:  # its writes would count in the mesh's spans
+        if not args.split:  # their writes would count in the mesh's spans
             calls["resilient"] = resilient_call
+            calls["shaped"] = shaped_call
         for call in calls.values():  # warm up: handshakes, caches
             for _ in range(args.size):
                 call()
@@ -266,26 +304,30 @@ def main(argv: list[str]) -> int:
         for spans in client.values():
             spans.count = timed
         for name, call in calls.items():
-            if name != "resilient":  # it shares the mesh's server, which the mesh's STOP stops
+            if name not in ("resilient", "shaped"):  # they share the mesh's server
                 call(STOP)
         spent = dict(info.get(timeout=30) for _ in range(2)) if args.split else {}
         for s in servers:
             s.join(10)
         mesh.close()
         resilient_mesh.close()
+        shaped_mesh.close()
         ctx.destroy(linger=0)
     print(f"{args.batches} batches of {args.size} round trips per case, 64-byte payloads")
     for name in calls:
         print(
-            f"{name:<5} mean round trip, median of batches: {statistics.median(per[name]):7.1f} us"
+            f"{name:<9} mean round trip, median of batches: {statistics.median(per[name]):7.1f} us"
         )
-    for name in ("lean", "mesh", "resilient"):
+    for name in ("lean", "mesh", "resilient", "shaped"):
         if name in per:
             ratios = [x / r for x, r in zip(per[name], per["raw"], strict=True)]
             print(f"{name}/raw median ratio {statistics.median(ratios):.2f}x")
     if "resilient" in per:
         costs = [x / m for x, m in zip(per["resilient"], per["mesh"], strict=True)]
         print(f"resilient/mesh median ratio {statistics.median(costs):.3f}x (target <= 1.05x)")
+    if "shaped" in per:
+        costs = [x / m for x, m in zip(per["shaped"], per["mesh"], strict=True)]
+        print(f"shaped/mesh median ratio {statistics.median(costs):.3f}x (target <= 1.05x)")
     if args.split:
         print("where the time goes (us per round trip, mean)    lean    mesh")
         rows = [
