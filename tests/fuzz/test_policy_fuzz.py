@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from zmeshlib._exceptions import PolicyError
 from zmeshlib.policy import Policy
 from zmeshlib.policy import _document as document_module
+from zmeshlib.policy import _files as files_module
 from zmeshlib.policy.model import LOAD_BALANCERS, STATUS_BY_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -477,8 +478,8 @@ def test_the_pure_python_yaml_loader_raises_only_policy_errors(
     data: st.DataObject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same guards hold where PyYAML was built without libyaml."""
-    pure = document_module._yaml_loader(yaml.SafeLoader)
-    monkeypatch.setattr(document_module, "_strict_loader", lambda: pure)
+    pure = files_module._yaml_loader(yaml.SafeLoader)
+    monkeypatch.setattr(files_module, "_strict_loader", lambda: pure)
     path = tmp_path / "mesh.yaml"
     path.write_bytes(data.draw(file_bytes("yaml")))
     outcome(lambda: Policy.load(path))
