@@ -294,8 +294,11 @@ def main(argv: list[str]) -> int:
         for spans in client.values():
             spans.total = spans.count = 0
         per: dict[str, list[float]] = {name: [] for name in calls}
-        for _ in range(args.batches):
-            for name, call in calls.items():
+        cases = list(calls.items())
+        for batch in range(args.batches):
+            # each batch starts at another case, so no case always follows the same one
+            shift = batch % len(cases)
+            for name, call in cases[shift:] + cases[:shift]:
                 t0 = time.perf_counter()
                 for _ in range(args.size):
                     call()
