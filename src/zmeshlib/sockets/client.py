@@ -233,19 +233,22 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         self._refresh()
         now = time.monotonic()
         subset = plan.subset
-        if plan.mirror is None and plan.delay == 0.0 and plan.abort is None:
-            call = Call(
-                method,
-                deadline,
-                spec.retries,
-                spec.hedging,
-                self.destinations.for_subset(traffic, subset),
-                traffic.budget_for(spec.retries.budget),
-                self._rng,
-                now,
-            )
-        else:
-            call = self._shaped_call(method, deadline, traffic, plan, now)
+        if plan.delay or plan.abort is not None:
+            self._count_faults(plan)
+        mirror = plan.mirror
+        call = Call(
+            method,
+            deadline,
+            spec.retries,
+            spec.hedging,
+            self.destinations.for_subset(traffic, subset),
+            traffic.budget_for(spec.retries.budget),
+            self._rng,
+            now,
+            delay=plan.delay,
+            abort=plan.abort,
+            mirror=None if mirror is None else self.destinations.for_mirror(traffic, mirror),
+        )
         connect_timeout = spec.pool.connect_timeout or CONNECT_TIMEOUT
         sent: dict[int, tuple[Pending, Upstream]] = {}  # attempt -> its request, its upstream
         attempts: dict[int, int] = {}  # request id -> attempt
@@ -341,29 +344,11 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
             for _, _, pending, _ in unsent.values():
                 core.forget(pending)
 
-    def _shaped_call(
-        self, method: str, deadline: float, traffic: ServiceTraffic, plan: Plan, now: float
-    ) -> Call:
-        """The call of a request with injected faults or a mirror (counted here)."""
-        spec = plan.traffic
+    def _count_faults(self, plan: Plan) -> None:
         if plan.delay:
             self._count_traffic("fault.delay", "faults_delayed")
         if plan.abort is not None:
             self._count_traffic("fault.abort", "faults_aborted")
-        subset = plan.subset
-        return Call(
-            method,
-            deadline,
-            spec.retries,
-            spec.hedging,
-            self.destinations.for_subset(traffic, subset),
-            traffic.budget_for(spec.retries.budget),
-            self._rng,
-            now,
-            delay=plan.delay,
-            abort=plan.abort,
-            mirror=self.destinations.for_mirror(traffic, plan.mirror) if plan.mirror is not None else None,
-        )
 
     def _count_traffic(self, event: str, counter: str) -> None:
         self.counts[counter] += 1
