@@ -68,6 +68,7 @@ from .idioms import RecvIdioms, SendIdioms
 from .traffic import ServiceTraffic
 
 if TYPE_CHECKING:
+    from ..telemetry.tracing import CallSpans
     from .mesh import Mesh
 
 log = logging.getLogger("zmeshlib.sockets")
@@ -255,6 +256,12 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         unsent: dict[int, tuple[list[bytes], Upstream, Pending, float]] = {}  # waiting to go
         replies: dict[int, Message | RemoteError] = {}  # attempt -> its reply
         generation = self._generation
+        # the call's spans, when it is traced and the caller did not pass trace= itself
+        spans = (
+            None
+            if trace is not None
+            else self._mesh.tracing.call(traffic.policy, self.service, method)
+        )
         commands = call.start(now)
         try:
             while True:
@@ -269,9 +276,13 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                             commands += call.not_sent(command.attempt, now)
                             continue
                         left = command.deadline - now
+                        sent_trace, sent_headers = (
+                            (trace, headers) if spans is None
+                            else spans.envelope(command.attempt, headers)
+                        )  # fmt: skip
                         request, mid = core.request_frames(
                             payload, method, int((time.time() + left) * 1000), int(left * 1000),
-                            headers, trace, command.attempt,
+                            sent_headers, sent_trace, command.attempt,
                         )  # fmt: skip
                         pending = core.expect(mid, command.deadline, method, up.address)
                         attempts[mid] = command.attempt
@@ -283,9 +294,16 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                     elif command.__class__ is Cancel:
                         self._cancel(command.attempt, sent, attempts, unsent)
                     elif command.__class__ is Mirror:
-                        self._shadow(command.endpoint, payload, method, deadline, headers, trace)
-                    else:
+                        copy_trace, copy_headers = (
+                            (trace, headers) if spans is None else spans.envelope(0, headers)
+                        )
+                        self._shadow(
+                            command.endpoint, payload, method, deadline, copy_headers, copy_trace
+                        )
+                    elif spans is None:
                         return self._result(command, replies, method, subset)  # type: ignore[arg-type]
+                    else:
+                        return self._traced_result(command, replies, method, subset, spans)  # type: ignore[arg-type]
                 commands = []
                 due = call.next_timer()
                 if len(sent) == 1:  # the usual wait: one attempt's reply
@@ -339,6 +357,8 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                 if due is not None and now >= due:
                     commands += call.timer(now)
         finally:
+            if spans is not None and spans.span is not None:  # ended early (closed, error)
+                spans.finish(StatusCode.CANCELLED, "", None, replies)
             for pending, _ in sent.values():
                 core.forget(pending)
             for _, _, pending, _ in unsent.values():
@@ -456,6 +476,24 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
             assert isinstance(error, RemoteError)
             raise error
         raise self._error(failure, method, subset)
+
+    def _traced_result(
+        self,
+        finish: Finish,
+        replies: dict[int, Message | RemoteError],
+        method: str,
+        subset: str | None,
+        spans: CallSpans,
+    ) -> Message:
+        """:meth:`_result`, ending the call's spans with its outcome."""
+        try:
+            reply = self._result(finish, replies, method, subset)
+        except RemoteError as error:
+            spans.finish(error.status, "", error, replies)
+            raise
+        peer = reply.peer.spiffe_id
+        spans.finish(StatusCode.OK, str(peer) if peer is not None else "", None, replies)
+        return reply
 
     def _error(self, failure: CallFailure, method: str, subset: str | None = None) -> RemoteError:
         what = f"{method or 'request'} to service {self.service or 'of this socket'!r}"

@@ -58,6 +58,7 @@ from ..policy.model import TelemetrySpec
 from ..registry import Registry
 from ..telemetry import MeshMetrics
 from ..telemetry.logs import LimitedLog
+from ..telemetry.tracing import Tracing
 from ..wire.envelope import DEFAULT_LIMITS, Limits
 from .addresses import default_advertise_host
 from .base import MeshSocket
@@ -119,6 +120,7 @@ class Mesh:
         labels: Mapping[str, str] | None = None,
         limits: Limits = DEFAULT_LIMITS,
         meter_provider: Any = None,
+        tracer_provider: Any = None,
         advertise_host: str | None = None,
     ) -> None:
         self._closed = True  # until fully started: close() of a half-made Mesh does nothing
@@ -155,7 +157,7 @@ class Mesh:
         self._stop = threading.Event()
         self._started: list[Any] = []  # what close() must undo, in the order it was made
         try:
-            self._start(context, registry, meter_provider)
+            self._start(context, registry, meter_provider, tracer_provider)
         except BaseException:
             self._undo()
             raise
@@ -168,7 +170,11 @@ class Mesh:
         )
 
     def _start(
-        self, context: zmq.Context | None, registry: str | Registry, meter_provider: Any
+        self,
+        context: zmq.Context | None,
+        registry: str | Registry,
+        meter_provider: Any,
+        tracer_provider: Any = None,
     ) -> None:
         self._own_context = context is None
         self.context = context if context is not None else self._new_context()
@@ -200,6 +206,10 @@ class Mesh:
                 lambda _ident: self._publish_card()
             )
         self.metrics = MeshMetrics(self, meter_provider)
+        #: Spans and trace context (``telemetry/tracing.py``): the global provider by default.
+        self.tracing = Tracing(
+            str(self.identity.spiffe_id) if self.identity else "", tracer_provider
+        )
         self._keeper = threading.Thread(target=self._keep, name="zmeshlib-keeper", daemon=True)
         self._keeper.start()
         self._started.append(self._stop_keeper)

@@ -10,7 +10,8 @@ Rules this module keeps:
   silent hang; ``serve()`` ends cleanly when the socket is closed, from any
   thread.
 * While a handler runs, its request's deadline is current (``deadlines.py``):
-  the calls it makes inherit what is left of it.
+  the calls it makes inherit what is left of it. So is its SERVER span, when
+  the request is traced (``telemetry/tracing.py``): they continue its trace.
 * The sync and asyncio facades differ only in how they wait.
 """
 
@@ -25,6 +26,7 @@ import zmq
 
 from .._exceptions import Closed, MeshError, RemoteError, Timeout
 from .._models import Message, Peer, SocketKind, StatusCode
+from ..telemetry import tracing
 from .base import MeshSocket, flags_timeout, receive
 from .core import Payload, ServerCore
 from .deadlines import enter, leave
@@ -99,6 +101,17 @@ class _Server(MeshSocket, SendIdioms, RecvIdioms):
         self._last = msg
         return msg
 
+    def _server_span(self, msg: Message) -> Any:
+        """The request's SERVER span and the context it continues; None if not traced."""
+        return self._mesh.tracing.start_server(
+            self._mesh._in_force.policy,
+            self.service,
+            msg.method,
+            msg.trace,
+            msg.headers,
+            str(msg.peer.spiffe_id) if msg.peer.spiffe_id else "",
+        )
+
     def reply_exception(self, msg: Message, error: BaseException) -> None:
         """Answer ``msg`` with the status an exception stands for (never a silent hang)."""
         if isinstance(error, RemoteError):
@@ -106,6 +119,11 @@ class _Server(MeshSocket, SendIdioms, RecvIdioms):
         else:
             log.error("handler for %r raised", msg.method, exc_info=error)
             msg.reply_error(StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+
+
+def status_of(error: BaseException) -> StatusCode:
+    """The status a handler's exception is answered with (``reply_exception``)."""
+    return error.status if isinstance(error, RemoteError) else StatusCode.INTERNAL
 
 
 # -- the facades ---------------------------------------------------------------------
@@ -130,6 +148,9 @@ class RepSocket(_Server):
         An :class:`~zmeshlib.ApplicationError` keeps its retriable flag; any
         other MeshError its status; anything else is INTERNAL (and logged).
         """
+        traced = self._server_span(msg)
+        if traced is not None:
+            return self._handle_traced(msg, handler, *traced)
         token = enter(msg.deadline)
         try:
             result = handler(msg)
@@ -139,6 +160,22 @@ class RepSocket(_Server):
         finally:
             leave(token)
         msg.reply(b"" if result is None else result)
+
+    def _handle_traced(
+        self, msg: Message, handler: Callable[[Message], Payload | None], span: Any, parent: Any
+    ) -> None:
+        token, current = enter(msg.deadline), tracing.use(span, parent)
+        try:
+            result = handler(msg)
+        except Exception as e:
+            self.reply_exception(msg, e)
+            tracing.end(span, status_of(e), error=e)
+            return
+        finally:
+            tracing.unuse(current)
+            leave(token)
+        msg.reply(b"" if result is None else result)
+        tracing.end(span, _OK)
 
     def serve(
         self,
@@ -190,16 +227,25 @@ class AsyncRepSocket(_Server):
                     msg = await self.recv(timeout=REFRESH_INTERVAL * 5)
                 except Timeout:
                     continue
+                traced = self._server_span(msg)
+                span = traced[0] if traced is not None else None
                 token = enter(msg.deadline)
+                current = tracing.use(*traced) if traced is not None else None
                 try:
                     result = handler(msg)
                     if hasattr(result, "__await__"):
                         result = await result
                 except Exception as e:
                     self.reply_exception(msg, e)
+                    if span is not None:
+                        tracing.end(span, status_of(e), error=e)
                 else:
                     msg.reply(b"" if result is None else result)
+                    if span is not None:
+                        tracing.end(span, _OK)
                 finally:
+                    if current is not None:
+                        tracing.unuse(current)
                     leave(token)
                 served += 1
         except Closed:
