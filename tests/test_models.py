@@ -67,18 +67,25 @@ def test_both_received_constructors_build_the_same_message(args):
 @needs_compiled
 def test_both_received_constructors_take_the_optional_arguments_by_keyword():
     base = ((b"a",), ANONYMOUS, None, {}, 3, None)
-    keywords = {"method": "m", "deadline": 2.0, "attempt": 1, "replier": print, "route": b"r"}
+    keywords = {
+        "method": "m",
+        "deadline": 2.0,
+        "attempt": 1,
+        "replier": print,
+        "route": b"r",
+        "receiver": len,
+    }
     compiled = compiled_message.received(*base, **keywords)
     python = _models.py_received(*base, **keywords)
     assert vars(compiled) == vars(python)
-    assert (compiled._replier, compiled._route) == (print, b"r")
+    assert (compiled._replier, compiled._route, compiled._receiver) == (print, b"r", len)
 
 
 def test_the_received_constructor_checks_its_arguments():
     for args in [
         (),
         ((b"a",), ANONYMOUS, None, {}, 1),
-        ((b"a",), ANONYMOUS, None, {}, 1, None) * 2,
+        ((b"a",), ANONYMOUS, None, {}, 1, None) * 2 + (None,),  # one too many
     ]:
         with pytest.raises(TypeError):
             Message._received(*args)

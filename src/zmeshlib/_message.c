@@ -21,8 +21,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#define FIELDS 12
-#define OPTIONAL 5
+#define FIELDS 13
+#define OPTIONAL 6
 
 static PyObject *message_cls; /* zmeshlib.Message */
 static PyObject *status_ok;   /* StatusCode.OK */
@@ -33,10 +33,10 @@ static PyObject *names[FIELDS];
 static PyObject *empty_bytes;
 static PyObject *keywords[OPTIONAL]; /* their argument names */
 static const char *const keyword_names[OPTIONAL] = {"method", "deadline", "attempt", "replier",
-                                                     "route"};
+                                                     "route",  "receiver"};
 static const char *const field_names[FIELDS] = {
     "frames", "peer",  "topic",    "headers", "message_id", "method",
-    "status", "trace", "deadline", "attempt", "_replier", "_route",
+    "status", "trace", "deadline", "attempt", "_replier", "_route", "_receiver",
 };
 
 /* setup(Message, StatusCode.OK) */
@@ -51,15 +51,17 @@ static PyObject *setup(PyObject *self, PyObject *args) {
 }
 
 /* received(frames, peer, topic, headers, message_id, trace, method="", deadline=None,
- *          attempt=0, replier=None, route=b"") -> Message; the last five also by keyword */
+ *          attempt=0, replier=None, route=b"", receiver=None) -> Message; the last six also
+ *          by keyword */
 static PyObject *received(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames) {
     if (message_cls == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "zmeshlib._message: setup() was not called");
         return NULL;
     }
-    /* the optional arguments, in signature order: method, deadline, attempt, replier, route */
-    PyObject *optional[OPTIONAL] = {empty_str, Py_None, zero, Py_None, empty_bytes};
+    /* the optional arguments, in signature order: method, deadline, attempt, replier, route,
+     * receiver */
+    PyObject *optional[OPTIONAL] = {empty_str, Py_None, zero, Py_None, empty_bytes, Py_None};
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     if (nargs < 6 || nargs > 6 + OPTIONAL) {
         goto usage;
@@ -94,6 +96,7 @@ static PyObject *received(PyObject *self, PyObject *const *args, Py_ssize_t narg
         optional[2], /* attempt */
         optional[3], /* _replier */
         optional[4], /* _route */
+        optional[5], /* _receiver */
     };
     PyObject *msg = PyBaseObject_Type.tp_new((PyTypeObject *)message_cls, empty_args, NULL);
     if (msg == NULL) {
@@ -111,7 +114,7 @@ static PyObject *received(PyObject *self, PyObject *const *args, Py_ssize_t narg
 usage:
     PyErr_SetString(PyExc_TypeError,
                     "received(frames, peer, topic, headers, message_id, trace, method='', "
-                    "deadline=None, attempt=0, replier=None, route=b'')");
+                    "deadline=None, attempt=0, replier=None, route=b'', receiver=None)");
     return NULL;
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -149,6 +150,19 @@ class Message:
     )
     # where a request's reply goes: its routing id on the REP socket's ROUTER
     _route: bytes = attrs.field(default=b"", eq=False, repr=False, alias="route")
+    # the receiving socket's tracing, for process(): a SUB's or PULL's mesh
+    _receiver: Any = attrs.field(default=None, eq=False, repr=False, alias="receiver")
+
+    def process(self) -> AbstractContextManager[Any]:
+        """``with msg.process():`` the CONSUMER span ``process {topic}`` of this message,
+        current for the block (a call or publication made inside continues the trace),
+        with an exception raised in the block recorded on it. Its parent is the context
+        the message was sent in. Without tracing (no SDK, or the policy's
+        ``telemetry.tracing`` off) it makes nothing and costs nothing.
+        """
+        from .telemetry.tracing import process_span
+
+        return process_span(self)
 
     @property
     def shadow(self) -> bool:
@@ -195,6 +209,7 @@ class Message:
         attempt: int = 0,
         replier: Callable[..., Any] | None = None,
         route: bytes = b"",
+        receiver: Any = None,
     ) -> Message:
         """The receive hot path's constructor: gives a bare instance its whole ``__dict__`` at
         once (a fifth of the cost of the generated ``__init__``, which sets each field
@@ -220,6 +235,7 @@ class Message:
                 "attempt": attempt,
                 "_replier": replier,
                 "_route": route,
+                "_receiver": receiver,
             },
         )
         return msg

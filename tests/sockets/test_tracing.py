@@ -183,3 +183,94 @@ def test_no_sdk_means_no_span_and_no_context_sent(mesh_factory):
     req.request(b"", method="charge", timeout=5)
     t.join(5)
     assert traces == [None]
+
+
+def test_publish_process_and_call_continue_one_trace(mesh_factory, traced):
+    provider, exporter = traced
+    publisher = mesh_factory("spiffe://example.org/ns/shop/sa/orders", tracer_provider=provider)
+    pub = publisher.socket(zmq.PUB)
+    pub.bind("tcp://127.0.0.1:0", service="orders")
+    server = mesh_factory(SERVER, tracer_provider=provider)
+    _, t = serve(server, lambda msg: b"charged", 1)
+    worker = mesh_factory(CLIENT, tracer_provider=provider)
+    sub = worker.socket(zmq.SUB)
+    sub.connect(service="orders")
+    sub.subscribe("orders.")
+    req = worker.socket(zmq.REQ)
+    req.connect(service="payment")
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("place order") as root:
+        msg = None
+        for _ in range(200):  # a subscriber hears what is sent after it joined
+            pub.send(b"order 1", topic="orders.created")
+            try:
+                msg = sub.recv(timeout=0.05)
+                break
+            except zmeshlib.Timeout:
+                pass
+    assert msg is not None
+    with msg.process():
+        req.request(b"3 EUR", method="charge", timeout=5)
+    t.join(5)
+    spans = exporter.get_finished_spans()
+    producers = [s for s in spans if s.kind is SpanKind.PRODUCER]
+    (consumer,) = [s for s in spans if s.kind is SpanKind.CONSUMER]
+    (producer,) = [s for s in producers if s.context.span_id == consumer.parent.span_id]
+    assert producer.parent.span_id == root.get_span_context().span_id
+    assert producer.name == "send orders.created" and consumer.name == "process orders.created"
+    assert producer.attributes["messaging.system"] == "zeromq"
+    assert producer.attributes["messaging.operation.type"] == "send"
+    assert producer.attributes["messaging.destination.name"] == "orders.created"
+    assert producer.attributes["messaging.message.body.size"] == 7
+    assert consumer.attributes["messaging.operation.type"] == "process"
+    assert consumer.attributes["messaging.message.id"] == str(msg.message_id)
+    assert (
+        consumer.attributes["zmeshlib.peer.spiffe_id"] == "spiffe://example.org/ns/shop/sa/orders"
+    )
+    call = next(s for s in spans if s.kind is SpanKind.CLIENT)
+    srv = next(s for s in spans if s.kind is SpanKind.SERVER)
+    assert call.parent.span_id == consumer.context.span_id
+    assert srv.parent.span_id == call.context.span_id
+    assert len({s.context.trace_id for s in spans}) == 1
+
+
+def test_pull_serve_handles_inside_the_consumer_span_and_survives_a_handler_error(
+    mesh_factory, traced
+):
+    provider, exporter = traced
+    worker = mesh_factory(SERVER, tracer_provider=provider)
+    pull = worker.socket(zmq.PULL)
+    pull.bind("tcp://127.0.0.1:0", service="jobs")
+    boss = mesh_factory(CLIENT, tracer_provider=provider)
+    push = boss.socket(zmq.PUSH)
+    push.connect(service="jobs")
+    current: list[Any] = []
+
+    def handler(msg: zmeshlib.Message) -> None:
+        current.append(trace.get_current_span().get_span_context().span_id)
+        if msg.payload == b"bad":
+            raise ValueError("cannot do it")
+
+    for payload in (b"bad", b"good"):
+        push.send(payload, timeout=5)
+    assert pull.serve(handler, max_messages=2) == 2
+    assert pull.stats["handler_errors"] == 1
+    consumers = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CONSUMER]
+    assert [s.context.span_id for s in consumers] == current
+    assert consumers[0].attributes["error.type"] == "ValueError"
+    assert consumers[0].name == "process jobs" and consumers[1].status.is_ok
+    producers = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.PRODUCER]
+    assert [s.name for s in producers] == ["send jobs", "send jobs"]
+    assert {c.parent.span_id for c in consumers} == {p.context.span_id for p in producers}
+
+
+def test_process_without_tracing_makes_nothing(mesh_factory):
+    mesh = mesh_factory(SERVER)
+    pull = mesh.socket(zmq.PULL)
+    pull.bind("tcp://127.0.0.1:0", service="jobs")
+    push = mesh_factory(CLIENT).socket(zmq.PUSH)
+    push.connect(service="jobs")
+    push.send(b"x", timeout=5)
+    msg = pull.recv(timeout=5)
+    with msg.process() as span:
+        assert span is None and msg.trace is None

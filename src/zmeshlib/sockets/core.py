@@ -459,6 +459,8 @@ class SubscriberCore(_PolicyBound):
         super().__init__(policy, service, self_id, limits)
         self.drops = drops
         self.kind = kind
+        #: The receiving mesh's tracing, which ``msg.process()`` reaches through the message.
+        self.tracing: Any = None
 
     def check_subscribe(self, prefix: str) -> None:
         """The subscriber's own check against the shared policy (the publisher checks again)."""
@@ -551,7 +553,13 @@ class SubscriberCore(_PolicyBound):
             self.drops.drop(why, f"{peer}: {resource!r}")
             return None
         return Message._received(
-            tuple(payload), peer, topic if publish else None, env.headers, env.message_id, env.trace
+            tuple(payload),
+            peer,
+            topic if publish else None,
+            env.headers,
+            env.message_id,
+            env.trace,
+            receiver=self,  # msg.process(): this core's tracing and service
         )
 
 

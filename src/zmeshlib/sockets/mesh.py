@@ -208,7 +208,7 @@ class Mesh:
         self.metrics = MeshMetrics(self, meter_provider)
         #: Spans and trace context (``telemetry/tracing.py``): the global provider by default.
         self.tracing = Tracing(
-            str(self.identity.spiffe_id) if self.identity else "", tracer_provider
+            str(self.identity.spiffe_id) if self.identity else "", tracer_provider, self._in_force
         )
         self._keeper = threading.Thread(target=self._keep, name="zmeshlib-keeper", daemon=True)
         self._keeper.start()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -28,8 +28,10 @@ from .._exceptions import Timeout
 from .._models import Delivery, Message, SocketKind, TraceContext
 from ..policy import Policy
 from ..resilience.routing import choose_subset, select
+from ..telemetry.tracing import body_size
 from ..wire.envelope import Kind
 from .base import MeshSocket, flags_timeout, receive
+from .consume import serve_messages, serve_messages_async
 from .core import Payload, PushCore, SubscriberCore
 from .drivers import Op
 from .frames import send_message
@@ -65,6 +67,26 @@ class _Pusher(MeshSocket, SendIdioms):
         timeout: float | None,
     ) -> Op:
         self._refresh()
+        span = None
+        if trace is None and self._mesh.tracing.recording():
+            traced = self._mesh.tracing.start_producer(
+                "push", self.service, headers, body_size(payload)
+            )
+            if traced is not None:
+                span, trace, headers = traced
+        try:
+            return (yield from self._push(payload, headers, trace, timeout))
+        finally:
+            if span is not None:
+                span.end()
+
+    def _push(
+        self,
+        payload: Payload,
+        headers: Mapping[str, str] | None,
+        trace: TraceContext | None,
+        timeout: float | None,
+    ) -> Op:
         frames = self.core.frames(payload, headers, trace)
         deadline = None if timeout is None else time.monotonic() + timeout
         policy = self._mesh._in_force.policy
@@ -125,6 +147,7 @@ class _Puller(MeshSocket, RecvIdioms):
         self.core = SubscriberCore(
             mesh._in_force, "", lambda: mesh.spiffe_id, mesh.limits, self.drops, kind=Kind.PUSH
         )
+        self.core.tracing = mesh.tracing
 
     def _default_timeout(self) -> float | None:
         return None if self._rcvtimeo < 0 else self._rcvtimeo / 1000
@@ -172,6 +195,18 @@ class PullSocket(_Puller):
             self, flags_timeout(timeout, flags, self._default_timeout()), self.core.message
         )
 
+    def serve(
+        self,
+        handler: Callable[[Message], Any],
+        *,
+        max_messages: int | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> int:
+        """Handle each message with ``handler`` inside ``msg.process()`` (its CONSUMER span),
+        until ``stop()`` is true, ``max_messages`` were handled, or the socket is closed;
+        returns how many. A handler's exception is counted and logged, never fatal."""
+        return serve_messages(self, handler, max_messages, stop)
+
 
 class AsyncPullSocket(_Puller):
     async def recv(self, timeout: float | None = None, *, flags: int = 0) -> Message:
@@ -179,3 +214,14 @@ class AsyncPullSocket(_Puller):
             flags_timeout(timeout, flags, self._default_timeout()), self.core.message
         )
         return await self._driver.run(self, op)
+
+    async def serve(
+        self,
+        handler: Callable[[Message], Any],
+        *,
+        max_messages: int | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> int:
+        """Handle each message with ``handler`` (sync or async) inside ``msg.process()``
+        (as :meth:`SubSocket.serve`)."""
+        return await serve_messages_async(self, handler, max_messages, stop)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,9 @@ import zmq
 
 from .._exceptions import InvalidArgument, MeshError
 from .._models import Delivery, Message, Peer, SocketKind, TraceContext
+from ..telemetry.tracing import body_size
 from .base import MeshSocket, flags_timeout, receive
+from .consume import serve_messages, serve_messages_async
 from .core import MAX_TOPIC_BYTES, Payload, PublisherCore, SubscriberCore
 from .frames import recv_message, send_message
 from .idioms import RecvIdioms, SendIdioms
@@ -85,12 +87,21 @@ class _Publisher(MeshSocket, SendIdioms):
                 self._next_drain = now + DRAIN_INTERVAL
                 self._refresh()
                 self._drain()
+            span = None
+            if trace is None and self._mesh.tracing.recording():
+                traced = self._mesh.tracing.start_producer(
+                    "publish", topic, headers, body_size(payload)
+                )
+                if traced is not None:
+                    span, trace, headers = traced
             frames = self.core.publication(topic, payload, headers, trace)
             if self._server is not None:
                 send_message(self._server, frames, _NOBLOCK)  # XPUB drops at the HWM itself
             for up in self._upstreams.values():
                 if not send_message(up.sock, frames, _NOBLOCK):
                     self.drops.drop("hwm")
+            if span is not None:
+                span.end()
         finally:
             self._busy -= 1
             if self._closing and not self._busy:
@@ -217,6 +228,7 @@ class _Subscriber(MeshSocket, RecvIdioms):
         self.core = SubscriberCore(
             mesh._in_force, "", lambda: mesh.spiffe_id, mesh.limits, self.drops
         )
+        self.core.tracing = mesh.tracing
         self._prefixes: list[bytes] = []
 
     def _configure(self, sock: zmq.Socket, server: bool) -> None:
@@ -330,6 +342,18 @@ class SubSocket(_Subscriber):
             self, flags_timeout(timeout, flags, self._default_timeout()), self.core.message
         )
 
+    def serve(
+        self,
+        handler: Callable[[Message], Any],
+        *,
+        max_messages: int | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> int:
+        """Handle each message with ``handler`` inside ``msg.process()`` (its CONSUMER span),
+        until ``stop()`` is true, ``max_messages`` were handled, or the socket is closed;
+        returns how many. A handler's exception is counted and logged, never fatal."""
+        return serve_messages(self, handler, max_messages, stop)
+
 
 class AsyncSubSocket(_Subscriber):
     async def recv(self, timeout: float | None = None, *, flags: int = 0) -> Message:
@@ -338,3 +362,14 @@ class AsyncSubSocket(_Subscriber):
             flags_timeout(timeout, flags, self._default_timeout()), self.core.message
         )
         return await self._driver.run(self, op)
+
+    async def serve(
+        self,
+        handler: Callable[[Message], Any],
+        *,
+        max_messages: int | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> int:
+        """Handle each message with ``handler`` (sync or async) inside ``msg.process()``
+        (as :meth:`SubSocket.serve`)."""
+        return await serve_messages_async(self, handler, max_messages, stop)

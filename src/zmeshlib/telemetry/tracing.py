@@ -33,7 +33,8 @@ W3C propagator: the server span then starts a new trace.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from ..policy import Policy
 
 RPC_SYSTEM = "zmeshlib"
+MESSAGING_SYSTEM = "zeromq"
 PEER_ID = "zmeshlib.peer.spiffe_id"
 WORKLOAD_ID = "zmeshlib.workload.spiffe_id"
 ATTEMPT = "zmeshlib.attempt"
@@ -88,17 +90,20 @@ def from_envelope(
 class Tracing:
     """The tracer of one Mesh, and what the sockets ask of it (module docstring)."""
 
-    def __init__(self, workload: str, tracer_provider: Any = None) -> None:
+    def __init__(self, workload: str, tracer_provider: Any = None, in_force: Any = None) -> None:
         from .. import __version__
 
+        self._in_force = in_force  # the Mesh's PolicyInForce: what process() and send() read
         self._explicit = tracer_provider is not None
         provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
         self.tracer = provider.get_tracer("zmeshlib", __version__)
         self.workload = workload
         self._rng = random.Random()
 
-    def recording(self, policy: Policy) -> bool:
+    def recording(self, policy: Policy | None = None) -> bool:
         """Whether spans would be recorded at all: an SDK is there and the policy traces."""
+        if policy is None:
+            policy = self._in_force.policy
         if not policy.telemetry.tracing.enabled:
             return False
         # the API's proxy provider delegates to nothing until an SDK provider is set globally
@@ -128,6 +133,62 @@ class Tracing:
         """The spans of one call, or None when it is not traced."""
         span = self.start_call(policy, service, method)
         return None if span is None else CallSpans(self, span, service, method)
+
+    def _sampled_root(self, parent: Any) -> bool:
+        """A span with no sampled parent is a root: drawn by ``telemetry.tracing.sampling``."""
+        if parent.is_valid and parent.trace_flags.sampled:
+            return True
+        sampling = self._in_force.policy.telemetry.tracing.sampling
+        return sampling >= 100.0 or self._rng.random() * 100.0 < sampling
+
+    def start_producer(
+        self, kind: str, destination: str, headers: Mapping[str, str] | None, size: int
+    ) -> tuple[Any, TraceContext | None, Mapping[str, str] | None] | None:
+        """A PRODUCER span ``send {destination}`` and the context a message carries under it;
+        None when not traced. ``kind`` is ``publish`` or ``push``."""
+        if not self.recording() or not self._sampled_root(
+            trace.get_current_span().get_span_context()
+        ):
+            return None
+        span = self.tracer.start_span(
+            f"send {destination}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": MESSAGING_SYSTEM,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": kind,
+                "messaging.destination.name": destination,
+                "messaging.message.body.size": size,
+                WORKLOAD_ID: self.workload,
+            },
+        )
+        trace_context, headers = self.inject(span, headers)
+        return span, trace_context, headers
+
+    def start_process(self, msg: Any, service: str) -> tuple[Any, otel_context.Context] | None:
+        """The CONSUMER span ``process {destination}`` of a received message, its parent the
+        context the message was sent in; None when not traced."""
+        if not self.recording():
+            return None
+        parent = from_envelope(msg.trace, msg.headers)
+        if not self._sampled_root(trace.get_current_span(parent).get_span_context()):
+            return None
+        destination = msg.topic if msg.topic is not None else service
+        attributes = {
+            "messaging.system": MESSAGING_SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": destination,
+            "messaging.message.id": str(msg.message_id),
+            "messaging.message.body.size": sum(len(f) for f in msg.frames),
+            WORKLOAD_ID: self.workload,
+        }
+        if msg.peer.spiffe_id is not None:
+            attributes[PEER_ID] = str(msg.peer.spiffe_id)
+        span = self.tracer.start_span(
+            f"process {destination}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+        )
+        return span, parent
 
     def start_attempt(self, call_span: Any, service: str, method: str, attempt: int) -> Any:
         """A retry's or hedge's own CLIENT span, under the call's."""
@@ -233,9 +294,41 @@ class CallSpans:
             self.span = None
 
 
+def body_size(payload: Any) -> int:
+    """``messaging.message.body.size``: the payload's bytes, one frame or several."""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return len(payload)
+    if isinstance(payload, str):
+        return len(payload.encode())
+    return sum(len(part) for part in payload)
+
+
 def _peer_of(message: Any) -> str:
     spiffe_id = message.peer.spiffe_id
     return str(spiffe_id) if spiffe_id is not None else ""
+
+
+@contextmanager
+def process_span(msg: Any) -> Iterator[Any]:
+    """``Message.process()``: the CONSUMER span, current for the block (module docstring)."""
+    receiver = msg._receiver  # the receiving socket's core: its mesh's tracing, its service
+    tracing = receiver.tracing if receiver is not None else None
+    traced = tracing.start_process(msg, receiver.service) if tracing is not None else None
+    if traced is None:
+        yield None
+        return
+    span, parent = traced
+    token = use(span, parent)
+    try:
+        yield span
+    except BaseException as error:
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, str(error)))
+        span.set_attribute("error.type", type(error).__qualname__)
+        raise
+    finally:
+        unuse(token)
+        span.end()
 
 
 def end(span: Any, status: MeshStatus, peer: str = "", error: BaseException | None = None) -> None:
