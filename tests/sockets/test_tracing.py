@@ -274,3 +274,18 @@ def test_process_without_tracing_makes_nothing(mesh_factory):
     msg = pull.recv(timeout=5)
     with msg.process() as span:
         assert span is None and msg.trace is None
+
+
+def test_the_direct_trace_field_is_what_the_propagators_write(traced):
+    from opentelemetry import propagate
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    from zmeshlib.telemetry.tracing import Tracing, to_envelope
+
+    provider, _ = traced
+    tracing = Tracing("spiffe://example.org/x", provider, None)
+    for state in (TraceState(), TraceState([("vendor", "v1"), ("other", "x")])):
+        span = NonRecordingSpan(SpanContext(0xAB, 0xCD, False, TraceFlags(1), state))
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        assert tracing.inject(span, None) == (to_envelope(carrier)[0], None)

