@@ -508,7 +508,7 @@ def test_a_policy_that_sets_what_is_not_applied_yet_says_so(mesh_factory, caplog
                     "pool": {"max_connections": 3},
                 }
             },
-            "telemetry": {"tracing": {"sampling": 10}},
+            "telemetry": {"tracing": {"sampling": 10}, "access_log": {"enabled": True}},
         }
     )
     with caplog.at_level(logging.WARNING, logger="zmeshlib.mesh"):
@@ -517,6 +517,6 @@ def test_a_policy_that_sets_what_is_not_applied_yet_says_so(mesh_factory, caplog
         mesh.update_policy(policy)
     (record,) = caplog.records
     text = record.getMessage()
-    for name in ("telemetry", "traffic.orders.pool.max_connections"):
+    for name in ("telemetry.access_log", "traffic.orders.pool.max_connections"):
         assert name in text
-    assert "split" not in text  # applied since traffic shaping
+    assert "split" not in text and "tracing" not in text  # applied

@@ -465,13 +465,18 @@ class Mesh:
         self.close()
 
 
-#: Traffic settings this version validates but does not apply yet (traffic shaping); the
-#: telemetry section too, when it is not the defaults.
+#: Traffic settings this version validates but does not apply yet; the telemetry
+#: section's metrics and access_log too, when they are not the defaults.
 UNAPPLIED = ("pool.max_connections", "pool.idle_timeout")
 
 
 def _unapplied(policy: Policy) -> list[str]:
-    found = ["telemetry"] if policy.telemetry != TelemetrySpec() else []
+    defaults = TelemetrySpec()  # tracing is applied; metrics' switch and access logs not yet
+    found = [
+        f"telemetry.{name}"
+        for name in ("metrics", "access_log")
+        if getattr(policy.telemetry, name) != getattr(defaults, name)
+    ]
     for service, spec in sorted(policy.traffic.items()):
         for name in UNAPPLIED:
             owner, _, field = name.rpartition(".")
