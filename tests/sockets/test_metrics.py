@@ -50,3 +50,115 @@ def test_policy_revision_and_handshakes_are_metrics(mesh_factory, tmp_path):
     handshakes = {p.attributes["outcome"]: p.value for p in points["zmeshlib.handshakes"]}
     assert handshakes["verified"] >= 1
     provider.shutdown()
+
+
+def _serve(mesh, handler, n):
+    rep = mesh.socket(zmq.REP)
+    rep.bind("tcp://127.0.0.1:0", service="payment")
+    t = threading.Thread(target=rep.serve, args=(handler,), kwargs={"max_requests": n})
+    t.start()
+    return t
+
+
+def test_call_durations_by_the_rpc_conventions(mesh_factory):
+    import zmeshlib
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    server = mesh_factory("spiffe://example.org/ns/shop/sa/payment", meter_provider=provider)
+
+    def handler(msg):
+        if msg.method == "refund":
+            raise zmeshlib.ResourceExhausted("no money left")
+        return b"ok"
+
+    t = _serve(server, handler, 3)
+    client = mesh_factory("spiffe://example.org/ns/shop/sa/client", meter_provider=provider)
+    req = client.socket(zmq.REQ)
+    req.connect(service="payment")
+    req.request(b"", method="charge", timeout=5)
+    req.request(b"", method="charge", timeout=5)
+    try:
+        req.request(b"", method="refund", timeout=5)
+    except zmeshlib.ResourceExhausted:
+        pass
+    t.join(5)
+    points = _points(reader)
+    for name in ("rpc.client.call.duration", "rpc.server.call.duration"):
+        by = {(p.attributes["rpc.method"], p.attributes["rpc.response.status_code"]): p
+              for p in points[name]}  # fmt: skip
+        assert by["charge", "OK"].count == 2 and by["refund", "RESOURCE_EXHAUSTED"].count == 1
+        assert by["refund", "RESOURCE_EXHAUSTED"].attributes["error.type"] == "RESOURCE_EXHAUSTED"
+        assert by["charge", "OK"].attributes["rpc.system.name"] == "zmeshlib"
+        assert by["charge", "OK"].attributes["rpc.service"] == "payment"
+        assert "error.type" not in by["charge", "OK"].attributes
+        assert 0 < by["charge", "OK"].sum < 10  # seconds
+    provider.shutdown()
+
+
+def test_messages_sent_consumed_and_processed(mesh_factory):
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    worker = mesh_factory("spiffe://example.org/ns/shop/sa/worker", meter_provider=provider)
+    pull = worker.socket(zmq.PULL)
+    pull.bind("tcp://127.0.0.1:0", service="jobs")
+    boss = mesh_factory("spiffe://example.org/ns/shop/sa/boss", meter_provider=provider)
+    push = boss.socket(zmq.PUSH)
+    push.connect(service="jobs")
+    for payload in (b"a", b"b", b"bad"):
+        push.send(payload, timeout=5)
+
+    def handler(msg):
+        if msg.payload == b"bad":
+            raise ValueError("no")
+
+    assert pull.serve(handler, max_messages=3) == 3
+    points = _points(reader)
+    (sent,) = points["messaging.client.sent.messages"]
+    assert sent.value == 3 and sent.attributes["messaging.operation.name"] == "push"
+    assert sent.attributes["messaging.destination.name"] == "jobs"
+    assert sent.attributes["messaging.system"] == "zeromq"
+    (consumed,) = points["messaging.client.consumed.messages"]
+    assert consumed.value == 3
+    process = {
+        p.attributes.get("error.type"): p.count for p in points["messaging.process.duration"]
+    }
+    assert process == {None: 2, "ValueError": 1}
+    provider.shutdown()
+
+
+def test_metrics_switched_off_by_the_policy_record_nothing(mesh_factory):
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    off = Policy.from_dict({"telemetry": {"metrics": {"enabled": False}}})
+    server = mesh_factory("spiffe://example.org/ns/shop/sa/payment", off, meter_provider=provider)
+    t = _serve(server, lambda msg: b"", 1)
+    client = mesh_factory("spiffe://example.org/ns/shop/sa/client", off, meter_provider=provider)
+    req = client.socket(zmq.REQ)
+    req.connect(service="payment")
+    req.request(b"", method="charge", timeout=5)
+    t.join(5)
+    points = _points(reader)
+    assert "rpc.client.call.duration" not in points and "rpc.server.call.duration" not in points
+    provider.shutdown()
+
+
+def test_the_api_globals_the_mesh_reads_are_what_the_api_keeps():
+    # recording() reads the API's global providers without a call, and tells the API's
+    # proxy provider apart: both are private names of opentelemetry-api, checked here
+    import subprocess
+    import sys
+
+    code = (
+        "from opentelemetry import metrics, trace\n"
+        "from opentelemetry.metrics import _internal as mi\n"
+        "from opentelemetry.metrics._internal import _ProxyMeterProvider\n"
+        "assert trace._TRACER_PROVIDER is None and mi._METER_PROVIDER is None\n"
+        "assert isinstance(metrics.get_meter_provider(), _ProxyMeterProvider)\n"
+        "from opentelemetry.sdk.metrics import MeterProvider\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "metrics.set_meter_provider(MeterProvider()); trace.set_tracer_provider(TracerProvider())\n"
+        "assert mi._METER_PROVIDER is metrics.get_meter_provider()\n"
+        "assert trace._TRACER_PROVIDER is trace.get_tracer_provider()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

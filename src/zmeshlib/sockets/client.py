@@ -262,6 +262,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
             if trace is not None
             else self._mesh.tracing.call(traffic.policy, self.service, method)
         )
+        started = now if self._mesh.metrics.recording() else None  # rpc.client.call.duration
         commands = call.start(now)
         try:
             while True:
@@ -300,10 +301,11 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                         self._shadow(
                             command.endpoint, payload, method, deadline, copy_headers, copy_trace
                         )
-                    elif spans is None:
+                    elif spans is None and started is None:
                         return self._result(command, replies, method, subset)  # type: ignore[arg-type]
                     else:
-                        return self._traced_result(command, replies, method, subset, spans)  # type: ignore[arg-type]
+                        return self._observed_result(command, replies, method, subset, spans,  # type: ignore[arg-type]
+                                                     started)  # fmt: skip
                 commands = []
                 due = call.next_timer()
                 if len(sent) == 1:  # the usual wait: one attempt's reply
@@ -477,23 +479,43 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
             raise error
         raise self._error(failure, method, subset)
 
-    def _traced_result(
+    def _observed_result(
         self,
         finish: Finish,
         replies: dict[int, Message | RemoteError],
         method: str,
         subset: str | None,
-        spans: CallSpans,
+        spans: CallSpans | None,
+        started: float | None,
     ) -> Message:
-        """:meth:`_result`, ending the call's spans with its outcome."""
+        """:meth:`_result`, ending the call's spans and recording its duration."""
         try:
             reply = self._result(finish, replies, method, subset)
         except RemoteError as error:
-            spans.finish(error.status, "", error, replies)
+            self._observed(spans, started, method, error.status, "", error, replies)
             raise
         peer = reply.peer.spiffe_id
-        spans.finish(StatusCode.OK, str(peer) if peer is not None else "", None, replies)
+        self._observed(spans, started, method, StatusCode.OK, str(peer) if peer else "", None,
+                       replies)  # fmt: skip
         return reply
+
+    def _observed(
+        self,
+        spans: CallSpans | None,
+        started: float | None,
+        method: str,
+        status: StatusCode,
+        peer: str,
+        error: RemoteError | None,
+        replies: dict[int, Message | RemoteError],
+    ) -> None:
+        if spans is not None:
+            spans.finish(status, peer, error, replies)
+        if started is not None:
+            metrics = self._mesh.metrics
+            metrics.client_duration.record(
+                time.monotonic() - started, metrics.rpc_labels(self.service, method, status)
+            )
 
     def _error(self, failure: CallFailure, method: str, subset: str | None = None) -> RemoteError:
         what = f"{method or 'request'} to service {self.service or 'of this socket'!r}"

@@ -459,8 +459,10 @@ class SubscriberCore(_PolicyBound):
         super().__init__(policy, service, self_id, limits)
         self.drops = drops
         self.kind = kind
-        #: The receiving mesh's tracing, which ``msg.process()`` reaches through the message.
+        #: The receiving mesh's tracing, which ``msg.process()`` reaches through the message,
+        #: and its metrics (messages consumed).
         self.tracing: Any = None
+        self.metrics: Any = None
 
     def check_subscribe(self, prefix: str) -> None:
         """The subscriber's own check against the shared policy (the publisher checks again)."""
@@ -552,6 +554,9 @@ class SubscriberCore(_PolicyBound):
         if why:
             self.drops.drop(why, f"{peer}: {resource!r}")
             return None
+        metrics = self.metrics
+        if metrics is not None and metrics.recording():
+            metrics.consumed.add(1, metrics.messaging_labels("receive", self.service))
         return Message._received(
             tuple(payload),
             peer,

@@ -466,17 +466,17 @@ class Mesh:
 
 
 #: Traffic settings this version validates but does not apply yet; the telemetry
-#: section's metrics and access_log too, when they are not the defaults.
+#: section's access_log too, when it is not the default.
 UNAPPLIED = ("pool.max_connections", "pool.idle_timeout")
 
 
 def _unapplied(policy: Policy) -> list[str]:
-    defaults = TelemetrySpec()  # tracing is applied; metrics' switch and access logs not yet
-    found = [
-        f"telemetry.{name}"
-        for name in ("metrics", "access_log")
-        if getattr(policy.telemetry, name) != getattr(defaults, name)
-    ]
+    # tracing and the metrics switch are applied; access logs not yet
+    found = (
+        ["telemetry.access_log"]
+        if policy.telemetry.access_log != TelemetrySpec().access_log
+        else []
+    )
     for service, spec in sorted(policy.traffic.items()):
         for name in UNAPPLIED:
             owner, _, field = name.rpartition(".")

@@ -75,10 +75,14 @@ class _Pusher(MeshSocket, SendIdioms):
             if traced is not None:
                 span, trace, headers = traced
         try:
-            return (yield from self._push(payload, headers, trace, timeout))
+            result = yield from self._push(payload, headers, trace, timeout)
         finally:
             if span is not None:
                 span.end()
+        metrics = self._mesh.metrics
+        if metrics.recording():
+            metrics.sent.add(1, metrics.messaging_labels("push", self.service))
+        return result
 
     def _push(
         self,
@@ -148,6 +152,7 @@ class _Puller(MeshSocket, RecvIdioms):
             mesh._in_force, "", lambda: mesh.spiffe_id, mesh.limits, self.drops, kind=Kind.PUSH
         )
         self.core.tracing = mesh.tracing
+        self.core.metrics = mesh.metrics
 
     def _default_timeout(self) -> float | None:
         return None if self._rcvtimeo < 0 else self._rcvtimeo / 1000

@@ -102,6 +102,9 @@ class _Publisher(MeshSocket, SendIdioms):
                     self.drops.drop("hwm")
             if span is not None:
                 span.end()
+            metrics = self._mesh.metrics
+            if metrics.recording():
+                metrics.sent.add(1, metrics.messaging_labels("publish", self.service))
         finally:
             self._busy -= 1
             if self._closing and not self._busy:
@@ -229,6 +232,7 @@ class _Subscriber(MeshSocket, RecvIdioms):
             mesh._in_force, "", lambda: mesh.spiffe_id, mesh.limits, self.drops
         )
         self.core.tracing = mesh.tracing
+        self.core.metrics = mesh.metrics
         self._prefixes: list[bytes] = []
 
     def _configure(self, sock: zmq.Socket, server: bool) -> None:

@@ -112,6 +112,18 @@ class _Server(MeshSocket, SendIdioms, RecvIdioms):
             str(msg.peer.spiffe_id) if msg.peer.spiffe_id else "",
         )
 
+    def _observed(
+        self, msg: Message, traced: Any, status: StatusCode, error: Exception | None, started: float
+    ) -> None:
+        """End the request's span, record its duration: what the handler's outcome was."""
+        if traced is not None:
+            tracing.end(traced[0], status, error=error)
+        metrics = self._mesh.metrics
+        if metrics.recording():
+            metrics.server_duration.record(
+                time.monotonic() - started, metrics.rpc_labels(self.service, msg.method, status)
+            )
+
     def reply_exception(self, msg: Message, error: BaseException) -> None:
         """Answer ``msg`` with the status an exception stands for (never a silent hang)."""
         if isinstance(error, RemoteError):
@@ -149,8 +161,8 @@ class RepSocket(_Server):
         other MeshError its status; anything else is INTERNAL (and logged).
         """
         traced = self._server_span(msg)
-        if traced is not None:
-            return self._handle_traced(msg, handler, *traced)
+        if traced is not None or self._mesh.metrics.recording():
+            return self._handle_observed(msg, handler, traced)
         token = enter(msg.deadline)
         try:
             result = handler(msg)
@@ -161,21 +173,26 @@ class RepSocket(_Server):
             leave(token)
         msg.reply(b"" if result is None else result)
 
-    def _handle_traced(
-        self, msg: Message, handler: Callable[[Message], Payload | None], span: Any, parent: Any
+    def _handle_observed(
+        self, msg: Message, handler: Callable[[Message], Payload | None], traced: Any
     ) -> None:
-        token, current = enter(msg.deadline), tracing.use(span, parent)
+        """:meth:`handle` inside the request's span (if traced), its duration recorded (if
+        metered)."""
+        started = time.monotonic()
+        token = enter(msg.deadline)
+        current = tracing.use(*traced) if traced is not None else None
         try:
             result = handler(msg)
         except Exception as e:
             self.reply_exception(msg, e)
-            tracing.end(span, status_of(e), error=e)
+            self._observed(msg, traced, status_of(e), e, started)
             return
         finally:
-            tracing.unuse(current)
+            if current is not None:
+                tracing.unuse(current)
             leave(token)
         msg.reply(b"" if result is None else result)
-        tracing.end(span, _OK)
+        self._observed(msg, traced, _OK, None, started)
 
     def serve(
         self,
@@ -228,7 +245,7 @@ class AsyncRepSocket(_Server):
                 except Timeout:
                     continue
                 traced = self._server_span(msg)
-                span = traced[0] if traced is not None else None
+                started = time.monotonic()
                 token = enter(msg.deadline)
                 current = tracing.use(*traced) if traced is not None else None
                 try:
@@ -237,12 +254,10 @@ class AsyncRepSocket(_Server):
                         result = await result
                 except Exception as e:
                     self.reply_exception(msg, e)
-                    if span is not None:
-                        tracing.end(span, status_of(e), error=e)
+                    self._observed(msg, traced, status_of(e), e, started)
                 else:
                     msg.reply(b"" if result is None else result)
-                    if span is not None:
-                        tracing.end(span, _OK)
+                    self._observed(msg, traced, _OK, None, started)
                 finally:
                     if current is not None:
                         tracing.unuse(current)

@@ -33,12 +33,14 @@ W3C propagator: the server span then starts a new trace.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
+from opentelemetry import trace as _trace_api  # its _TRACER_PROVIDER: the global, or None
 from opentelemetry.trace import ProxyTracerProvider, SpanKind, Status, StatusCode
 
 from .._models import StatusCode as MeshStatus
@@ -102,15 +104,25 @@ class Tracing:
         self.tracer = provider.get_tracer("zmeshlib", __version__)
         self.workload = workload
         self._rng = random.Random()
+        self._seen: tuple[object, object, bool] = (None, None, False)  # recording()'s answer
 
     def recording(self, policy: Policy | None = None) -> bool:
-        """Whether spans would be recorded at all: an SDK is there and the policy traces."""
+        """Whether spans would be recorded at all: an SDK is there and the policy traces.
+
+        Asked per message, so the answer is kept while the policy and the global provider
+        stay the same objects (two identity tests).
+        """
         if policy is None:
             policy = self._in_force.policy
-        if not policy.telemetry.tracing.enabled:
-            return False
+        provider = _trace_api._TRACER_PROVIDER
+        if policy is self._seen[0] and provider is self._seen[1]:
+            return self._seen[2]
         # the API's proxy provider delegates to nothing until an SDK provider is set globally
-        return self._explicit or not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+        answer = policy.telemetry.tracing.enabled and (
+            self._explicit or not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+        )
+        self._seen = (policy, provider, answer)
+        return answer
 
     def start_call(self, policy: Policy, service: str, method: str) -> Any:
         """The CLIENT span of one call, or None when this call is not traced."""
@@ -220,11 +232,11 @@ class Tracing:
         if propagate.get_global_textmap() is _DEFAULT_TEXTMAP and not baggage.get_all():
             ctx = span.get_span_context()
             state = ctx.trace_state.to_header() if ctx.trace_state else ""
-            trace_context = TraceContext(
+            direct = TraceContext(
                 ctx.trace_id.to_bytes(16, "big"), ctx.span_id.to_bytes(8, "big"),
                 int(ctx.trace_flags), state,
             )  # fmt: skip
-            return trace_context, headers
+            return direct, headers
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         trace_context, rest = to_envelope(carrier)
@@ -330,21 +342,34 @@ def process_span(msg: Any) -> Iterator[Any]:
     receiver = msg._receiver  # the receiving socket's core: its mesh's tracing, its service
     tracing = receiver.tracing if receiver is not None else None
     traced = tracing.start_process(msg, receiver.service) if tracing is not None else None
-    if traced is None:
+    metrics = receiver.metrics if receiver is not None else None
+    started = time.monotonic() if metrics is not None and metrics.recording() else None
+    if traced is None and started is None:
         yield None
         return
-    span, parent = traced
-    token = use(span, parent)
+    span, parent = traced if traced is not None else (None, None)
+    token = use(span, parent) if span is not None else None
+    failed = ""
     try:
         yield span
     except BaseException as error:
-        span.record_exception(error)
-        span.set_status(Status(StatusCode.ERROR, str(error)))
-        span.set_attribute("error.type", type(error).__qualname__)
+        failed = type(error).__qualname__
+        if span is not None:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, str(error)))
+            span.set_attribute("error.type", failed)
         raise
     finally:
-        unuse(token)
-        span.end()
+        if token is not None:
+            unuse(token)
+        if span is not None:
+            span.end()
+        if started is not None:
+            assert metrics is not None
+            labels = metrics.messaging_labels("process", receiver.service)
+            if failed:
+                labels = {**labels, "error.type": failed}
+            metrics.process_duration.record(time.monotonic() - started, labels)
 
 
 def end(span: Any, status: MeshStatus, peer: str = "", error: BaseException | None = None) -> None:
