@@ -9,6 +9,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from zmeshlib import Policy
+from zmeshlib.resilience.pool import Admission
 
 
 def _points(reader: InMemoryMetricReader) -> dict[str, list]:
@@ -162,3 +163,92 @@ def test_the_api_globals_the_mesh_reads_are_what_the_api_keeps():
         "assert trace._TRACER_PROVIDER is trace.get_tracer_provider()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_mesh_s_own_counters_as_instruments(mesh_factory):
+    import zmeshlib
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    deny = Policy.from_dict(
+        {
+            "authorization": [
+                {
+                    "name": "no-refunds",
+                    "action": "DENY",
+                    "rules": [{"to": {"call": ["refund"]}}],
+                }
+            ],
+            "traffic": {
+                "payment": {
+                    "retries": {"attempts": 2, "retry_on": ["unavailable"]},
+                    "outlier_detection": {
+                        "consecutive_errors": 1,
+                        "max_ejection_percent": 100,
+                        "min_health_percent": 100,  # one replica: balance over it in panic
+                    },
+                }
+            },
+        }
+    )
+    server = mesh_factory("spiffe://example.org/ns/shop/sa/payment", deny, meter_provider=provider)
+
+    def handler(msg):
+        if msg.method == "flaky" and msg.attempt == 0:
+            raise zmeshlib.Unavailable("once")
+        return b""
+
+    t = _serve(server, handler, 3)  # flaky twice, then "done" (a denied call is not served)
+    client = mesh_factory("spiffe://example.org/ns/shop/sa/client", deny, meter_provider=provider)
+    req = client.socket(zmq.REQ)
+    req.connect(service="payment")
+    req.request(b"", method="flaky", timeout=5)  # attempt 0 UNAVAILABLE (ejected), retried
+    try:
+        req.request(b"", method="refund", timeout=5)
+    except zmeshlib.PermissionDenied:
+        pass
+    req.request(b"", method="done", timeout=5)
+    t.join(5)
+    sub = client.socket(zmq.SUB)
+    sub.close()  # a closed socket's counts stay in the totals
+    points = _points(reader)
+    (retries,) = points["zmeshlib.rpc.client.retries"]
+    assert retries.value == 1 and dict(retries.attributes) == {"rpc.service": "payment"}
+    (ejections,) = points["zmeshlib.outlier.ejections"]
+    assert ejections.value == 1
+    (ejected,) = points["zmeshlib.outlier.ejected"]
+    assert ejected.value == 1
+    (denials,) = points["zmeshlib.authz.denials"]
+    assert denials.value == 1 and denials.attributes["zmeshlib.policy"] == "no-refunds"
+    req.close()
+    (retries,) = _points(reader)["zmeshlib.rpc.client.retries"]
+    assert retries.value == 1  # after its socket closed: never down
+    provider.shutdown()
+
+
+def test_circuit_refusals_and_drops_are_instruments(mesh_factory):
+    import zmeshlib
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    tight = Policy.from_dict(
+        {"traffic": {"payment": {"pool": {"max_requests": 1, "max_pending": 1}}}}
+    )
+    client = mesh_factory("spiffe://example.org/ns/shop/sa/client", tight, meter_provider=provider)
+    req = client.socket(zmq.REQ)
+    req.connect(service="payment")
+    pool = client._traffic.of(client.policy, "payment").pool_for(None)
+    assert pool is not None
+    assert [pool.admit(), pool.admit()] == [Admission.GO, Admission.WAIT]  # slot and queue taken
+    try:
+        req.request(b"", method="charge", timeout=1)
+    except zmeshlib.ResourceExhausted:
+        pass
+    pull = client.socket(zmq.PULL)
+    pull.drops.drop("malformed", "a test's junk")
+    points = _points(reader)
+    (refusals,) = points["zmeshlib.circuit.refusals"]
+    assert refusals.value == 1
+    drops = {p.attributes["reason"]: p.value for p in points["zmeshlib.dropped.messages"]}
+    assert drops["malformed"] == 1
+    provider.shutdown()

@@ -201,6 +201,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         its queue has room; fail fast when it has none."""
         admission = pool.admit()
         if admission is Admission.FULL:
+            self.counts["circuit_refused"] += 1
             raise ResourceExhausted(pool.refusal(self.service), delivery=Delivery.NOT_SENT)
         if admission is Admission.WAIT:
             wake = self._wake
@@ -272,6 +273,8 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                     i += 1
                     if isinstance(command, Send):  # hand attempt N to its endpoint's connection
                         now = time.monotonic()
+                        if command.attempt:
+                            self.counts["retries"] += 1  # a retry or a hedge
                         up = self._upstreams.get(command.endpoint)
                         if up is None:  # it left between the choice and the send
                             commands += call.not_sent(command.attempt, now)

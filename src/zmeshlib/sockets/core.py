@@ -773,6 +773,7 @@ class ServerCore(_PolicyBound):
         super().__init__(policy, service, lambda: None, limits)  # a server makes no calls itself
         self.drops = drops
         self.served = 0  # requests delivered: an int, counted per request
+        self.denied_by: Counter[str] = Counter()  # calls denied, by the policy that decided
         self._events: Counter[str] = Counter()  # everything rarer
 
     @property
@@ -851,6 +852,7 @@ class ServerCore(_PolicyBound):
             decision = self._authz.check(peer.spiffe_id, "call", self.service, method, headers)
             if not decision.allowed:
                 self._events["calls_denied"] += 1
+                self.denied_by[decision.policy or "default"] += 1
                 limited.warning(
                     "call-denied",
                     "call %r by %s denied by policy %s",

@@ -106,6 +106,11 @@ class Destinations:
             entry = self._mirrors[key] = (subset, es)
         return entry[1]
 
+    def sets(self) -> list[EndpointSet]:
+        """Every endpoint set: the service's, each subset's, each mirror's."""
+        return [self.all, *(es for _, es in self._subsets.values()),
+                *(es for _, es in self._mirrors.values())]  # fmt: skip
+
     def empty_subset(self, name: str) -> Subset | None:
         """Subset ``name`` when it is known and has no endpoint (for error messages)."""
         entry = self._subsets.get(name)

@@ -416,6 +416,7 @@ class Mesh:
 
     def _forget_socket(self, sock: MeshSocket, endpoints: list[str]) -> None:
         self._sockets.discard(sock)
+        self.metrics.socket_closed(sock)  # its counts stay in the totals
         if not self._closed:
             self._remove_endpoints(endpoints)
 

@@ -38,7 +38,21 @@ instrument                         kind         attributes
 messages``                                      or PULL hands the application
 ``messaging.process.duration``     histogram    seconds inside ``msg.process()``, with
                                                 ``error.type`` when it raised
+``zmeshlib.dropped.messages``      obs counter  ``zmeshlib.socket.kind``, ``zmeshlib.service``,
+                                                ``reason``: frames dropped and counted
+``zmeshlib.rpc.client.retries``    obs counter  ``rpc.service``: attempts after the first
+                                                (retries and hedges)
+``zmeshlib.outlier.ejections``     obs counter  ``rpc.service``: endpoints ejected
+``zmeshlib.outlier.ejected``       obs gauge    ``rpc.service``: endpoints ejected now
+``zmeshlib.circuit.refusals``      obs counter  ``rpc.service``: calls refused by a full
+                                                ``pool`` (RESOURCE_EXHAUSTED, never sent)
+``zmeshlib.authz.denials``         obs counter  ``rpc.service``, ``zmeshlib.policy``: calls
+                                                a server's policy denied
 =================================  ===========  =========================================
+
+The observable ones read the counters every socket keeps anyway (its
+``stats``) when the reader collects; a closed socket's counts stay in the
+totals, so the counters never go down.
 
 The request and message instruments are recorded only while a metrics SDK
 is there (a ``meter_provider=`` given, or a global one set) and
@@ -52,7 +66,8 @@ for unknown methods. Topics are never labels.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
@@ -67,6 +82,103 @@ from .._models import StatusCode
 
 if TYPE_CHECKING:
     from ..sockets.mesh import Mesh
+
+_SOCKET_COUNTERS = (
+    ("zmeshlib.dropped.messages", "{message}", "frames dropped and counted, by reason"),
+    ("zmeshlib.rpc.client.retries", "{attempt}", "attempts after the first: retries, hedges"),
+    ("zmeshlib.outlier.ejections", "{ejection}", "endpoints ejected by outlier detection"),
+    ("zmeshlib.circuit.refusals", "{call}", "calls refused by a full pool (never sent)"),
+    ("zmeshlib.authz.denials", "{call}", "calls a server's authorization denied, by policy"),
+)
+
+
+def _socket_counts(sock: Any) -> Iterator[tuple[str, tuple[tuple[str, str], ...], int]]:
+    """(instrument, labels, value) for what one socket counted."""
+    kind, service = sock.kind.name, sock.service
+    for reason, n in sock.drops.counts.items():
+        yield (
+            "zmeshlib.dropped.messages",
+            (("reason", reason), ("zmeshlib.service", service), ("zmeshlib.socket.kind", kind)),
+            n,
+        )
+    counts = sock.counts
+    for key, name in (
+        ("retries", "zmeshlib.rpc.client.retries"),
+        ("outlier_ejected", "zmeshlib.outlier.ejections"),
+        ("circuit_refused", "zmeshlib.circuit.refusals"),
+    ):
+        if counts.get(key):
+            yield name, (("rpc.service", service),), counts[key]
+    for policy, n in getattr(sock.core, "denied_by", {}).items():
+        yield "zmeshlib.authz.denials", (("rpc.service", service), ("zmeshlib.policy", policy)), n
+
+
+class _Observed:
+    """The observable instruments of one meter provider, over every Mesh that uses it.
+
+    An SDK keeps the first instrument of a name and ignores a second one's callbacks, so
+    the instruments are made once per provider and each callback asks every live Mesh;
+    observations with the same labels are summed (one process, one figure).
+    """
+
+    def __init__(self, meter: Any) -> None:
+        self.members: weakref.WeakSet[MeshMetrics] = weakref.WeakSet()
+        for name, unit, description in _SOCKET_COUNTERS:
+            meter.create_observable_counter(
+                name, callbacks=[self._over(_socket_getter(name))], unit=unit,
+                description=description,
+            )  # fmt: skip
+        for kind, name, unit, description, get in _MESH_OBSERVABLES:
+            make = (
+                meter.create_observable_gauge
+                if kind == "gauge"
+                else meter.create_observable_counter
+            )
+            make(name, callbacks=[self._over(get)], unit=unit, description=description)
+
+    def _over(self, get: Callable[[Any], Iterable[Observation]]) -> Any:
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            totals: dict[tuple[tuple[str, Any], ...], float] = {}
+            for member in list(self.members):
+                for point in get(member):
+                    key = tuple(sorted((point.attributes or {}).items()))
+                    totals[key] = totals.get(key, 0) + point.value
+            return [Observation(v, dict(k)) for k, v in totals.items()]
+
+        return observe
+
+
+def _socket_getter(name: str) -> Callable[[Any], Iterable[Observation]]:
+    def get(member: Any) -> Iterable[Observation]:
+        return member._socket_observations(name)
+
+    return get
+
+
+_OBSERVED: weakref.WeakKeyDictionary[Any, _Observed] = weakref.WeakKeyDictionary()
+
+
+def _observed(provider: Any, meter: Any) -> _Observed:
+    found = _OBSERVED.get(provider)
+    if found is None:
+        found = _OBSERVED[provider] = _Observed(meter)
+    return found
+
+
+_MESH_OBSERVABLES: tuple[tuple[str, str, str, str, Callable[[Any], Iterable[Observation]]], ...] = (
+    ("gauge", "zmeshlib.outlier.ejected", "{endpoint}",
+     "endpoints ejected now, by destination service", lambda m: m._ejected(None)),
+    ("gauge", "zmeshlib.policy.active", "", "1 for the revision of the policy in force",
+     lambda m: m._active(None)),
+    ("counter", "zmeshlib.handshakes", "{handshake}",
+     "handshake decisions of this workload's ZAP handler, by outcome",
+     lambda m: m._handshakes(None)),
+    ("counter", "zmeshlib.faults.injected", "{request}",
+     "requests given an injected fault (traffic.<service>.faults)", lambda m: m._traffic("fault")),
+    ("counter", "zmeshlib.mirror.copies", "{request}",
+     "mirror copies handed over (sent) or dropped rather than queued",
+     lambda m: m._traffic("mirror")),
+)  # fmt: skip
 
 #: Distinct method names a Mesh's metrics label; the rest are ``_OTHER``.
 MAX_METHODS = 256
@@ -103,6 +215,7 @@ class MeshMetrics:
         self.process_duration = meter.create_histogram(
             "messaging.process.duration", unit="s", description="time in msg.process()"
         )
+        self._closed_totals: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
         self.policy_updates = meter.create_counter(
             "zmeshlib.policy.updates", unit="{update}", description="policy swaps"
         )
@@ -111,29 +224,37 @@ class MeshMetrics:
             unit="{file}",
             description="watched policy files that failed to load (the last good policy stays)",
         )
-        meter.create_observable_gauge(
-            "zmeshlib.policy.active",
-            callbacks=[self._active],
-            description="1 for the revision of the policy in force",
-        )
-        meter.create_observable_counter(
-            "zmeshlib.handshakes",
-            callbacks=[self._handshakes],
-            unit="{handshake}",
-            description="handshake decisions of this workload's ZAP handler, by outcome",
-        )
-        meter.create_observable_counter(
-            "zmeshlib.faults.injected",
-            callbacks=[lambda _options: self._traffic("fault")],
-            unit="{request}",
-            description="requests given an injected fault (traffic.<service>.faults)",
-        )
-        meter.create_observable_counter(
-            "zmeshlib.mirror.copies",
-            callbacks=[lambda _options: self._traffic("mirror")],
-            unit="{request}",
-            description="mirror copies handed over (sent) or dropped rather than queued",
-        )
+        _observed(provider, meter).members.add(self)
+
+    def socket_closed(self, sock: Any) -> None:
+        """Keep a closing socket's counts in the totals (counters never go down)."""
+        for name, labels, value in _socket_counts(sock):
+            self._closed_totals[name, labels] += value
+
+    def _socket_observations(self, name: str) -> list[Observation]:
+        mesh = self._mesh()
+        if mesh is None or mesh.closed:
+            return []
+        totals: Counter[tuple[tuple[str, str], ...]] = Counter()
+        for (kind, labels), value in self._closed_totals.items():
+            if kind == name:
+                totals[labels] += value
+        for sock in list(mesh._sockets):
+            for kind, labels, value in _socket_counts(sock):
+                if kind == name:
+                    totals[labels] += value
+        return [Observation(v, dict(labels)) for labels, v in sorted(totals.items())]
+
+    def _ejected(self, _options: CallbackOptions) -> Iterable[Observation]:
+        mesh = self._mesh()
+        if mesh is None or mesh.closed:
+            return []
+        by: Counter[str] = Counter()
+        for sock in list(mesh._sockets):
+            destinations = getattr(sock, "destinations", None)
+            if destinations is not None:
+                by[sock.service] += sum(len(es.ejected()) for es in destinations.sets())
+        return [Observation(n, {"rpc.service": s}) for s, n in sorted(by.items())]
 
     def recording(self) -> bool:
         """Whether request and message instruments are recorded (module docstring); the
