@@ -227,10 +227,13 @@ def test_hedging_hides_a_slow_replica(tmp_path, ca_dir, servers, hedged):
         f"\n{'with' if hedged else 'without'} hedging at 20 ms: p99 {p99 * 1000:.0f} ms "
         f"over {len(latencies)} requests"
     )
+    # counted, not timed to the millisecond: a loaded machine delays a few requests, never
+    # most of them by the slow replica's 200 ms
+    slow = sum(1 for latency in latencies if latency >= 0.180)
     if hedged:
-        assert p99 < 0.100
+        assert slow <= len(latencies) // 50, f"{slow} requests waited for the slow replica"
     else:
-        assert p99 > 0.180  # about the slow replica's 200 ms
+        assert slow >= len(latencies) // 5  # about half go to the slow replica
 
 
 def test_asyncio_circuit_breaker_fails_the_excess_fast(tmp_path, ca_dir):

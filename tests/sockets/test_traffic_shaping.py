@@ -226,5 +226,7 @@ def test_only_what_is_not_applied_is_warned_of():
         }
     )
     assert _unapplied(mirror) == []
-    pooled = Policy.from_dict({"version": 1, "traffic": {"x": {"pool": {"idle_timeout": "1m"}}}})
-    assert _unapplied(pooled) == ["traffic.x.pool.idle_timeout"]
+    pooled = Policy.from_dict(
+        {"version": 1, "traffic": {"x": {"pool": {"idle_timeout": "1m", "max_connections": 2}}}}
+    )
+    assert _unapplied(pooled) == []

@@ -9,6 +9,9 @@ Rules this module keeps:
 * Counting only: the shell waits (a condition, or an asyncio future) and
   calls :meth:`Pool.admit_waiting` again, or :meth:`Pool.leave` when its
   deadline passed. Thread-safe.
+* ``idle_timeout`` closes a connection that carried no request for that
+  long and has none in flight; the endpoint stays in the set, and its next
+  request reconnects it (:func:`idle` decides, the socket executes).
 
 ==================================  ========================================
 state when asked                    ``admit()``
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Container, Mapping
 
 
 class Admission(enum.Enum):
@@ -80,3 +84,10 @@ class Pool:
             f"waiting (pool.max_pending = {self.max_pending}); not sent. Raise those limits, "
             "add replicas, or send less at once"
         )
+
+
+def idle(last_used: Mapping[str, float], busy: Container[str], now: float,
+         timeout: float) -> list[str]:  # fmt: skip
+    """The connections to close for ``pool.idle_timeout``: no request for ``timeout``
+    seconds and none in flight (Istio's idle timeout: a period with no active request)."""
+    return [a for a, t in last_used.items() if now - t >= timeout and a not in busy]

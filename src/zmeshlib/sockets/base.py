@@ -110,6 +110,10 @@ class Upstream:
     sock: zmq.Socket
     card: Card | None
     peer: Peer
+    #: When a request last went to it (``pool.idle_timeout``), and whether its connection
+    #: is closed for idleness (its next request reconnects it).
+    last_used: float = attrs.field(factory=time.monotonic)
+    idle: bool = False
 
     @property
     def key(self) -> bytes | None:
@@ -193,7 +197,8 @@ class MeshSocket(_options.OptionProperties):
 
     @property
     def upstreams(self) -> list[str]:
-        """The addresses of the endpoints this socket is connected to now."""
+        """The addresses of the endpoints this socket dials now (one closed for idleness
+        included: its next request reconnects it)."""
         return list(self._upstreams)
 
     @property

@@ -45,6 +45,7 @@ from .._exceptions import (
     error_for_status,
 )
 from .._models import SHADOW_HEADER, Delivery, Message, SocketKind, StatusCode, TraceContext
+from ..identity.card import Card
 from ..resilience import (
     Admission,
     Call,
@@ -57,7 +58,9 @@ from ..resilience import (
     Send,
 )
 from ..resilience.endpoints import Event
+from ..resilience.pool import idle
 from ..resilience.routing import Plan
+from ..resilience.subsetting import keep
 from .base import MeshSocket, Upstream, flags_timeout
 from .core import ClientCore, Payload, Pending
 from .deadlines import remaining
@@ -87,6 +90,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         self.core = ClientCore("", mesh.limits, self.drops)
         self.default_timeout = DEFAULT_TIMEOUT
         self._rng = random.Random()
+        self._seed = self._rng.randbytes(16)  # its own choice of endpoints (pool.max_connections)
         self.destinations = Destinations(self._rng, self._outlier_event)
         self._endpoints_policy: object = None
         self._service_traffic: ServiceTraffic
@@ -98,6 +102,66 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         # not be handed over was never sent (and may go elsewhere), rather than waiting in
         # the queue of a connection that may never come up (a server restarted with a new key)
         sock.setsockopt(zmq.IMMEDIATE, 1)
+
+    def _wanted(self) -> dict[str, Card | None]:
+        """The endpoints to dial, at most ``pool.max_connections`` of each service and of
+        each of its subsets (``resilience/subsetting.py``)."""
+        wanted = super()._wanted()
+        policy = self._mesh.policy
+        kind = self.kind.counterpart.name
+        services = {name for how, name in self._targets if how == "service"} | self._also
+        for name in sorted(services):
+            limit = policy.traffic_for(name).pool.max_connections
+            if limit is None:
+                continue
+            mine = {
+                address: card
+                for address, card in wanted.items()
+                if card is not None
+                and any(ep.address == address for ep in card.endpoints_for(name, kind))
+            }
+            if len(mine) <= limit:
+                continue
+            spec = policy.services.get(name)
+            groups = [list(mine)]
+            for subset in spec.subsets.values() if spec is not None else ():
+                groups.append([a for a, card in mine.items() if subset.selects(card.labels)])
+            kept = keep(groups, limit, self._seed)
+            for address in mine.keys() - kept:
+                del wanted[address]
+                self._also_only.pop(address, None)
+        return wanted
+
+    def _use(self, up: Upstream, now: float) -> None:
+        """A request goes to ``up``: reconnect it when idleness closed it."""
+        up.last_used = now
+        if up.idle:
+            up.idle = False
+            up.sock.connect(up.address)
+            self.counts["idle_reconnected"] += 1
+
+    def _housekeeping(self) -> None:
+        """Close the connections ``pool.idle_timeout`` says are idle (``resilience/pool.py``)."""
+        super()._housekeeping()
+        policy = self._mesh.policy
+        by_timeout: dict[float, dict[str, float]] = {}
+        for address, up in self._upstreams.items():
+            if up.idle:
+                continue
+            pool = policy.traffic_for(self._also_only.get(address, self.service)).pool
+            if pool.idle_timeout is not None:
+                by_timeout.setdefault(pool.idle_timeout, {})[address] = up.last_used
+        if not by_timeout:
+            return
+        now = time.monotonic()
+        busy = {p.endpoint for p in self.core.pending.values()}
+        for timeout, last_used in by_timeout.items():
+            for address in idle(last_used, busy, now, timeout):
+                up = self._upstreams[address]
+                up.sock.disconnect(address)
+                up.idle = True
+                self.counts["idle_closed"] += 1
+                log.debug("closed the idle connection to %s", address)
 
     def _outlier_event(self, event: Event) -> None:
         """An ejection or a return: logged (at a bounded rate) and counted."""
@@ -279,6 +343,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                         if up is None:  # it left between the choice and the send
                             commands += call.not_sent(command.attempt, now)
                             continue
+                        self._use(up, now)
                         left = command.deadline - now
                         sent_trace, sent_headers = (
                             (trace, headers) if spans is None
@@ -410,6 +475,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                 )  # fmt: skip
             except MeshError:  # no room for the mark (the header limits): not a copy to send
                 frames, mid = [], 0
+            self._use(up, time.monotonic())
             if frames and send_message(up.sock, frames, _NOBLOCK):
                 self.core.shadow(mid)
                 sent = True

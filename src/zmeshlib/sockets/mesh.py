@@ -466,25 +466,11 @@ class Mesh:
         self.close()
 
 
-#: Traffic settings this version validates but does not apply yet; the telemetry
-#: section's access_log too, when it is not the default.
-UNAPPLIED = ("pool.max_connections", "pool.idle_timeout")
-
-
 def _unapplied(policy: Policy) -> list[str]:
-    # tracing and the metrics switch are applied; access logs not yet
-    found = (
-        ["telemetry.access_log"]
-        if policy.telemetry.access_log != TelemetrySpec().access_log
-        else []
-    )
-    for service, spec in sorted(policy.traffic.items()):
-        for name in UNAPPLIED:
-            owner, _, field = name.rpartition(".")
-            value = getattr(getattr(spec, owner) if owner else spec, field)
-            if value:
-                found.append(f"traffic.{service}.{name}")
-    return found
+    """Settings this version validates but does not apply yet: access logs."""
+    if policy.telemetry.access_log != TelemetrySpec().access_log:
+        return ["telemetry.access_log"]
+    return []
 
 
 def _warn_unapplied(policy: Policy) -> None:
@@ -493,7 +479,7 @@ def _warn_unapplied(policy: Policy) -> None:
     if found:
         log.warning(
             "policy %s sets %s, which this zmeshlib validates but does not apply yet "
-            "(docs/policy.md says which traffic settings are applied)",
+            "(docs/policy.md says which settings are applied)",
             policy.revision,
             ", ".join(found),
         )
