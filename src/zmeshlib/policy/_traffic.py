@@ -50,6 +50,7 @@ from ._settings import (
 )
 from .model import (
     LOAD_BALANCERS,
+    MAX_TOPIC_DEPTH,
     AccessLogSpec,
     HeaderMatch,
     MetricsSpec,
@@ -390,32 +391,35 @@ def _unreachable(where: Reader, spec: TrafficSpec) -> list[str]:
 # -- telemetry ---------------------------------------------------------------------
 
 
+#: Each telemetry section: its value class and its fields, each with how it is read.
+_TELEMETRY: dict[str, tuple[type, dict[str, Callable[[Reader, Any], Any]]]] = {
+    "tracing": (TracingSpec, {"enabled": Reader.boolean, "sampling": Reader.percentage}),
+    "metrics": (
+        MetricsSpec,
+        {
+            "enabled": Reader.boolean,
+            "istio_compatible": Reader.boolean,
+            "topic_depth": lambda r, v: r.integer(v, minimum=0, maximum=MAX_TOPIC_DEPTH),
+        },
+    ),
+    "access_log": (AccessLogSpec, {"enabled": Reader.boolean, "sampling": Reader.percentage}),
+}
+
+
 def _telemetry(r: Reader, value: Any) -> TelemetrySpec | None:
-    body = r.mapping(value, ("tracing", "metrics", "access_log"))
+    body = r.mapping(value, tuple(_TELEMETRY))
     if body is None:
         return None
     kw: dict[str, Any] = {}
-    if "tracing" in body:
-        tr = r.key("tracing")
-        t = tr.mapping(body["tracing"], ("enabled", "sampling"))
-        if t is None:
-            kw["tracing"] = None
-        else:
-            tkw: dict[str, Any] = {}
-            if "enabled" in t:
-                tkw["enabled"] = tr.key("enabled").boolean(t["enabled"])
-            if "sampling" in t:
-                tkw["sampling"] = tr.key("sampling").percentage(t["sampling"])
-            kw["tracing"] = None if None in tkw.values() else TracingSpec(**tkw)
-    for k, cls in (("metrics", MetricsSpec), ("access_log", AccessLogSpec)):
-        if k in body:
-            sr = r.key(k)
-            s = sr.mapping(body[k], ("enabled",))
-            if s is None or "enabled" not in s:
-                kw[k] = None if s is None else cls()
-            else:
-                enabled = sr.key("enabled").boolean(s["enabled"])
-                kw[k] = None if enabled is None else cls(enabled)
+    for section, raw in body.items():
+        cls, fields = _TELEMETRY[section]
+        sr = r.key(section)
+        given = sr.mapping(raw, tuple(fields))
+        if given is None:
+            kw[section] = None
+            continue
+        skw = {k: fields[k](sr.key(k), v) for k, v in given.items()}
+        kw[section] = None if None in skw.values() else cls(**skw)
     if None in kw.values():
         return None
     return TelemetrySpec(**kw)

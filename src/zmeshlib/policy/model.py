@@ -453,14 +453,26 @@ class TracingSpec:
     sampling: float = 100.0
 
 
+#: The most topic segments a metric label keeps (``telemetry.metrics.topic_depth``).
+MAX_TOPIC_DEPTH = 8
+
+
 @attrs.frozen
 class MetricsSpec:
+    """``istio_compatible`` adds Istio's standard metrics; ``topic_depth`` is how many
+    leading segments of a topic the message metrics label (0: none; never the raw topic)."""
+
     enabled: bool = True
+    istio_compatible: bool = False
+    topic_depth: int = 1
 
 
 @attrs.frozen
 class AccessLogSpec:
+    """``sampling``: the percentage of requests and messages logged."""
+
     enabled: bool = False
+    sampling: float = 100.0
 
 
 @attrs.frozen

@@ -61,6 +61,7 @@ from ..resilience.endpoints import Event
 from ..resilience.pool import idle
 from ..resilience.routing import Plan
 from ..resilience.subsetting import keep
+from ..telemetry.tracing import body_size
 from .base import MeshSocket, Upstream, flags_timeout
 from .core import ClientCore, Payload, Pending
 from .deadlines import remaining
@@ -373,7 +374,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                         return self._result(command, replies, method, subset)  # type: ignore[arg-type]
                     else:
                         return self._observed_result(command, replies, method, subset, spans,  # type: ignore[arg-type]
-                                                     started)  # fmt: skip
+                                                     started, payload)  # fmt: skip
                 commands = []
                 due = call.next_timer()
                 if len(sent) == 1:  # the usual wait: one attempt's reply
@@ -556,16 +557,15 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         subset: str | None,
         spans: CallSpans | None,
         started: float | None,
+        payload: Payload,
     ) -> Message:
         """:meth:`_result`, ending the call's spans and recording its duration."""
         try:
             reply = self._result(finish, replies, method, subset)
         except RemoteError as error:
-            self._observed(spans, started, method, error.status, "", error, replies)
+            self._observed(spans, started, method, error.status, None, error, replies, payload)
             raise
-        peer = reply.peer.spiffe_id
-        self._observed(spans, started, method, StatusCode.OK, str(peer) if peer else "", None,
-                       replies)  # fmt: skip
+        self._observed(spans, started, method, StatusCode.OK, reply, None, replies, payload)
         return reply
 
     def _observed(
@@ -574,17 +574,27 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         started: float | None,
         method: str,
         status: StatusCode,
-        peer: str,
+        reply: Message | None,
         error: RemoteError | None,
         replies: dict[int, Message | RemoteError],
+        payload: Payload,
     ) -> None:
+        peer = reply.peer if reply is not None else None
         if spans is not None:
-            spans.finish(status, peer, error, replies)
+            spans.finish(status, str(peer.spiffe_id) if peer and peer.spiffe_id else "", error,
+                         replies)  # fmt: skip
         if started is not None:
             metrics = self._mesh.metrics
+            seconds = time.monotonic() - started
             metrics.client_duration.record(
-                time.monotonic() - started, metrics.rpc_labels(self.service, method, status)
+                seconds, metrics.rpc_labels(self.service, method, status)
             )
+            istio = metrics.istio()
+            if istio is not None:
+                istio.request(
+                    "source", peer, self.service, status, seconds, body_size(payload),
+                    body_size(reply.payload) if reply is not None else 0,
+                )  # fmt: skip
 
     def _error(self, failure: CallFailure, method: str, subset: str | None = None) -> RemoteError:
         what = f"{method or 'request'} to service {self.service or 'of this socket'!r}"

@@ -557,6 +557,11 @@ class SubscriberCore(_PolicyBound):
         metrics = self.metrics
         if metrics is not None and metrics.recording():
             metrics.consumed.add(1, metrics.messaging_labels("receive", self.service))
+            istio = metrics.istio()
+            if istio is not None:
+                istio.message("destination", "receive", peer, self.service,
+                              topic if publish else "", metrics.topic_depth(),
+                              sum(len(frame) for frame in payload))  # fmt: skip
         return Message._received(
             tuple(payload),
             peer,
@@ -774,6 +779,7 @@ class ServerCore(_PolicyBound):
         self.drops = drops
         self.served = 0  # requests delivered: an int, counted per request
         self.denied_by: Counter[str] = Counter()  # calls denied, by the policy that decided
+        self.metrics: Any = None  # the Mesh's: a denial is a request its server reports
         self._events: Counter[str] = Counter()  # everything rarer
 
     @property
@@ -853,6 +859,10 @@ class ServerCore(_PolicyBound):
             if not decision.allowed:
                 self._events["calls_denied"] += 1
                 self.denied_by[decision.policy or "default"] += 1
+                istio = self.metrics.istio() if self.metrics is not None else None
+                if istio is not None:
+                    istio.request("destination", peer, self.service,
+                                  StatusCode.PERMISSION_DENIED, 0.0, size, 0)  # fmt: skip
                 limited.warning(
                     "call-denied",
                     "call %r by %s denied by policy %s",

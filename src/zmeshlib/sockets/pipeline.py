@@ -82,6 +82,9 @@ class _Pusher(MeshSocket, SendIdioms):
         metrics = self._mesh.metrics
         if metrics.recording():
             metrics.sent.add(1, metrics.messaging_labels("push", self.service))
+            istio = metrics.istio()
+            if istio is not None:
+                istio.message("source", "push", None, self.service, "", 0, body_size(payload))
         return result
 
     def _push(

@@ -105,6 +105,10 @@ class _Publisher(MeshSocket, SendIdioms):
             metrics = self._mesh.metrics
             if metrics.recording():
                 metrics.sent.add(1, metrics.messaging_labels("publish", self.service))
+                istio = metrics.istio()
+                if istio is not None:
+                    istio.message("source", "publish", None, self.service, topic,
+                                  metrics.topic_depth(), body_size(payload))  # fmt: skip
         finally:
             self._busy -= 1
             if self._closing and not self._busy:

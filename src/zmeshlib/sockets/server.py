@@ -27,6 +27,7 @@ import zmq
 from .._exceptions import Closed, MeshError, RemoteError, Timeout
 from .._models import Message, Peer, SocketKind, StatusCode
 from ..telemetry import tracing
+from ..telemetry.tracing import body_size
 from .base import MeshSocket, flags_timeout, receive
 from .core import Payload, ServerCore
 from .deadlines import enter, leave
@@ -51,6 +52,7 @@ class _Server(MeshSocket, SendIdioms, RecvIdioms):
     def __init__(self, mesh: Mesh, driver: Any) -> None:
         super().__init__(mesh, SocketKind.REP, driver)
         self.core = ServerCore(mesh._in_force, "", mesh.limits, self.drops)
+        self.core.metrics = mesh.metrics
         self._last: Message | None = None
         # what a request's Message.reply calls: one bound method for every request
         self._replier: Callable[..., None] = self._reply
@@ -113,16 +115,29 @@ class _Server(MeshSocket, SendIdioms, RecvIdioms):
         )
 
     def _observed(
-        self, msg: Message, traced: Any, status: StatusCode, error: Exception | None, started: float
+        self,
+        msg: Message,
+        traced: Any,
+        status: StatusCode,
+        error: Exception | None,
+        started: float,
+        result: Payload | None = None,
     ) -> None:
         """End the request's span, record its duration: what the handler's outcome was."""
         if traced is not None:
             tracing.end(traced[0], status, error=error)
         metrics = self._mesh.metrics
         if metrics.recording():
+            seconds = time.monotonic() - started
             metrics.server_duration.record(
-                time.monotonic() - started, metrics.rpc_labels(self.service, msg.method, status)
+                seconds, metrics.rpc_labels(self.service, msg.method, status)
             )
+            istio = metrics.istio()
+            if istio is not None:
+                istio.request(
+                    "destination", msg.peer, self.service, status, seconds,
+                    body_size(msg.payload), body_size(result) if result is not None else 0,
+                )  # fmt: skip
 
     def reply_exception(self, msg: Message, error: BaseException) -> None:
         """Answer ``msg`` with the status an exception stands for (never a silent hang)."""
@@ -192,7 +207,7 @@ class RepSocket(_Server):
                 tracing.unuse(current)
             leave(token)
         msg.reply(b"" if result is None else result)
-        self._observed(msg, traced, _OK, None, started)
+        self._observed(msg, traced, _OK, None, started, result)
 
     def serve(
         self,
@@ -257,7 +272,7 @@ class AsyncRepSocket(_Server):
                     self._observed(msg, traced, status_of(e), e, started)
                 else:
                     msg.reply(b"" if result is None else result)
-                    self._observed(msg, traced, _OK, None, started)
+                    self._observed(msg, traced, _OK, None, started, result)
                 finally:
                     if current is not None:
                         tracing.unuse(current)

@@ -79,6 +79,7 @@ from opentelemetry.metrics import _internal as _metrics_internal  # its _METER_P
 from opentelemetry.metrics._internal import _ProxyMeterProvider as _PROXY
 
 from .._models import StatusCode
+from .istio import IstioMetrics
 
 if TYPE_CHECKING:
     from ..sockets.mesh import Mesh
@@ -225,6 +226,17 @@ class MeshMetrics:
             description="watched policy files that failed to load (the last good policy stays)",
         )
         _observed(provider, meter).members.add(self)
+        self._istio = IstioMetrics(meter, str(mesh.spiffe_id or ""), mesh.labels)
+
+    def istio(self) -> IstioMetrics | None:
+        """Istio's instruments while they are recorded: :meth:`recording`, and the policy's
+        ``telemetry.metrics.istio_compatible``."""
+        if self.recording() and self._in_force.policy.telemetry.metrics.istio_compatible:
+            return self._istio
+        return None
+
+    def topic_depth(self) -> int:
+        return int(self._in_force.policy.telemetry.metrics.topic_depth)
 
     def socket_closed(self, sock: Any) -> None:
         """Keep a closing socket's counts in the totals (counters never go down)."""
