@@ -20,7 +20,6 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import zmeshlib
 from zmeshlib import Delivery, MeshError, Policy
-from zmeshlib.sockets.mesh import _unapplied
 
 SERVER = "spiffe://example.org/ns/shop/sa/orders"
 CLIENT = "spiffe://example.org/ns/shop/sa/checkout"
@@ -215,18 +214,3 @@ def test_mirror_copies_are_marked_and_their_replies_never_reach_the_caller(mesh_
     counts = client.traffic_counts()
     assert counts[("orders", "mirror.sent")] == mirrored
     assert counts.get(("orders", "mirror.dropped"), 0) == req.stats.get("mirror_dropped", 0)
-
-
-def test_only_what_is_not_applied_is_warned_of():
-    mirror = shaped(
-        {
-            "split": [{"subset": "v1", "weight": 100}],
-            "mirror": {"subset": "v2"},
-            "faults": {"delay": {"fixed_delay": "1ms"}},
-        }
-    )
-    assert _unapplied(mirror) == []
-    pooled = Policy.from_dict(
-        {"version": 1, "traffic": {"x": {"pool": {"idle_timeout": "1m", "max_connections": 2}}}}
-    )
-    assert _unapplied(pooled) == []

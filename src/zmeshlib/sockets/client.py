@@ -61,6 +61,7 @@ from ..resilience.endpoints import Event
 from ..resilience.pool import idle
 from ..resilience.routing import Plan
 from ..resilience.subsetting import keep
+from ..telemetry.access import trace_id_of
 from ..telemetry.tracing import body_size
 from .base import MeshSocket, Upstream, flags_timeout
 from .core import ClientCore, Payload, Pending
@@ -328,7 +329,8 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
             if trace is not None
             else self._mesh.tracing.call(traffic.policy, self.service, method)
         )
-        started = now if self._mesh.metrics.recording() else None  # rpc.client.call.duration
+        # for rpc.client.call.duration and the access log
+        started = now if self._mesh.metrics.recording() or self._mesh.access.enabled() else None
         commands = call.start(now)
         try:
             while True:
@@ -374,7 +376,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                         return self._result(command, replies, method, subset)  # type: ignore[arg-type]
                     else:
                         return self._observed_result(command, replies, method, subset, spans,  # type: ignore[arg-type]
-                                                     started, payload)  # fmt: skip
+                                                     started, payload, trace)  # fmt: skip
                 commands = []
                 due = call.next_timer()
                 if len(sent) == 1:  # the usual wait: one attempt's reply
@@ -558,14 +560,16 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         spans: CallSpans | None,
         started: float | None,
         payload: Payload,
+        trace: TraceContext | None,
     ) -> Message:
         """:meth:`_result`, ending the call's spans and recording its duration."""
         try:
             reply = self._result(finish, replies, method, subset)
         except RemoteError as error:
-            self._observed(spans, started, method, error.status, None, error, replies, payload)
+            self._observed(spans, started, method, error.status, None, error, replies, payload,
+                           trace)  # fmt: skip
             raise
-        self._observed(spans, started, method, StatusCode.OK, reply, None, replies, payload)
+        self._observed(spans, started, method, StatusCode.OK, reply, None, replies, payload, trace)
         return reply
 
     def _observed(
@@ -578,14 +582,18 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
         error: RemoteError | None,
         replies: dict[int, Message | RemoteError],
         payload: Payload,
+        trace: TraceContext | None,
     ) -> None:
         peer = reply.peer if reply is not None else None
+        context = spans.span.get_span_context() if spans is not None and spans.span else None
         if spans is not None:
             spans.finish(status, str(peer.spiffe_id) if peer and peer.spiffe_id else "", error,
                          replies)  # fmt: skip
-        if started is not None:
-            metrics = self._mesh.metrics
-            seconds = time.monotonic() - started
+        if started is None:
+            return
+        metrics = self._mesh.metrics
+        seconds = time.monotonic() - started
+        if metrics.recording():
             metrics.client_duration.record(
                 seconds, metrics.rpc_labels(self.service, method, status)
             )
@@ -595,6 +603,12 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                     "source", peer, self.service, status, seconds, body_size(payload),
                     body_size(reply.payload) if reply is not None else 0,
                 )  # fmt: skip
+        access = self._mesh.access
+        if access.enabled():
+            access.call(
+                "client", peer, self.service, method, status, seconds, body_size(payload),
+                format(context.trace_id, "032x") if context is not None else trace_id_of(trace),
+            )  # fmt: skip
 
     def _error(self, failure: CallFailure, method: str, subset: str | None = None) -> RemoteError:
         what = f"{method or 'request'} to service {self.service or 'of this socket'!r}"

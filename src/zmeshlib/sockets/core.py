@@ -463,6 +463,7 @@ class SubscriberCore(_PolicyBound):
         #: and its metrics (messages consumed).
         self.tracing: Any = None
         self.metrics: Any = None
+        self.access: Any = None  # the Mesh's access log
 
     def check_subscribe(self, prefix: str) -> None:
         """The subscriber's own check against the shared policy (the publisher checks again)."""
@@ -562,6 +563,11 @@ class SubscriberCore(_PolicyBound):
                 istio.message("destination", "receive", peer, self.service,
                               topic if publish else "", metrics.topic_depth(),
                               sum(len(frame) for frame in payload))  # fmt: skip
+        access = self.access
+        if access is not None and access.enabled():
+            access.message("subscriber" if publish else "puller", "receive", peer, self.service,
+                           topic if publish else None, sum(len(frame) for frame in payload),
+                           env.trace.trace_id.hex() if env.trace is not None else None)  # fmt: skip
         return Message._received(
             tuple(payload),
             peer,
@@ -780,6 +786,7 @@ class ServerCore(_PolicyBound):
         self.served = 0  # requests delivered: an int, counted per request
         self.denied_by: Counter[str] = Counter()  # calls denied, by the policy that decided
         self.metrics: Any = None  # the Mesh's: a denial is a request its server reports
+        self.access: Any = None  # the Mesh's access log
         self._events: Counter[str] = Counter()  # everything rarer
 
     @property
@@ -863,6 +870,10 @@ class ServerCore(_PolicyBound):
                 if istio is not None:
                     istio.request("destination", peer, self.service,
                                   StatusCode.PERMISSION_DENIED, 0.0, size, 0)  # fmt: skip
+                if self.access is not None and self.access.enabled():
+                    self.access.call("server", peer, self.service, method,
+                                     StatusCode.PERMISSION_DENIED, 0.0, size,
+                                     trace.trace_id.hex() if trace is not None else None)  # fmt: skip
                 limited.warning(
                     "call-denied",
                     "call %r by %s denied by policy %s",

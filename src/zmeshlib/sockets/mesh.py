@@ -54,9 +54,9 @@ from ..identity.source import Identity
 from ..identity.spiffe_id import SpiffeId
 from ..identity.svid import Bundles
 from ..policy import Policy, PolicyWatcher
-from ..policy.model import TelemetrySpec
 from ..registry import Registry
 from ..telemetry import MeshMetrics
+from ..telemetry.access import AccessLog
 from ..telemetry.logs import LimitedLog
 from ..telemetry.tracing import Tracing
 from ..wire.envelope import DEFAULT_LIMITS, Limits
@@ -125,7 +125,6 @@ class Mesh:
     ) -> None:
         self._closed = True  # until fully started: close() of a half-made Mesh does nothing
         self._in_force = PolicyInForce(_as_policy(policy))
-        _warn_unapplied(self._in_force.policy)
         if identity is not None and not isinstance(identity, Identity):
             raise IdentityError(
                 f"identity= takes a zmeshlib.Identity (DevCA.issue, Identity.from_pem, "
@@ -206,6 +205,7 @@ class Mesh:
                 lambda _ident: self._publish_card()
             )
         self.metrics = MeshMetrics(self, meter_provider)
+        self.access = AccessLog(self._in_force, str(self.spiffe_id or ""))
         #: Spans and trace context (``telemetry/tracing.py``): the global provider by default.
         self.tracing = Tracing(
             str(self.identity.spiffe_id) if self.identity else "", tracer_provider, self._in_force
@@ -362,7 +362,6 @@ class Mesh:
         if not isinstance(policy, Policy):
             raise MeshError(f"update_policy takes a zmeshlib.Policy, not {type(policy).__name__}")
         old = self._in_force.policy
-        _warn_unapplied(policy)
         self._in_force.policy = policy
         self._policy_updates += 1
         self.metrics.policy_updates.add(1, {"revision": policy.revision})
@@ -464,25 +463,6 @@ class Mesh:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _unapplied(policy: Policy) -> list[str]:
-    """Settings this version validates but does not apply yet: access logs."""
-    if policy.telemetry.access_log != TelemetrySpec().access_log:
-        return ["telemetry.access_log"]
-    return []
-
-
-def _warn_unapplied(policy: Policy) -> None:
-    """Say it loudly when a policy sets what is not applied yet: never silently ignored."""
-    found = _unapplied(policy)
-    if found:
-        log.warning(
-            "policy %s sets %s, which this zmeshlib validates but does not apply yet "
-            "(docs/policy.md says which settings are applied)",
-            policy.revision,
-            ", ".join(found),
-        )
 
 
 def _as_policy(policy: object) -> Policy:

@@ -28,6 +28,7 @@ from .._exceptions import Timeout
 from .._models import Delivery, Message, SocketKind, TraceContext
 from ..policy import Policy
 from ..resilience.routing import choose_subset, select
+from ..telemetry.access import trace_id_of
 from ..telemetry.tracing import body_size
 from ..wire.envelope import Kind
 from .base import MeshSocket, flags_timeout, receive
@@ -85,6 +86,10 @@ class _Pusher(MeshSocket, SendIdioms):
             istio = metrics.istio()
             if istio is not None:
                 istio.message("source", "push", None, self.service, "", 0, body_size(payload))
+        access = self._mesh.access
+        if access.enabled():
+            access.message("pusher", "push", None, self.service, None, body_size(payload),
+                           trace_id_of(trace))  # fmt: skip
         return result
 
     def _push(
@@ -156,6 +161,7 @@ class _Puller(MeshSocket, RecvIdioms):
         )
         self.core.tracing = mesh.tracing
         self.core.metrics = mesh.metrics
+        self.core.access = mesh.access
 
     def _default_timeout(self) -> float | None:
         return None if self._rcvtimeo < 0 else self._rcvtimeo / 1000

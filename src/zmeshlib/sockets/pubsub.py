@@ -30,6 +30,7 @@ import zmq
 
 from .._exceptions import InvalidArgument, MeshError
 from .._models import Delivery, Message, Peer, SocketKind, TraceContext
+from ..telemetry.access import trace_id_of
 from ..telemetry.tracing import body_size
 from .base import MeshSocket, flags_timeout, receive
 from .consume import serve_messages, serve_messages_async
@@ -109,6 +110,10 @@ class _Publisher(MeshSocket, SendIdioms):
                 if istio is not None:
                     istio.message("source", "publish", None, self.service, topic,
                                   metrics.topic_depth(), body_size(payload))  # fmt: skip
+            access = self._mesh.access
+            if access.enabled():
+                access.message("publisher", "publish", None, self.service, topic,
+                               body_size(payload), trace_id_of(trace))  # fmt: skip
         finally:
             self._busy -= 1
             if self._closing and not self._busy:
@@ -237,6 +242,7 @@ class _Subscriber(MeshSocket, RecvIdioms):
         )
         self.core.tracing = mesh.tracing
         self.core.metrics = mesh.metrics
+        self.core.access = mesh.access
         self._prefixes: list[bytes] = []
 
     def _configure(self, sock: zmq.Socket, server: bool) -> None:

@@ -27,6 +27,7 @@ import zmq
 from .._exceptions import Closed, MeshError, RemoteError, Timeout
 from .._models import Message, Peer, SocketKind, StatusCode
 from ..telemetry import tracing
+from ..telemetry.access import trace_id_of
 from ..telemetry.tracing import body_size
 from .base import MeshSocket, flags_timeout, receive
 from .core import Payload, ServerCore
@@ -53,6 +54,7 @@ class _Server(MeshSocket, SendIdioms, RecvIdioms):
         super().__init__(mesh, SocketKind.REP, driver)
         self.core = ServerCore(mesh._in_force, "", mesh.limits, self.drops)
         self.core.metrics = mesh.metrics
+        self.core.access = mesh.access
         self._last: Message | None = None
         # what a request's Message.reply calls: one bound method for every request
         self._replier: Callable[..., None] = self._reply
@@ -127,8 +129,12 @@ class _Server(MeshSocket, SendIdioms, RecvIdioms):
         if traced is not None:
             tracing.end(traced[0], status, error=error)
         metrics = self._mesh.metrics
+        seconds = time.monotonic() - started
+        access = self._mesh.access
+        if access.enabled():
+            access.call("server", msg.peer, self.service, msg.method, status, seconds,
+                        body_size(msg.payload), trace_id_of(msg.trace))  # fmt: skip
         if metrics.recording():
-            seconds = time.monotonic() - started
             metrics.server_duration.record(
                 seconds, metrics.rpc_labels(self.service, msg.method, status)
             )
@@ -176,7 +182,7 @@ class RepSocket(_Server):
         other MeshError its status; anything else is INTERNAL (and logged).
         """
         traced = self._server_span(msg)
-        if traced is not None or self._mesh.metrics.recording():
+        if traced is not None or self._mesh.metrics.recording() or self._mesh.access.enabled():
             return self._handle_observed(msg, handler, traced)
         token = enter(msg.deadline)
         try:
