@@ -212,6 +212,7 @@ def mesh_server(ca_dir: str, registry: str, info: Any, split: bool) -> None:
             return msg.payload
 
         rep.serve(echo, stop=lambda: bool(stopped))
+        rep.close(linger=2000)  # the STOP reply goes out before the card is withdrawn
     if split:
         info.put(("mesh-server", spans.mean_us()))
 

@@ -247,6 +247,7 @@ def test_hedging_sends_a_copy_after_the_delay_and_the_first_answer_wins():
     assert c.next_timer() == 0.02
     (second,) = sends(c.timer(0.02))
     assert second.attempt == 1 and second.endpoint != first.endpoint
+    assert not first.hedge and second.hedge  # sent for the delay: a hedge (its own metric)
     (third,) = sends(c.timer(0.04))
     assert third.endpoint not in (first.endpoint, second.endpoint)
     assert c.timer(0.06) == []  # max_attempts reached
@@ -261,7 +262,7 @@ def test_a_retriable_hedge_failure_sends_the_next_copy_at_once():
     c, _ = call(policy, hedging=HedgingPolicy(delay=1.0, max_attempts=3))
     c.start(0.0)
     (copy,) = sends(c.reply(0, UNAVAILABLE, False, 0.01))  # no waiting for the delay
-    assert copy.attempt == 1
+    assert copy.attempt == 1 and not copy.hedge  # sent because one failed: a retry
     done = finish(c.reply(1, StatusCode.NOT_FOUND, False, 0.02))  # not retriable: commits
     assert (done.attempt, done.error.status) == (1, StatusCode.NOT_FOUND)
 

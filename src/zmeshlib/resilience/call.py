@@ -82,17 +82,20 @@ _DEADLINE = StatusCode.DEADLINE_EXCEEDED
 
 
 class Send:
-    """Send attempt ``attempt`` of the request to ``endpoint``; it may wait until ``deadline``."""
+    """Send attempt ``attempt`` of the request to ``endpoint``; it may wait until ``deadline``.
+    ``hedge``: sent because the hedging delay passed (not because an attempt failed)."""
 
-    __slots__ = ("attempt", "deadline", "endpoint")
+    __slots__ = ("attempt", "deadline", "endpoint", "hedge")
 
-    def __init__(self, attempt: int, endpoint: str, deadline: float) -> None:
+    def __init__(self, attempt: int, endpoint: str, deadline: float, hedge: bool = False) -> None:
         self.attempt = attempt
         self.endpoint = endpoint
         self.deadline = deadline
+        self.hedge = hedge
 
     def __repr__(self) -> str:
-        return f"Send({self.attempt}, {self.endpoint!r}, {self.deadline:.3f})"
+        hedge = ", hedge" if self.hedge else ""
+        return f"Send({self.attempt}, {self.endpoint!r}, {self.deadline:.3f}{hedge})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Send) and (self.attempt, self.endpoint, self.deadline) == (
@@ -398,7 +401,7 @@ class Call:
 
     # -- decisions -----------------------------------------------------------------------
 
-    def _send(self, now: float) -> list[Command]:
+    def _send(self, now: float, hedge: bool = False) -> list[Command]:
         endpoint = self._endpoints.pick(now, self._tried)
         if endpoint is None:
             self._waiting_endpoint = True
@@ -414,17 +417,18 @@ class Call:
         hedging = self._hedging
         if hedging is not None and self._sent < self._max_attempts:
             self._hedge_at = now + hedging.delay
-        return [Send(attempt, endpoint, deadline)]
+        return [Send(attempt, endpoint, deadline, hedge)]
 
-    def _hedge(self, now: float) -> list[Command]:
-        """Another copy, to an endpoint not tried yet, if the budget allows one."""
+    def _hedge(self, now: float, hedge: bool = True) -> list[Command]:
+        """Another copy, to an endpoint not tried yet, if the budget allows one (``hedge``:
+        for the delay; False: for a failed attempt, a retry)."""
         if self._sent >= self._max_attempts:
             return []
         if self._endpoints.pick(now, self._tried) in self._tried:
             return []  # every endpoint has a copy already
         if self._budget is not None and not self._budget.try_withdraw(now):
             return []
-        return self._send(now)
+        return self._send(now, hedge)
 
     def _failed(
         self,
@@ -442,7 +446,7 @@ class Call:
         if needs_idempotent and not self._idempotent:
             return self._end_unless_in_flight(failure)
         if self._hedging is not None:  # the next copy at once, else wait for the others
-            commands = self._hedge(now)
+            commands = self._hedge(now, hedge=False)
             if commands or self._in_flight:
                 return commands
             return self._commit(failure.attempt, failure, because="no copy left to send")

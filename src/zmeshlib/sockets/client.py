@@ -341,7 +341,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
                     if isinstance(command, Send):  # hand attempt N to its endpoint's connection
                         now = time.monotonic()
                         if command.attempt:
-                            self.counts["retries"] += 1  # a retry or a hedge
+                            self.counts["hedges" if command.hedge else "retries"] += 1
                         up = self._upstreams.get(command.endpoint)
                         if up is None:  # it left between the choice and the send
                             commands += call.not_sent(command.attempt, now)

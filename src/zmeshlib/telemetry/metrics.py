@@ -40,8 +40,9 @@ messages``                                      or PULL hands the application
                                                 ``error.type`` when it raised
 ``zmeshlib.dropped.messages``      obs counter  ``zmeshlib.socket.kind``, ``zmeshlib.service``,
                                                 ``reason``: frames dropped and counted
-``zmeshlib.rpc.client.retries``    obs counter  ``rpc.service``: attempts after the first
-                                                (retries and hedges)
+``zmeshlib.rpc.client.retries``    obs counter  ``rpc.service``: attempts after one failed
+``zmeshlib.rpc.client.hedges``     obs counter  ``rpc.service``: attempts sent because the
+                                                hedging delay passed
 ``zmeshlib.outlier.ejections``     obs counter  ``rpc.service``: endpoints ejected
 ``zmeshlib.outlier.ejected``       obs gauge    ``rpc.service``: endpoints ejected now
 ``zmeshlib.circuit.refusals``      obs counter  ``rpc.service``: calls refused by a full
@@ -86,7 +87,8 @@ if TYPE_CHECKING:
 
 _SOCKET_COUNTERS = (
     ("zmeshlib.dropped.messages", "{message}", "frames dropped and counted, by reason"),
-    ("zmeshlib.rpc.client.retries", "{attempt}", "attempts after the first: retries, hedges"),
+    ("zmeshlib.rpc.client.retries", "{attempt}", "attempts after one failed"),
+    ("zmeshlib.rpc.client.hedges", "{attempt}", "attempts sent because the hedging delay passed"),
     ("zmeshlib.outlier.ejections", "{ejection}", "endpoints ejected by outlier detection"),
     ("zmeshlib.circuit.refusals", "{call}", "calls refused by a full pool (never sent)"),
     ("zmeshlib.authz.denials", "{call}", "calls a server's authorization denied, by policy"),
@@ -105,6 +107,7 @@ def _socket_counts(sock: Any) -> Iterator[tuple[str, tuple[tuple[str, str], ...]
     counts = sock.counts
     for key, name in (
         ("retries", "zmeshlib.rpc.client.retries"),
+        ("hedges", "zmeshlib.rpc.client.hedges"),
         ("outlier_ejected", "zmeshlib.outlier.ejections"),
         ("circuit_refused", "zmeshlib.circuit.refusals"),
     ):
