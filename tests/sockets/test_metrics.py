@@ -249,6 +249,11 @@ def test_circuit_refusals_and_drops_are_instruments(mesh_factory):
     points = _points(reader)
     (refusals,) = points["zmeshlib.circuit.refusals"]
     assert refusals.value == 1
+    (open_now,) = points["zmeshlib.circuit.open"]
+    assert open_now.value == 1 and dict(open_now.attributes) == {"rpc.service": "payment"}
+    pool.leave()
+    pool.release()  # the slot is free again: the circuit closes
+    assert not [p.value for p in _points(reader).get("zmeshlib.circuit.open", []) if p.value]
     drops = {p.attributes["reason"]: p.value for p in points["zmeshlib.dropped.messages"]}
     assert drops["malformed"] == 1
     provider.shutdown()

@@ -76,6 +76,10 @@ class Pool:
         with self._lock:
             self.active -= 1
 
+    def full(self) -> bool:
+        """Every slot taken: the next request waits or is refused (an open circuit)."""
+        return self.max_requests is not None and self.active >= self.max_requests
+
     def refusal(self, service: str) -> str:
         """Why ``FULL``, and what to do about it."""
         return (

@@ -129,6 +129,17 @@ class Traffic:
             self._services[service] = state
             return state
 
+    def open_circuits(self) -> dict[str, int]:
+        """Service -> its pools (per subset) with every slot taken now: an open circuit."""
+        with self._lock:
+            states = list(self._services.items())
+        out: dict[str, int] = {}
+        for service, state in states:
+            full = sum(1 for pool in list(state._pools.values()) if pool.full())
+            if full:
+                out[service] = full
+        return out
+
     def count(self, service: str, event: str, n: int = 1) -> None:
         with self._lock:
             self.counts[service, event] += n

@@ -45,6 +45,7 @@ messages``                                      or PULL hands the application
                                                 hedging delay passed
 ``zmeshlib.outlier.ejections``     obs counter  ``rpc.service``: endpoints ejected
 ``zmeshlib.outlier.ejected``       obs gauge    ``rpc.service``: endpoints ejected now
+``zmeshlib.circuit.open``          obs gauge    ``rpc.service``: pools with every slot taken
 ``zmeshlib.circuit.refusals``      obs counter  ``rpc.service``: calls refused by a full
                                                 ``pool`` (RESOURCE_EXHAUSTED, never sent)
 ``zmeshlib.authz.denials``         obs counter  ``rpc.service``, ``zmeshlib.policy``: calls
@@ -172,6 +173,9 @@ def _observed(provider: Any, meter: Any) -> _Observed:
 _MESH_OBSERVABLES: tuple[tuple[str, str, str, str, Callable[[Any], Iterable[Observation]]], ...] = (
     ("gauge", "zmeshlib.outlier.ejected", "{endpoint}",
      "endpoints ejected now, by destination service", lambda m: m._ejected(None)),
+    ("gauge", "zmeshlib.circuit.open", "{pool}",
+     "circuit breakers (a service's pool, per subset) with every slot taken now",
+     lambda m: m._open_circuits()),
     ("gauge", "zmeshlib.policy.active", "", "1 for the revision of the policy in force",
      lambda m: m._active(None)),
     ("counter", "zmeshlib.handshakes", "{handshake}",
@@ -270,6 +274,15 @@ class MeshMetrics:
             if destinations is not None:
                 by[sock.service] += sum(len(es.ejected()) for es in destinations.sets())
         return [Observation(n, {"rpc.service": s}) for s, n in sorted(by.items())]
+
+    def _open_circuits(self) -> list[Observation]:
+        mesh = self._mesh()
+        if mesh is None or mesh.closed:
+            return []
+        return [
+            Observation(n, {"rpc.service": service})
+            for service, n in sorted(mesh._traffic.open_circuits().items())
+        ]
 
     def recording(self) -> bool:
         """Whether request and message instruments are recorded (module docstring); the
