@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import zmq
@@ -223,6 +224,10 @@ def test_the_mesh_s_own_counters_as_instruments(mesh_factory):
     req.close()
     (retries,) = _points(reader)["zmeshlib.rpc.client.retries"]
     assert retries.value == 1  # after its socket closed: never down
+    del t
+    gc.collect()  # the server's REP socket, never closed, is collected: its counts stay
+    (denials,) = _points(reader)["zmeshlib.authz.denials"]
+    assert denials.value == 1
     provider.shutdown()
 
 
@@ -256,4 +261,21 @@ def test_circuit_refusals_and_drops_are_instruments(mesh_factory):
     assert not [p.value for p in _points(reader).get("zmeshlib.circuit.open", []) if p.value]
     drops = {p.attributes["reason"]: p.value for p in points["zmeshlib.dropped.messages"]}
     assert drops["malformed"] == 1
+    provider.shutdown()
+
+
+def test_a_socket_collected_without_close_keeps_its_counts(mesh_factory):
+    import weakref
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    mesh = mesh_factory("spiffe://example.org/ns/shop/sa/client", meter_provider=provider)
+    pull = mesh.socket(zmq.PULL)
+    pull.drops.drop("malformed", "a test's junk")
+    gone = weakref.ref(pull)
+    del pull
+    gc.collect()
+    assert gone() is None  # collected, never closed
+    (dropped,) = _points(reader)["zmeshlib.dropped.messages"]
+    assert dropped.value == 1 and dropped.attributes["reason"] == "malformed"
     provider.shutdown()

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import zmeshlib
+from zmeshlib.telemetry.waterfall import span_record
 
 IDS = {
     "server": "spiffe://example.org/ns/shop/sa/payment",
@@ -61,14 +62,7 @@ def main() -> int:
                     pub.send(b"order 1", topic="orders.created")
     print("SPANS", flush=True)
     for span in exporter.get_finished_spans():
-        print(json.dumps({
-            "name": span.name,
-            "kind": span.kind.name,
-            "trace_id": span.context.trace_id,
-            "span_id": span.context.span_id,
-            "parent": span.parent.span_id if span.parent else None,
-            "attributes": dict(span.attributes or {}),
-        }), flush=True)  # fmt: skip
+        print(json.dumps(span_record(span)), flush=True)
     provider.shutdown()
     return 0
 

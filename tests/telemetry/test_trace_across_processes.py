@@ -12,10 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
 from zmeshlib import DevCA
+from zmeshlib.telemetry.waterfall import waterfall_svg
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +68,7 @@ def test_one_trace_from_publisher_through_subscriber_to_server(tmp_path):
     root = everything[producer["parent"]]
     (client,) = [s for s in worker_spans if s["kind"] == "CLIENT"]
     (srv,) = [s for s in server_spans if s["kind"] == "SERVER"]
-    print(f"trace {root['trace_id']:032x}: {root['name']} -> {producer['name']} -> "
+    print(f"trace {root['trace_id']}: {root['name']} -> {producer['name']} -> "
           f"{consumer['name']} -> {client['name']} (CLIENT) -> {srv['name']} (SERVER)")  # fmt: skip
     assert root["name"] == "place order" and producer["kind"] == "PRODUCER"
     assert producer["attributes"]["messaging.system"] == "zeromq"
@@ -81,3 +83,15 @@ def test_one_trace_from_publisher_through_subscriber_to_server(tmp_path):
         consumer["attributes"]["zmeshlib.peer.spiffe_id"]
         == "spiffe://example.org/ns/shop/sa/orders"
     )
+
+    chain = [root, producer, consumer, client, srv]
+    picture = waterfall_svg(chain, "place order: one trace across three processes")
+    drawn = ElementTree.fromstring(picture)  # well-formed SVG
+    texts = [t.text for t in drawn.iter("{http://www.w3.org/2000/svg}text")]
+    for span in chain:
+        assert f"{span['name']} ({span['kind'].lower()})" in texts
+    assert [t for t in texts if t in ("orders", "fulfilment", "payment")]  # the workloads
+    out = os.environ.get("ZMESHLIB_TRACE_OUT")
+    if out:  # the docs' picture is drawn from these (docs/observability.md); not the root,
+        # which lasts as long as the publisher's loop of repeats
+        Path(out).write_text(json.dumps(chain[1:], indent=1) + "\n")

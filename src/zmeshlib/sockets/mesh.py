@@ -411,6 +411,7 @@ class Mesh:
                 sock.close()
                 raise Closed("this Mesh is closed")
             self._sockets.add(sock)
+            self.metrics.socket_opened(sock)
         return sock
 
     def _forget_socket(self, sock: MeshSocket, endpoints: list[str]) -> None:

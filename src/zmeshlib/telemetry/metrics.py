@@ -67,6 +67,7 @@ for unknown methods. Topics are never labels.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -96,16 +97,26 @@ _SOCKET_COUNTERS = (
 )
 
 
-def _socket_counts(sock: Any) -> Iterator[tuple[str, tuple[tuple[str, str], ...], int]]:
+def _view(sock: Any) -> tuple[str, Any, Any, Any]:
+    """What a socket's counts are read from, without the socket: its kind, its core (which
+    knows its service), its drops and its counts. Kept past the socket's collection."""
+    return sock.kind.name, sock.core, sock.drops, sock.counts
+
+
+def _socket_counts(
+    view: tuple[str, Any, Any, Any],
+) -> Iterator[tuple[str, tuple[tuple[str, str], ...], int]]:
     """(instrument, labels, value) for what one socket counted."""
-    kind, service = sock.kind.name, sock.service
-    for reason, n in sock.drops.counts.items():
+    kind, core, drops, sock_counts = view
+    service = core.service
+    # copies, each made in one step: the socket's own thread may count on meanwhile
+    for reason, n in dict(drops.counts).items():
         yield (
             "zmeshlib.dropped.messages",
             (("reason", reason), ("zmeshlib.service", service), ("zmeshlib.socket.kind", kind)),
             n,
         )
-    counts = sock.counts
+    counts = dict(sock_counts)
     for key, name in (
         ("retries", "zmeshlib.rpc.client.retries"),
         ("hedges", "zmeshlib.rpc.client.hedges"),
@@ -114,7 +125,7 @@ def _socket_counts(sock: Any) -> Iterator[tuple[str, tuple[tuple[str, str], ...]
     ):
         if counts.get(key):
             yield name, (("rpc.service", service),), counts[key]
-    for policy, n in getattr(sock.core, "denied_by", {}).items():
+    for policy, n in dict(getattr(core, "denied_by", {})).items():
         yield "zmeshlib.authz.denials", (("rpc.service", service), ("zmeshlib.policy", policy)), n
 
 
@@ -224,6 +235,9 @@ class MeshMetrics:
             "messaging.process.duration", unit="s", description="time in msg.process()"
         )
         self._closed_totals: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+        #: What each live socket's counts are read from (:func:`_view`), by id.
+        self._views: dict[int, tuple[str, Any, Any, Any]] = {}
+        self._views_lock = threading.Lock()
         self.policy_updates = meter.create_counter(
             "zmeshlib.policy.updates", unit="{update}", description="policy swaps"
         )
@@ -245,21 +259,36 @@ class MeshMetrics:
     def topic_depth(self) -> int:
         return int(self._in_force.policy.telemetry.metrics.topic_depth)
 
+    def socket_opened(self, sock: Any) -> None:
+        """Follow a new socket's counts, until it is closed or collected."""
+        key = id(sock)  # unique while it lives; its finalizer runs before the id is reused
+        with self._views_lock:
+            self._views[key] = _view(sock)
+        weakref.finalize(sock, self._fold, key)
+
     def socket_closed(self, sock: Any) -> None:
         """Keep a closing socket's counts in the totals (counters never go down)."""
-        for name, labels, value in _socket_counts(sock):
-            self._closed_totals[name, labels] += value
+        self._fold(id(sock))
+
+    def _fold(self, key: int) -> None:
+        with self._views_lock:
+            view = self._views.pop(key, None)
+            if view is not None:
+                for name, labels, value in _socket_counts(view):
+                    self._closed_totals[name, labels] += value
 
     def _socket_observations(self, name: str) -> list[Observation]:
         mesh = self._mesh()
         if mesh is None or mesh.closed:
             return []
         totals: Counter[tuple[tuple[str, str], ...]] = Counter()
-        for (kind, labels), value in self._closed_totals.items():
-            if kind == name:
-                totals[labels] += value
-        for sock in list(mesh._sockets):
-            for kind, labels, value in _socket_counts(sock):
+        with self._views_lock:
+            for (kind, labels), value in self._closed_totals.items():
+                if kind == name:
+                    totals[labels] += value
+            views = list(self._views.values())
+        for view in views:
+            for kind, labels, value in _socket_counts(view):
                 if kind == name:
                     totals[labels] += value
         return [Observation(v, dict(labels)) for labels, v in sorted(totals.items())]
