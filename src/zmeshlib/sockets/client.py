@@ -597,7 +597,7 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
             metrics.client_duration.record(
                 seconds, metrics.rpc_labels(self.service, method, status)
             )
-            istio = metrics.istio()
+            istio = metrics.istio_now
             if istio is not None:
                 istio.request(
                     "source", peer, self.service, status, seconds, body_size(payload),

@@ -463,6 +463,7 @@ class SubscriberCore(_PolicyBound):
         #: and its metrics (messages consumed).
         self.tracing: Any = None
         self.metrics: Any = None
+        self.consumed = 0  # messages handed over while metrics record
         self.access: Any = None  # the Mesh's access log
 
     def check_subscribe(self, prefix: str) -> None:
@@ -557,8 +558,8 @@ class SubscriberCore(_PolicyBound):
             return None
         metrics = self.metrics
         if metrics is not None and metrics.recording():
-            metrics.consumed.add(1, metrics.messaging_labels("receive", self.service))
-            istio = metrics.istio()
+            self.consumed += 1  # messaging.client.consumed.messages
+            istio = metrics.istio_now
             if istio is not None:
                 istio.message("destination", "receive", peer, self.service,
                               topic if publish else "", metrics.topic_depth(),

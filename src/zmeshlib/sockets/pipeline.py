@@ -70,9 +70,7 @@ class _Pusher(MeshSocket, SendIdioms):
         self._refresh()
         span = None
         if trace is None and self._mesh.tracing.recording():
-            traced = self._mesh.tracing.start_producer(
-                "push", self.service, headers, body_size(payload)
-            )
+            traced = self._mesh.tracing.start_producer("push", self.service, headers, payload)
             if traced is not None:
                 span, trace, headers = traced
         try:
@@ -82,8 +80,8 @@ class _Pusher(MeshSocket, SendIdioms):
                 span.end()
         metrics = self._mesh.metrics
         if metrics.recording():
-            metrics.sent.add(1, metrics.messaging_labels("push", self.service))
-            istio = metrics.istio()
+            self.counts["messages_sent"] += 1  # messaging.client.sent.messages
+            istio = metrics.istio_now
             if istio is not None:
                 istio.message("source", "push", None, self.service, "", 0, body_size(payload))
         access = self._mesh.access

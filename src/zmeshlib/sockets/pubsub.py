@@ -90,9 +90,7 @@ class _Publisher(MeshSocket, SendIdioms):
                 self._drain()
             span = None
             if trace is None and self._mesh.tracing.recording():
-                traced = self._mesh.tracing.start_producer(
-                    "publish", topic, headers, body_size(payload)
-                )
+                traced = self._mesh.tracing.start_producer("publish", topic, headers, payload)
                 if traced is not None:
                     span, trace, headers = traced
             frames = self.core.publication(topic, payload, headers, trace)
@@ -105,8 +103,8 @@ class _Publisher(MeshSocket, SendIdioms):
                 span.end()
             metrics = self._mesh.metrics
             if metrics.recording():
-                metrics.sent.add(1, metrics.messaging_labels("publish", self.service))
-                istio = metrics.istio()
+                self.counts["messages_sent"] += 1  # messaging.client.sent.messages
+                istio = metrics.istio_now
                 if istio is not None:
                     istio.message("source", "publish", None, self.service, topic,
                                   metrics.topic_depth(), body_size(payload))  # fmt: skip

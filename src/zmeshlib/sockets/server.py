@@ -138,7 +138,7 @@ class _Server(MeshSocket, SendIdioms, RecvIdioms):
             metrics.server_duration.record(
                 seconds, metrics.rpc_labels(self.service, msg.method, status)
             )
-            istio = metrics.istio()
+            istio = metrics.istio_now
             if istio is not None:
                 istio.request(
                     "destination", msg.peer, self.service, status, seconds,

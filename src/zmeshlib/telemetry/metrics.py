@@ -30,11 +30,11 @@ instrument                         kind         attributes
                                                 ``rpc.method``, ``rpc.response.status_code``,
                                                 ``error.type`` on failure
 ``rpc.server.call.duration``       histogram    seconds per request handled, same labels
-``messaging.client.sent.messages`` counter      ``messaging.system`` (``zeromq``),
+``messaging.client.sent.messages`` obs counter  ``messaging.system`` (``zeromq``),
                                                 ``messaging.operation.name`` (``publish``,
                                                 ``push``), ``messaging.destination.name``
                                                 (the service, never the topic)
-``messaging.client.consumed.         counter      the same (``receive``), per message a SUB
+``messaging.client.consumed.       obs counter  the same (``receive``), per message a SUB
 messages``                                      or PULL hands the application
 ``messaging.process.duration``     histogram    seconds inside ``msg.process()``, with
                                                 ``error.type`` when it raised
@@ -88,6 +88,8 @@ if TYPE_CHECKING:
     from ..sockets.mesh import Mesh
 
 _SOCKET_COUNTERS = (
+    ("messaging.client.sent.messages", "{message}", "messages sent"),
+    ("messaging.client.consumed.messages", "{message}", "messages handed to the application"),
     ("zmeshlib.dropped.messages", "{message}", "frames dropped and counted, by reason"),
     ("zmeshlib.rpc.client.retries", "{attempt}", "attempts after one failed"),
     ("zmeshlib.rpc.client.hedges", "{attempt}", "attempts sent because the hedging delay passed"),
@@ -95,6 +97,14 @@ _SOCKET_COUNTERS = (
     ("zmeshlib.circuit.refusals", "{call}", "calls refused by a full pool (never sent)"),
     ("zmeshlib.authz.denials", "{call}", "calls a server's authorization denied, by policy"),
 )
+
+
+def _messaging(operation: str, service: str) -> tuple[tuple[str, str], ...]:
+    return (
+        ("messaging.destination.name", service),
+        ("messaging.operation.name", operation),
+        ("messaging.system", "zeromq"),
+    )
 
 
 def _view(sock: Any) -> tuple[str, Any, Any, Any]:
@@ -117,6 +127,15 @@ def _socket_counts(
             n,
         )
     counts = dict(sock_counts)
+    # messages are counted in ints by the sockets, not through the SDK per message: an SDK
+    # counter's add() costs more than a whole publication
+    sent = counts.get("messages_sent")
+    if sent:
+        operation = "publish" if kind == "PUB" else "push"
+        yield "messaging.client.sent.messages", _messaging(operation, service), sent
+    consumed = getattr(core, "consumed", 0)
+    if consumed:
+        yield "messaging.client.consumed.messages", _messaging("receive", service), consumed
     for key, name in (
         ("retries", "zmeshlib.rpc.client.retries"),
         ("hedges", "zmeshlib.rpc.client.hedges"),
@@ -223,14 +242,6 @@ class MeshMetrics:
         self.server_duration = meter.create_histogram(
             "rpc.server.call.duration", unit="s", description="requests handled"
         )
-        self.sent = meter.create_counter(
-            "messaging.client.sent.messages", unit="{message}", description="messages sent"
-        )
-        self.consumed = meter.create_counter(
-            "messaging.client.consumed.messages",
-            unit="{message}",
-            description="messages handed to the application",
-        )
         self.process_duration = meter.create_histogram(
             "messaging.process.duration", unit="s", description="time in msg.process()"
         )
@@ -248,13 +259,13 @@ class MeshMetrics:
         )
         _observed(provider, meter).members.add(self)
         self._istio = IstioMetrics(meter, str(mesh.spiffe_id or ""), mesh.labels)
+        self.istio_now: IstioMetrics | None = None  # istio()'s answer, kept with recording()'s
 
     def istio(self) -> IstioMetrics | None:
         """Istio's instruments while they are recorded: :meth:`recording`, and the policy's
-        ``telemetry.metrics.istio_compatible``."""
-        if self.recording() and self._in_force.policy.telemetry.metrics.istio_compatible:
-            return self._istio
-        return None
+        ``telemetry.metrics.istio_compatible``. (A hot path that has just asked
+        :meth:`recording` reads :attr:`istio_now`, which that call keeps current.)"""
+        return self.istio_now if self.recording() else None
 
     def topic_depth(self) -> int:
         return int(self._in_force.policy.telemetry.metrics.topic_depth)
@@ -324,6 +335,9 @@ class MeshMetrics:
             self._explicit or not isinstance(metrics.get_meter_provider(), _PROXY)
         )
         self._seen = (policy, provider, answer)
+        self.istio_now = (
+            self._istio if answer and policy.telemetry.metrics.istio_compatible else None
+        )
         return answer
 
     def rpc_labels(self, service: str, method: str, status: StatusCode) -> dict[str, Any]:

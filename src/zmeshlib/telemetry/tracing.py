@@ -157,13 +157,12 @@ class Tracing:
         return sampling >= 100.0 or self._rng.random() * 100.0 < sampling
 
     def start_producer(
-        self, kind: str, destination: str, headers: Mapping[str, str] | None, size: int
+        self, kind: str, destination: str, headers: Mapping[str, str] | None, payload: Any
     ) -> tuple[Any, TraceContext | None, Mapping[str, str] | None] | None:
         """A PRODUCER span ``send {destination}`` and the context a message carries under it;
-        None when not traced. ``kind`` is ``publish`` or ``push``."""
-        if not self.recording() or not self._sampled_root(
-            trace.get_current_span().get_span_context()
-        ):
+        None when not traced. ``kind`` is ``publish`` or ``push``. The caller has found
+        :meth:`recording` true (per message: asked once)."""
+        if not self._sampled_root(trace.get_current_span().get_span_context()):
             return None
         span = self.tracer.start_span(
             f"send {destination}",
@@ -173,7 +172,7 @@ class Tracing:
                 "messaging.operation.type": "send",
                 "messaging.operation.name": kind,
                 "messaging.destination.name": destination,
-                "messaging.message.body.size": size,
+                "messaging.message.body.size": body_size(payload),
                 WORKLOAD_ID: self.workload,
             },
         )
