@@ -1,0 +1,86 @@
+"""A workload of the partition test, run inside its own network namespace.
+
+Usage: python _workload.py replica NAME ADDRESS CA_DIR REGISTRY_URL POLICY_JSON
+       python _workload.py client CA_DIR REGISTRY_URL POLICY_JSON
+
+A replica serves ``payment`` at ADDRESS, answering each request with its NAME,
+and prints ``READY``. The client connects to ``payment``, prints ``READY`` once
+it has three upstreams, then sends one idempotent request after another until
+its standard input closes; at its end it prints ``RESULT`` and one JSON object:
+each answer as ``[wall time, replica]``, each failure as ``[wall time, error]``,
+and its threads and open file descriptors when it started and when it ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+import zmq
+
+import zmeshlib
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def replica(name: str, address: str, ca_dir: str, registry: str, policy: str) -> int:
+    ca = zmeshlib.DevCA.load(ca_dir)
+    identity = ca.issue("spiffe://example.org/ns/shop/sa/payment")
+    with zmeshlib.Mesh(identity=identity, registry=registry,
+                       policy=zmeshlib.Policy.from_dict(json.loads(policy))) as mesh:  # fmt: skip
+        rep = mesh.socket(zmq.REP)
+        rep.bind(address, service="payment")
+        print("READY", flush=True)
+        stop = threading.Event()
+        threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+        rep.serve(lambda msg: name.encode(), stop=stop.is_set)
+    return 0
+
+
+def client(ca_dir: str, registry: str, policy: str) -> int:
+    ca = zmeshlib.DevCA.load(ca_dir)
+    identity = ca.issue("spiffe://example.org/ns/shop/sa/checkout")
+    done = threading.Event()
+    reader = threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True)
+    reader.start()
+
+    def threads() -> int:  # the mesh's, not this script's reader of stdin
+        return threading.active_count() - reader.is_alive()
+
+    answers: list[list[object]] = []
+    failures: list[list[object]] = []
+    with zmeshlib.Mesh(identity=identity, registry=registry,
+                       policy=zmeshlib.Policy.from_dict(json.loads(policy))) as mesh:  # fmt: skip
+        req = mesh.socket(zmq.REQ)
+        req.connect(service="payment")
+        deadline = time.monotonic() + 30
+        while len(req.upstreams) < 3:
+            assert time.monotonic() < deadline, f"connected to {req.upstreams} only"
+            req.poll(0.05)  # housekeeping: the registry view
+        for _ in range(30):  # every connection's handshake done
+            req.request(b"", method="getQuote", timeout=5)
+        start = {"threads": threads(), "fds": _fds()}
+        print("READY", flush=True)
+        while not done.is_set():
+            try:
+                reply = req.request(b"", method="getQuote", timeout=2)
+                answers.append([time.time(), reply.payload.decode()])
+            except zmeshlib.MeshError as e:
+                failures.append([time.time(), f"{type(e).__name__}: {e}"])
+            done.wait(0.002)  # a steady rate, not a flood
+        end = {"threads": threads(), "fds": _fds()}
+        stats = req.stats
+    print("RESULT", flush=True)
+    print(json.dumps({"answers": answers, "failures": failures, "start": start, "end": end,
+                      "stats": stats}), flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    role, *args = sys.argv[1:]
+    sys.exit(replica(*args) if role == "replica" else client(*args))
