@@ -4,10 +4,12 @@ Usage: python _workload.py replica NAME ADDRESS CA_DIR REGISTRY_URL POLICY_JSON
        python _workload.py client CA_DIR REGISTRY_URL POLICY_JSON
 
 A replica serves ``payment`` at ADDRESS, answering each request with its NAME,
-and prints ``READY``. The client connects to ``payment``, prints ``READY`` once
+publishes a number every 5 ms on ``ticks.NAME`` (service ``ticks``), and
+prints ``READY``. The client connects to ``payment``, prints ``READY`` once
 it has three upstreams, then sends one idempotent request after another until
 its standard input closes; at its end it prints ``RESULT`` and one JSON object:
 each answer as ``[wall time, replica]``, each failure as ``[wall time, error]``,
+each publication heard as ``[wall time, topic, number]``,
 and its threads and open file descriptors when it started and when it ended.
 """
 
@@ -35,10 +37,22 @@ def replica(name: str, address: str, ca_dir: str, registry: str, policy: str) ->
                        policy=zmeshlib.Policy.from_dict(json.loads(policy))) as mesh:  # fmt: skip
         rep = mesh.socket(zmq.REP)
         rep.bind(address, service="payment")
-        print("READY", flush=True)
+        pub = mesh.socket(zmq.PUB)
+        pub.bind(address, service="ticks")
         stop = threading.Event()
+
+        def tick() -> None:  # a numbered publication every 5 ms, until stopped
+            n = 0
+            while not stop.wait(0.005):
+                pub.send(b"%d" % n, topic=f"ticks.{name}")
+                n += 1
+
+        ticker = threading.Thread(target=tick)
+        ticker.start()
+        print("READY", flush=True)
         threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
         rep.serve(lambda msg: name.encode(), stop=stop.is_set)
+        ticker.join()
     return 0
 
 
@@ -49,8 +63,10 @@ def client(ca_dir: str, registry: str, policy: str) -> int:
     reader = threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True)
     reader.start()
 
-    def threads() -> int:  # the mesh's, not this script's reader of stdin
-        return threading.active_count() - reader.is_alive()
+    ours: list[threading.Thread] = [reader]  # this script's threads, not the mesh's
+
+    def threads() -> int:
+        return threading.active_count() - sum(t.is_alive() for t in ours)
 
     answers: list[list[object]] = []
     failures: list[list[object]] = []
@@ -58,6 +74,22 @@ def client(ca_dir: str, registry: str, policy: str) -> int:
                        policy=zmeshlib.Policy.from_dict(json.loads(policy))) as mesh:  # fmt: skip
         req = mesh.socket(zmq.REQ)
         req.connect(service="payment")
+        sub = mesh.socket(zmq.SUB)
+        sub.connect(service="ticks")
+        sub.subscribe("ticks.")
+        ticks: list[list[object]] = []
+
+        def listen() -> None:  # every publication heard: [wall time, topic, number]
+            while not done.is_set():
+                try:
+                    msg = sub.recv(timeout=0.1)
+                except zmeshlib.Timeout:
+                    continue
+                ticks.append([time.time(), msg.topic, int(msg.payload)])
+
+        listener = threading.Thread(target=listen)
+        ours.append(listener)
+        listener.start()
         deadline = time.monotonic() + 30
         while len(req.upstreams) < 3:
             assert time.monotonic() < deadline, f"connected to {req.upstreams} only"
@@ -73,11 +105,12 @@ def client(ca_dir: str, registry: str, policy: str) -> int:
             except zmeshlib.MeshError as e:
                 failures.append([time.time(), f"{type(e).__name__}: {e}"])
             done.wait(0.002)  # a steady rate, not a flood
+        listener.join()
         end = {"threads": threads(), "fds": _fds()}
         stats = req.stats
     print("RESULT", flush=True)
     print(json.dumps({"answers": answers, "failures": failures, "start": start, "end": end,
-                      "stats": stats}), flush=True)  # fmt: skip
+                      "stats": stats, "ticks": ticks}), flush=True)  # fmt: skip
     return 0
 
 
