@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint format bench docs clean
+.PHONY: demo test lint format bench fuzz docs clean
+
+FUZZ_SECONDS ?= 60
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +43,11 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_authz_pubsub.py
 	$(BIN)/python benchmarks/bench_authz.py
 	$(BIN)/python benchmarks/bench_revocation.py
+
+# coverage-guided fuzzing of every parser that reads the network or a file (atheris)
+fuzz: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install --quiet atheris
+	$(BIN)/python tests/fuzz/run_all.py --seconds $(FUZZ_SECONDS)
 
 docs: $(VENV)/.installed-dev
 	$(BIN)/mkdocs build --strict

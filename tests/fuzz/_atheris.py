@@ -21,8 +21,9 @@ import atheris
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-with atheris.instrument_imports(include=["zmeshlib"]):
+with atheris.instrument_imports(include=["zmeshlib", "opentelemetry"]):
     import _targets
+    import _wire_targets
 
 
 def _text(target: Callable[[str], None]) -> Callable[[bytes], None]:
@@ -33,6 +34,7 @@ def _text(target: Callable[[str], None]) -> Callable[[bytes], None]:
 
 
 def run(name: str) -> None:
-    target = _text(_targets.spiffe_id) if name == "spiffe_id" else _targets.TARGETS[name]
+    targets = {**_targets.TARGETS, **_wire_targets.TARGETS}
+    target = _text(_targets.spiffe_id) if name == "spiffe_id" else targets[name]
     atheris.Setup(sys.argv, target)
     atheris.Fuzz()

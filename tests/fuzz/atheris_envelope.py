@@ -1,0 +1,6 @@
+"""atheris entry point of the ``envelope`` target (see _wire_targets.py and _atheris.py)."""
+
+from _atheris import run
+
+if __name__ == "__main__":
+    run("envelope")
