@@ -226,3 +226,80 @@ def test_an_authenticated_peer_sending_an_oversized_frame_is_cut_off_before_it_i
     assert pull.stats.get("drop.too-large", 0) == 0
     grown = _rss_mib() - rss_before
     print(f"\na 64 MiB frame from an authenticated peer: cut off by libzmq, RSS +{grown:.0f} MiB")
+
+
+def test_a_client_that_floods_requests_and_never_reads_its_replies_is_bounded(
+    mesh_factory, raw_peer, zctx, eventually
+):
+    """20,000 requests from an authenticated raw peer that reads none of its replies: the
+    replies it leaves are dropped at the high-water mark and counted, memory stays bounded,
+    and an honest client is answered meanwhile."""
+    from zmeshlib.wire import encode_request
+
+    server = mesh_factory(PUBLISHER)
+    rep = server.socket(zmq.REP)
+    address = rep.bind("tcp://127.0.0.1:0", service="payment")
+    stop = threading.Event()
+    t = threading.Thread(target=rep.serve, args=(lambda m: b"r" * 256,),
+                         kwargs={"stop": stop.is_set})  # fmt: skip
+    t.start()
+    honest = mesh_factory(READER).socket(zmq.REQ)
+    honest.connect(service="payment")
+    assert honest.request(b"", method="charge", timeout=5).payload == b"r" * 256
+    rss_before = _rss_mib()
+    peer = raw_peer(server, ROGUE)
+    dealer = peer.client(zctx.socket(zmq.DEALER), server.curve_public)
+    dealer.sndhwm = 0
+    dealer.rcvhwm = 1  # it reads nothing: its side of the connection fills at once
+    dealer.connect(address)
+    deadline_ms = int((time.time() + 60) * 1000)
+    for i in range(20_000):
+        dealer.send_multipart([encode_request(i + 1, "charge", deadline_ms), b"q"])
+    slowest = 0.0
+    try:
+        for _ in range(50):
+            start = time.monotonic()
+            assert honest.request(b"", method="charge", timeout=5).payload == b"r" * 256
+            slowest = max(slowest, time.monotonic() - start)
+        eventually(
+            lambda: rep.stats.get("drop.reply-hwm", 0) > 0, what=f"replies dropped {rep.stats}"
+        )
+    finally:
+        stop.set()
+        t.join(10)
+    grown = _rss_mib() - rss_before
+    print(f"\n20,000 unread requests: {rep.stats.get('drop.reply-hwm', 0)} replies dropped at "
+          f"the high-water mark; the honest client's slowest of 50 calls {slowest * 1000:.0f} "
+          f"ms; memory {grown:+.1f} MiB")  # fmt: skip
+    assert grown < 64  # bounded: the unread replies are not kept
+
+
+def test_a_reply_to_a_client_that_left_is_dropped_and_counted(
+    mesh_factory, raw_peer, zctx, eventually
+):
+    from zmeshlib.wire import encode_request
+
+    server = mesh_factory(PUBLISHER)
+    rep = server.socket(zmq.REP)
+    address = rep.bind("tcp://127.0.0.1:0", service="payment")
+    dealer = raw_peer(server, ROGUE).client(zctx.socket(zmq.DEALER), server.curve_public)
+    dealer.connect(address)
+    dealer.send_multipart([encode_request(1, "charge", int((time.time() + 60) * 1000)), b""])
+    msg = rep.recv(timeout=5)
+    dealer.close(linger=0)  # it leaves before its reply
+    # until the ROUTER has seen the connection go, a reply is queued for it; then it is
+    # refused at once: dropped and counted, never raised
+    eventually(lambda: _gone(msg, rep), what="the reply dropped as unroutable")
+    assert rep.stats["drop.reply-unroutable"] >= 1
+    honest = mesh_factory(READER).socket(zmq.REQ)  # the socket serves on
+    honest.connect(service="payment")
+    t = threading.Thread(target=rep.serve, args=(lambda m: b"ok",), kwargs={"max_requests": 1})
+    t.start()
+    assert honest.request(b"", method="charge", timeout=5).payload == b"ok"
+    t.join(5)
+
+
+def _gone(msg: zmeshlib.Message, rep: object) -> bool:
+    """Reply to ``msg`` again (nothing is raised either way) until the drop is counted."""
+    msg.reply(b"late")
+    return bool(rep.stats.get("drop.reply-unroutable"))  # type: ignore[attr-defined]

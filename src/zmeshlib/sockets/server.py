@@ -59,6 +59,10 @@ class _Server(MeshSocket, SendIdioms, RecvIdioms):
         # what a request's Message.reply calls: one bound method for every request
         self._replier: Callable[..., None] = self._reply
 
+    def _configure(self, sock: zmq.Socket, server: bool) -> None:
+        if server:  # a reply that cannot go (its client's queue is full, or it left) is told
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # to us, dropped and counted: not silent
+
     def _judge(self, frames: tuple[bytes, ...], peer: Peer) -> Message | None:
         msg, immediate = self.core.request(frames, peer, time.time(), self._replier)
         if immediate is not None:
@@ -88,7 +92,14 @@ class _Server(MeshSocket, SendIdioms, RecvIdioms):
         server = self._server
         if server is None or self._closing:
             raise self._closed_error()
-        if not send_message(server, frames, _NOBLOCK):
+        try:
+            sent = send_message(server, frames, _NOBLOCK)
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH:
+                raise
+            self.drops.drop("reply-unroutable", "the client left before its reply")
+            return
+        if not sent:
             self.drops.drop("reply-hwm", "the client is not reading its replies")
 
     def _reply_last(self, payload: Payload, headers: Mapping[str, str] | None) -> None:
