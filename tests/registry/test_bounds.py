@@ -111,3 +111,20 @@ def test_a_store_full_of_junk_costs_one_read_per_entry_and_one_decode_per_distin
         assert verified == [good]
         assert len(registry.rejected()) == entries - 1
         assert registry.stats["corrupt"] == entries - 1  # counted once each
+
+
+def test_renewed_cards_do_not_fill_the_cache(ca, make_card):
+    """A Mesh renews its card every third of a lease: the verdicts on the cards it replaced
+    are forgotten when the store is next read, not kept until the cache's bound."""
+    import zmq
+
+    store = MemoryStore()
+    public, secret = zmq.curve_keypair()
+    other = make_card(ORDERS, labels={"service": "orders"})
+    store.put(other.key_id, other.to_bytes())
+    with Registry(store, bundles=ca.bundles) as registry:
+        for _ in range(50):  # fifty renewals of one workload's card
+            card = make_card(ORDERS, public=public, secret=secret, labels={"service": "orders"})
+            store.put(card.key_id, card.to_bytes())
+            assert card in registry.by_service("orders")
+            assert len(registry._cache) <= 2  # the two cards the store holds, no more

@@ -65,7 +65,9 @@ otherwise                                   the cached verdict: no signature or
 ==========================================  ===================================
 
 A rejection stands for its bytes and bundles object; a new bundles object
-re-verifies lazily.
+re-verifies lazily. A full read of the store forgets every cached verdict on
+bytes the store no longer holds: a card superseded by its renewal (a Mesh
+renews every third of a lease) is never read again.
 
 Theory of operation: :meth:`by_key` reads one entry (one file for a
 :class:`~zmeshlib.registry.DirStore`) per call and serves its verdict from the
@@ -515,6 +517,13 @@ class Registry:
             _, evicted = self._cache.popitem(last=False)
             self._cached_bytes -= evicted.cost
 
+    def _forget_all_but(self, live: Mapping[bytes, _Entry]) -> None:
+        """Evict every cached verdict whose bytes are not among ``live`` (lock held): a card
+        superseded by its renewal is never read again, and a workload renews its card
+        every third of a lease, so these would otherwise fill the cache to its bound."""
+        for digest in [d for d in self._cache if d not in live]:
+            self._cached_bytes -= self._cache.pop(digest).cost
+
     def _current(self) -> tuple[_Index, float]:
         """The index, brought up to date, and the instant it answers for.
 
@@ -545,11 +554,14 @@ class Registry:
                 (key_id, self._verdict(key_id, data, bundles, now, known))
                 for key_id, data in self.store.scan()
             ]
+        scanned = not (index.gen == gen and index.token == token)
         fresh = _Index(entries, token, gen)
         with self._lock:
             if seq > self._index_seq and not self._closed:
                 self._index = fresh
                 self._index_seq = seq
+                if scanned:  # verdicts on bytes the store no longer holds are dead weight
+                    self._forget_all_but(fresh.by_digest)
                 for key_id, entry in entries:  # once here, as name lookups skip them
                     if entry.problem:
                         self._note(entry, entry.problem, key_id)
