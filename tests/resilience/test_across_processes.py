@@ -207,6 +207,10 @@ def test_hedging_hides_a_slow_replica(tmp_path, ca_dir, servers, hedged):
     traffic: dict = {"retries": {"idempotent_methods": ["get*"]}, "load_balancer": "random"}
     if hedged:
         traffic["hedging"] = {"delay": "20ms", "max_attempts": 2}
+        # a budget that never throttles: this measures hedging. (With the default one, a
+        # throttled hedge leaves its request behind the slow replica's queue of the copies
+        # that lost earlier races: seconds, on a loaded machine.)
+        traffic["retries"]["budget"] = {"retry_ratio": 1.0, "min_retries_per_second": 1000}
     policy, path = _policy(tmp_path, {"payment": traffic})
     servers += [
         Server("slow:200", ca_dir, registry, "payment", path),
