@@ -14,6 +14,7 @@ import resource
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -519,3 +520,28 @@ def test_a_policy_that_sets_every_section_is_applied_without_a_warning(mesh_fact
         mesh = mesh_factory(SERVER)
         mesh.update_policy(policy)
     assert not caplog.records  # nothing validated and then ignored
+
+
+def test_a_request_in_flight_to_a_server_whose_card_left_still_gets_its_reply(
+    mesh_factory, eventually
+):
+    """A server that answers and exits withdraws its card as it goes: the client keeps the
+    connection while its requests there are in flight (draining), rather than dropping
+    it and failing them as gone, and sends nothing new there."""
+    server = mesh_factory(SERVER)
+    rep = server.socket(zmq.REP)
+    address = rep.bind("tcp://127.0.0.1:0", service="payment")
+    client = mesh_factory(CLIENT)
+    req = client.socket(zmq.REQ)
+    req.connect(service="payment")
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(req.request(b"3", method="charge", timeout=10)))
+    t.start()
+    msg = rep.recv(timeout=5)
+    server.registry.withdraw(server.curve_public)  # as close() does, before the reply
+    eventually(lambda: req._upstreams[address].draining, what="the upstream draining")
+    msg.reply(b"charged")
+    t.join(10)
+    assert [m.payload for m in got] == [b"charged"]
+    # dropped once drained, at the socket's next housekeeping (a poll runs it)
+    eventually(lambda: not req.poll(0.01) and not req.upstreams, what="dropped once drained")

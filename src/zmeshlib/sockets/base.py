@@ -114,6 +114,10 @@ class Upstream:
     #: is closed for idleness (its next request reconnects it).
     last_used: float = attrs.field(factory=time.monotonic)
     idle: bool = False
+    #: Its card left the registry while requests were in flight on it: no new request goes
+    #: to it, and it is dropped once they are answered or given up (a server's clean exit
+    #: withdraws its card before its last replies have all arrived).
+    draining: bool = False
 
     @property
     def key(self) -> bytes | None:
@@ -128,6 +132,9 @@ class MeshSocket(_options.OptionProperties):
     #: After a message, read on without polling (throughput: SUB, PULL), or poll first
     #: (latency: REP, whose next request is rarely queued; a failed read costs more than a poll).
     burst: bool = True
+    #: How long close() lets queued messages go when neither ``close(linger=)`` nor the
+    #: ``linger`` option says: 0, drop them (a gone peer never holds close() up).
+    close_linger_ms: int = 0
 
     def __init__(self, mesh: Mesh, kind: SocketKind, driver: Any) -> None:
         self._mesh = mesh
@@ -334,7 +341,7 @@ class MeshSocket(_options.OptionProperties):
 
     def close(self, linger: int | None = None) -> None:
         """Close every underlying socket; ``linger`` ms for queued messages (default: the
-        ``linger`` option if set, else 0: drop them). Safe from any thread, idempotent."""
+        ``linger`` option if set, else :attr:`close_linger_ms`). Safe from any thread, idempotent."""
         with self._close_lock:
             if self._closed or self._closing:
                 wait = not self._closed
@@ -417,7 +424,7 @@ class MeshSocket(_options.OptionProperties):
             self._closed = True
         linger = self._close_linger
         if linger is None:
-            linger = self._options.get(zmq.LINGER, 0)
+            linger = self._options.get(zmq.LINGER, self.close_linger_ms)
         for up in self._upstreams.values():
             up.sock.close(linger=linger)
         self._upstreams.clear()
@@ -584,7 +591,10 @@ class MeshSocket(_options.OptionProperties):
         self._housekeeping()
         generation = self._mesh._directory.generation
         policy = self._mesh.policy
-        if not (force or generation != self._generation or policy is not self._policy_seen):
+        draining = any(up.draining for up in self._upstreams.values())
+        if not (
+            force or draining or generation != self._generation or policy is not self._policy_seen
+        ):
             return
         self._generation = generation
         self._policy_seen = policy
@@ -593,6 +603,15 @@ class MeshSocket(_options.OptionProperties):
         for address in list(self._upstreams):
             up = self._upstreams[address]
             card = wanted.get(address, "gone")
+            if card == "gone" and self._in_flight_to(address):
+                if not up.draining:
+                    up.draining = True
+                    changed = True
+                    log.info("draining %s: gone, with requests in flight", address)
+                continue
+            if up.draining and card != "gone":
+                up.draining = False  # back in the registry before it drained
+                changed = True
             if card == "gone" or (isinstance(card, Card) and card.curve_key != up.key):
                 log.info("disconnecting %s (%s)", address, "gone" if card == "gone" else "new key")
                 self._drop_upstream(up)
@@ -615,6 +634,10 @@ class MeshSocket(_options.OptionProperties):
             log.info("connected %s to %s (%s)", self.kind.name, address, up.peer)
         if changed:
             self._upstreams_changed()
+
+    def _in_flight_to(self, address: str) -> bool:
+        """Whether requests await replies from ``address`` (a client's; others send none)."""
+        return False
 
     def _drop_upstream(self, up: Upstream) -> None:
         up.sock.close(linger=0)

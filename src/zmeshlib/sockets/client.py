@@ -182,7 +182,11 @@ class _Client(MeshSocket, SendIdioms, RecvIdioms):
 
     def _upstreams_changed(self) -> None:
         super()._upstreams_changed()
-        self.destinations.update(self.service, self._upstreams, self._also_only)
+        choosable = {a: up for a, up in self._upstreams.items() if not up.draining}
+        self.destinations.update(self.service, choosable, self._also_only)
+
+    def _in_flight_to(self, address: str) -> bool:
+        return any(p.endpoint == address for p in self.core.pending.values())
 
     @property
     def endpoint_set(self) -> EndpointSet:

@@ -49,6 +49,9 @@ class _Server(MeshSocket, SendIdioms, RecvIdioms):
     """REP: a server over ROUTER; replies go to the right client, in any order."""
 
     burst = False
+    #: A reply handed over is a reply the handler gave: close() lets it go for up to a
+    #: second (a server that answers and exits must not lose its last answer), never more.
+    close_linger_ms = 1000
 
     def __init__(self, mesh: Mesh, driver: Any) -> None:
         super().__init__(mesh, SocketKind.REP, driver)
