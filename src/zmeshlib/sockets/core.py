@@ -563,11 +563,11 @@ class SubscriberCore(_PolicyBound):
             if istio is not None:
                 istio.message("destination", "receive", peer, self.service,
                               topic if publish else "", metrics.topic_depth(),
-                              sum(len(frame) for frame in payload))  # fmt: skip
+                              payload_size(payload))  # fmt: skip
         access = self.access
         if access is not None and access.enabled():
             access.message("subscriber" if publish else "puller", "receive", peer, self.service,
-                           topic if publish else None, sum(len(frame) for frame in payload),
+                           topic if publish else None, payload_size(payload),
                            env.trace.trace_id.hex() if env.trace is not None else None)  # fmt: skip
         return Message._received(
             tuple(payload),
