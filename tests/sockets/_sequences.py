@@ -35,6 +35,17 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _close(thing: Any, op: str) -> Any:
+    """Close a socket or a Mesh here, or from another thread (``op`` ends "elsewhere")."""
+    if op.endswith("elsewhere"):
+        t = threading.Thread(target=thing.close)
+        t.start()
+        t.join(10)
+    else:
+        thing.close()
+    return thing
+
+
 def main() -> int:
     ca_dir, registry_dir, seed, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     rng = random.Random(seed)
@@ -100,22 +111,9 @@ def main() -> int:
                 t.start()
                 blocked.append(t)
         elif op.startswith("close-socket") and sockets:
-            sock = sockets.pop(rng.randrange(len(sockets)))
-            if op.endswith("elsewhere"):
-                t = threading.Thread(target=sock.close)
-                t.start()
-                t.join(10)
-            else:
-                sock.close()
-            closed.append(sock)
+            closed.append(_close(sockets.pop(rng.randrange(len(sockets))), op))
         elif op.startswith("close-mesh") and meshes:
-            mesh = meshes.pop(rng.randrange(len(meshes)))
-            if op.endswith("elsewhere"):
-                t = threading.Thread(target=mesh.close)
-                t.start()
-                t.join(10)
-            else:
-                mesh.close()
+            mesh = _close(meshes.pop(rng.randrange(len(meshes))), op)
             closed.append(mesh)
             sockets = [s for s in sockets if s._mesh is not mesh]
         elif op == "use-closed" and closed:

@@ -61,6 +61,7 @@ from .._exceptions import (
 )
 from .._models import ANONYMOUS, Delivery, Message, Peer, StatusCode, TraceContext
 from ..identity.spiffe_id import SpiffeId
+from ..telemetry.access import trace_id_of
 from ..telemetry.logs import LimitedLog
 from ..wire.envelope import (
     NO_HEADERS,
@@ -568,7 +569,7 @@ class SubscriberCore(_PolicyBound):
         if access is not None and access.enabled():
             access.message("subscriber" if publish else "puller", "receive", peer, self.service,
                            topic if publish else None, payload_size(payload),
-                           env.trace.trace_id.hex() if env.trace is not None else None)  # fmt: skip
+                           trace_id_of(env.trace))  # fmt: skip
         return Message._received(
             tuple(payload),
             peer,
@@ -874,7 +875,7 @@ class ServerCore(_PolicyBound):
                 if self.access is not None and self.access.enabled():
                     self.access.call("server", peer, self.service, method,
                                      StatusCode.PERMISSION_DENIED, 0.0, size,
-                                     trace.trace_id.hex() if trace is not None else None)  # fmt: skip
+                                     trace_id_of(trace))  # fmt: skip
                 limited.warning(
                     "call-denied",
                     "call %r by %s denied by policy %s",

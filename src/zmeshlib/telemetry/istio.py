@@ -79,6 +79,13 @@ def _who(spiffe_id: str, labels: Any) -> tuple[str, str, str, str]:
     return spiffe_id, workload, namespace, version
 
 
+def _sizes(meter: Any, name: str, description: str) -> Any:
+    """A histogram of payload sizes in bytes, on Istio's buckets."""
+    return meter.create_histogram(
+        name, unit="By", description=description, explicit_bucket_boundaries_advisory=BYTES_BUCKETS
+    )
+
+
 class IstioMetrics:
     """The Istio-named instruments of one Mesh (module docstring)."""
 
@@ -92,21 +99,12 @@ class IstioMetrics:
             "istio_request_duration_milliseconds", unit="ms", description="request durations",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_MS,
         )  # fmt: skip
-        self.request_bytes = meter.create_histogram(
-            "istio_request_bytes", unit="By", description="request payload sizes",
-            explicit_bucket_boundaries_advisory=BYTES_BUCKETS,
-        )  # fmt: skip
-        self.response_bytes = meter.create_histogram(
-            "istio_response_bytes", unit="By", description="response payload sizes",
-            explicit_bucket_boundaries_advisory=BYTES_BUCKETS,
-        )  # fmt: skip
+        self.request_bytes = _sizes(meter, "istio_request_bytes", "request payload sizes")
+        self.response_bytes = _sizes(meter, "istio_response_bytes", "response payload sizes")
         self.messages = meter.create_counter(
             "istio_messages_total", unit="{message}", description="messages, by both ends"
         )
-        self.message_bytes = meter.create_histogram(
-            "istio_message_bytes", unit="By", description="message payload sizes",
-            explicit_bucket_boundaries_advisory=BYTES_BUCKETS,
-        )  # fmt: skip
+        self.message_bytes = _sizes(meter, "istio_message_bytes", "message payload sizes")
 
     def request(
         self,
