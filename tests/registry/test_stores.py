@@ -242,3 +242,15 @@ def test_a_dir_store_whose_directory_is_gone_raises_registry_error(tmp_path):
         store.version()
     with pytest.raises(RegistryError, match="cannot list the card directory"):
         list(store.scan())
+
+
+def test_the_policy_slot_is_kept_apart_from_the_cards_and_moves_the_version(store):
+    assert store.get_policy() is None
+    store.put("aa", b"card")
+    before = store.version()
+    store.put_policy(b"signed policy v1")
+    assert store.get_policy() == b"signed policy v1"
+    assert store.version() != before
+    store.put_policy(b"signed policy v2")
+    assert store.get_policy() == b"signed policy v2"
+    assert list(store.scan()) == [("aa", b"card")]  # never listed as a card

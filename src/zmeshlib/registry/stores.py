@@ -11,6 +11,10 @@ Rules every store keeps:
 * ``version()`` is a cheap change token: it differs from an earlier token
   whenever the content may have changed since (a spurious change is allowed,
   a missed one is not).
+* Beside the cards, a store keeps one more opaque value: the signed policy
+  document (``put_policy`` / ``get_policy``, :mod:`zmeshlib.policy.distribution`
+  verifies it). Writing it moves ``version()`` like a card does; it is never
+  listed by ``scan``.
 * One bad entry never fails a read of the others: an entry that exists but
   cannot be read as bytes is returned as an :class:`Unreadable` naming why
   (``get`` and ``scan``), and the registry lists it as rejected. Only a store
@@ -75,6 +79,8 @@ from .._exceptions import RegistryError
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 _SUFFIX = ".card"
+#: Where a :class:`DirStore` keeps the signed policy document (not a card: ``scan`` skips it).
+POLICY_FILE = "policy.signed"
 _TMP_PREFIX = ".tmp-"
 _OPEN_FLAGS = (
     os.O_RDONLY
@@ -138,6 +144,10 @@ class CardStore(Protocol):
 
     def scan(self) -> Iterator[tuple[str, bytes | Unreadable]]: ...
 
+    def put_policy(self, data: bytes) -> None: ...
+
+    def get_policy(self) -> bytes | Unreadable | None: ...
+
     def version(self) -> object: ...
 
     def close(self) -> None: ...
@@ -149,6 +159,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cards: dict[str, bytes] = {}
+        self._policy: bytes | None = None
         self._version = 0
 
     def put(self, key_id: str, data: bytes) -> None:
@@ -172,6 +183,15 @@ class MemoryStore:
         with self._lock:
             snapshot = sorted(self._cards.items())
         return iter(snapshot)
+
+    def put_policy(self, data: bytes) -> None:
+        with self._lock:
+            self._policy = bytes(data)
+            self._version += 1
+
+    def get_policy(self) -> bytes | None:
+        with self._lock:
+            return self._policy
 
     def version(self) -> object:
         with self._lock:
@@ -213,8 +233,16 @@ class DirStore:
         return self.path / (check_key_id(key_id) + _SUFFIX)
 
     def put(self, key_id: str, data: bytes) -> None:
-        target = self._file(key_id)
-        tmp = self.path / f"{_TMP_PREFIX}{key_id}-{os.getpid()}-{secrets.token_hex(6)}"
+        self._write(self._file(key_id), f"card {key_id}", data)
+
+    def put_policy(self, data: bytes) -> None:
+        self._write(self.path / POLICY_FILE, "the signed policy", data)
+
+    def get_policy(self) -> bytes | Unreadable | None:
+        return self._read(self.path / POLICY_FILE)
+
+    def _write(self, target: Path, what: str, data: bytes) -> None:
+        tmp = self.path / f"{_TMP_PREFIX}{target.stem}-{os.getpid()}-{secrets.token_hex(6)}"
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -227,7 +255,7 @@ class DirStore:
             except OSError:
                 pass
             raise RegistryError(
-                f"cannot write card {key_id} to {str(self.path)!r}: {e.strerror}; "
+                f"cannot write {what} to {str(self.path)!r}: {e.strerror}; "
                 "check the directory's permissions and free space"
             ) from e
 
