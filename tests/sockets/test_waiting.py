@@ -114,3 +114,32 @@ def test_asyncio_sockets_keep_libzmqs_default_receive_timeout(mesh_factory):
         return reply.payload
 
     assert asyncio.run(main()) == b"ok"
+
+
+def test_a_mesh_that_asked_for_no_endpoint_never_reads_the_registry_from_its_watcher(
+    mesh_factory, eventually
+):
+    """A serving-only member of a large fleet must not rescan the store on every
+    renewal of every other member's card, nor tick for nothing: its watcher thread
+    waits on an event until a socket asks for a service."""
+    server_mesh, client_mesh = mesh_factory(SERVER), mesh_factory(CLIENT)
+    calls = {"server": 0, "client": 0}
+    for name, mesh in (("server", server_mesh), ("client", client_mesh)):
+        real = mesh.registry.changed_since
+
+        def counting(token, real=real, name=name):
+            calls[name] += 1
+            return real(token)
+
+        mesh.registry.changed_since = counting
+    srv = server_mesh.socket(zmq.REP)
+    srv.bind("tcp://127.0.0.1:0", service="payment")
+    cli = client_mesh.socket(zmq.REQ)
+    cli.connect(service="payment")
+    # the client's watcher starts ticking with its first interest...
+    eventually(lambda: calls["client"] >= 3, what="the client's watcher to refresh")
+    # ...while in the same time the server's, which was asked for nothing, did not run once
+    assert calls["server"] == 0
+    assert not server_mesh._directory._first_interest.is_set()
+    srv.close()
+    cli.close()

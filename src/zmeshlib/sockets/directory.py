@@ -10,6 +10,11 @@ Rules this module keeps:
   on its housekeeping tick and re-resolves only when it moved, from answers
   already computed: dictionary lookups, never I/O, so the asyncio flavour
   never blocks its loop on the store.
+* A Mesh that has asked for nothing reads nothing and wakes for nothing:
+  until a socket registers its first interest, the watcher thread waits on
+  an event, not a timer (a member of a large fleet that only serves must not
+  rescan every card that every other member renews, nor tick ten times a
+  second for nothing).
 * An interest (a service and the endpoint kind that can talk to the asking
   socket, or one address) is answered the first time in the caller's thread:
   ``connect()`` is set-up, not the message path, and it must know at once
@@ -65,6 +70,7 @@ class Directory:
         #: Moves whenever an answer may have changed; sockets compare it with what they saw.
         self.generation = 0
         self._stop = threading.Event()
+        self._first_interest = threading.Event()  # set by the first interest, and by close()
         self._thread = threading.Thread(target=self._run, name="zmeshlib-directory", daemon=True)
         self._thread.start()
 
@@ -84,6 +90,7 @@ class Directory:
                 return self._answers[interest]
             answer = self._compute(interest)
             self._answers[interest] = answer
+            self._first_interest.set()
             return answer
 
     def _compute(self, interest: Interest) -> Any:
@@ -176,6 +183,7 @@ class Directory:
             return moved
 
     def _run(self) -> None:
+        self._first_interest.wait()  # until then there is nothing to keep fresh, and no timer
         while not self._stop.wait(self._interval):
             try:
                 self.refresh()
@@ -184,6 +192,7 @@ class Directory:
 
     def close(self) -> None:
         self._stop.set()
+        self._first_interest.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(5)
         with self._lock:
