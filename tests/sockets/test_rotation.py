@@ -91,3 +91,30 @@ def test_streams_survive_two_rotations(mesh_factory, publish_until):
     assert late_req.upstreams
     assert server.card.certificates[0].serial_number == server.identity.svid.leaf.serial_number
     assert server.stats.get("handshake.refused", 0) == 0
+
+
+def test_a_static_identity_keeps_its_card_alive_after_its_renewal_time(
+    ca, tmp_path, registry_url, eventually
+):
+    """An identity read from PEM files that nobody rewrites has nothing to renew to:
+    past half its SVID's life the keeper must go on renewing the card's lease until
+    the SVID itself ends, not stop (the card would lapse a lease later while the
+    SVID is still valid)."""
+    import zmeshlib
+    from zmeshlib.identity.source import Identity
+
+    svid = ca.issue_svid("spiffe://example.org/ns/shop/sa/static", 4.0)
+    (tmp_path / "svid.pem").write_bytes(svid.certs_pem())
+    (tmp_path / "key.pem").write_bytes(svid.key_pem())
+    (tmp_path / "bundle.pem").write_bytes(ca.bundle.to_pem())
+    identity = Identity.from_pem(
+        tmp_path / "svid.pem", tmp_path / "key.pem", tmp_path / "bundle.pem"
+    )
+    half = svid.not_before + (svid.not_after - svid.not_before) / 2
+    url = registry_url.partition("?")[0] + "?lease=1s"
+    with zmeshlib.Mesh(identity, registry=url) as mesh:
+        # re-signed well after the renewal time: the lease is still being kept
+        eventually(lambda: mesh.card.not_before >= half + 1.0, what="a card renewed past half-life")
+        with zmeshlib.registry.Registry(url, bundles=lambda: ca.bundles) as other:
+            seen = other.by_key(mesh.curve_public)  # verified and inside its window
+            assert seen is not None and seen.spiffe_id == svid.spiffe_id

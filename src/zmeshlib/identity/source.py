@@ -109,11 +109,15 @@ class Identity:
     def spiffe_id(self) -> SpiffeId:
         return self._state[0].spiffe_id
 
+    @property
+    def renews_at(self) -> float:
+        """When the SVID is due for renewal (epoch seconds): half its lifetime."""
+        svid = self._state[0]
+        return svid.not_before + (svid.not_after - svid.not_before) * RENEW_AT
+
     def renewal_due(self, now: float | None = None) -> bool:
         """True once half of the SVID's lifetime has passed."""
-        svid = self._state[0]
-        now = time.time() if now is None else now
-        return now >= svid.not_before + (svid.not_after - svid.not_before) * RENEW_AT
+        return (time.time() if now is None else now) >= self.renews_at
 
     # -- rotation -----------------------------------------------------------------
 

@@ -38,6 +38,7 @@ the store lost it. Everything else happens in the threads that use the sockets.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -49,7 +50,7 @@ import zmq
 
 from .._exceptions import Closed, IdentityError, MeshError, PolicyError
 from .._models import Endpoint, SocketKind
-from ..identity.card import Card
+from ..identity.card import Card, chain_window
 from ..identity.source import Identity
 from ..identity.spiffe_id import SpiffeId
 from ..identity.svid import Bundles
@@ -313,25 +314,52 @@ class Mesh:
                 log.warning("could not withdraw endpoints %s from the card: %s", addresses, e)
 
     def _keep(self) -> None:
+        """Renew the SVID when due, the card's lease every third of it, and check every
+        ``CARD_CHECK_INTERVAL`` that the store still holds the card; asleep in between.
+
+        A renewal that brings nothing new (an identity from PEM files nobody rewrote)
+        does not stop the lease: the card is renewed until the SVID itself ends.
+        """
         next_card_check = time.monotonic() + CARD_CHECK_INTERVAL
-        while not self._stop.wait(KEEPER_INTERVAL):
+        while not self._stop.wait(self._keeper_wait(next_card_check)):
             ident = self.identity
             if ident is None:
                 continue
             try:
-                if ident.renewal_due():
-                    if ident.renew():
-                        log.info("SVID of %s rotated", ident.spiffe_id)
-                elif (
-                    self.card is not None
-                    and self.card.not_after - time.time() < self.registry.lease * 2 / 3
-                ):
-                    self._publish_card()  # the lease: renewed every third of it
+                if ident.renewal_due() and ident.renew():
+                    log.info("SVID of %s rotated", ident.spiffe_id)  # on_rotate re-published
+                elif self._lease_renewal_at() <= time.time():
+                    self._publish_card()
                 elif time.monotonic() >= next_card_check:
                     next_card_check = time.monotonic() + CARD_CHECK_INTERVAL
                     self._check_card()
             except MeshError as e:
                 log.error("identity renewal failed, keeping the current SVID: %s", e)
+
+    def _lease_renewal_at(self) -> float:
+        """When the card's lease is to be renewed (a third of it left), or inf when the
+        card already ends with its SVID and a new one would be no longer."""
+        card, ident = self.card, self.identity
+        if (
+            card is None
+            or ident is None
+            or card.not_after >= chain_window(ident.svid.certificates)[1] - 0.001
+        ):
+            return math.inf
+        return card.not_after - self.registry.lease * 2 / 3
+
+    def _keeper_wait(self, next_card_check: float) -> float:
+        """Seconds until the keeper's next duty, between KEEPER_INTERVAL and CARD_CHECK_INTERVAL."""
+        ident = self.identity
+        if ident is None:
+            return CARD_CHECK_INTERVAL
+        now = time.time()
+        due = min(
+            ident.renews_at - now,
+            self._lease_renewal_at() - now,
+            next_card_check - time.monotonic(),
+        )
+        return min(max(due, KEEPER_INTERVAL), CARD_CHECK_INTERVAL)
 
     def _check_card(self) -> None:
         """Publish the card again if the store no longer holds it (deleted or overwritten)."""
