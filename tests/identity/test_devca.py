@@ -94,6 +94,26 @@ def test_intermediate_option(ca_with_intermediate):
     assert ca.root.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 1
 
 
+def test_new_intermediate_keeps_the_root_and_both_generations_verify(ca_with_intermediate):
+    old = ca_with_intermediate
+    new = old.new_intermediate()
+    assert new.root == old.root and new.bundle == old.bundle
+    assert new.intermediate != old.intermediate
+    before, after = old.issue_svid(ORDERS), new.issue_svid(ORDERS)
+    assert after.certificates[1] == new.intermediate
+    for svid in (before, after):
+        assert svid.verify(old.bundles) == SpiffeId.parse(ORDERS)
+    # a chain that names the new intermediate's subject but carries the old one fails
+    with pytest.raises(IdentityError):
+        X509Svid.from_certificates([after.leaf, old.intermediate]).verify(old.bundles)
+
+
+def test_new_intermediate_needs_one_to_rotate(ca):
+    with pytest.raises(IdentityError) as exc:
+        ca.new_intermediate()
+    assert exc.value.rule == "no-intermediate"
+
+
 @pytest.mark.parametrize(
     ("spiffe_id", "rule"),
     [

@@ -260,6 +260,30 @@ class DevCA:
         bundle = TrustBundle(_root_trust_domain(directory, root), (root,))
         return cls(bundle.trust_domain, root, root_key, chain)
 
+    def new_intermediate(self, *, ttl: float | None = None) -> DevCA:
+        """The same root with a fresh intermediate CA (a rotation of the issuing key).
+
+        The root, and so the trust bundle, stays: SVIDs issued before and after verify
+        alike, since each card carries its own chain. ``ttl`` defaults to the root's
+        remaining life. Refused for a CA made without an intermediate (its root signs
+        leaves and has no room for one below it: ``path_length`` 0).
+        """
+        if self._intermediate is None:
+            raise IdentityError(
+                f"{self!r} signs SVIDs with its root and has no intermediate to rotate; "
+                "create it with DevCA.create(..., intermediate=True)",
+                rule="no-intermediate",
+            )
+        now = time.time()
+        end = self._root.not_valid_after_utc.timestamp()
+        if ttl is not None:
+            end = min(end, now + ttl)
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _signer_certificate(
+            self.trust_domain, "intermediate", key, (self._root, self._root_key), now, end, 0
+        )
+        return DevCA(self.trust_domain, self._root, self._root_key, (cert, key))
+
     def save(self, directory: str | os.PathLike[str]) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
