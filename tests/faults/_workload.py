@@ -2,6 +2,7 @@
 
 Usage: python _workload.py replica NAME ADDRESS CA_DIR REGISTRY_URL POLICY_JSON
        python _workload.py client CA_DIR REGISTRY_URL POLICY_JSON
+       python _workload.py subscriber CA_DIR REGISTRY_URL POLICY_JSON
 
 A replica serves ``payment`` at ADDRESS, answering each request with its NAME,
 publishes a number every 5 ms on ``ticks.NAME`` (service ``ticks``), and
@@ -11,6 +12,8 @@ its standard input closes; at its end it prints ``RESULT`` and one JSON object:
 each answer as ``[wall time, replica]``, each failure as ``[wall time, error]``,
 each publication heard as ``[wall time, topic, number]``,
 and its threads and open file descriptors when it started and when it ended.
+A subscriber listens to ``ticks``, prints ``READY`` at its first publication
+and then reads until it is killed (it is there to die mid-stream).
 """
 
 from __future__ import annotations
@@ -114,6 +117,20 @@ def client(ca_dir: str, registry: str, policy: str) -> int:
     return 0
 
 
+def subscriber(ca_dir: str, registry: str, policy: str) -> int:
+    ca = zmeshlib.DevCA.load(ca_dir)
+    identity = ca.issue("spiffe://example.org/ns/shop/sa/checkout")
+    with zmeshlib.Mesh(identity=identity, registry=registry,
+                       policy=zmeshlib.Policy.from_dict(json.loads(policy))) as mesh:  # fmt: skip
+        sub = mesh.socket(zmq.SUB)
+        sub.connect(service="ticks")
+        sub.subscribe("ticks.")
+        sub.recv(timeout=30)
+        print("READY", flush=True)
+        while True:
+            sub.recv(timeout=30)
+
+
 if __name__ == "__main__":
     role, *args = sys.argv[1:]
-    sys.exit(replica(*args) if role == "replica" else client(*args))
+    sys.exit({"replica": replica, "client": client, "subscriber": subscriber}[role](*args))

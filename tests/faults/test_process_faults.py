@@ -9,18 +9,21 @@ lookups within 2 s.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 import zmeshlib
 from zmeshlib import DevCA
@@ -150,3 +153,87 @@ def test_workloads_killed_while_they_start_leave_nothing_corrupt(tmp_path):
         assert reg.by_service("payment"), "the live replica's card is found"
     finally:
         assert stop([replica]) == [0]
+
+
+def test_subscribers_killed_mid_stream_cost_the_publisher_and_the_other_subscriber_nothing(
+    tmp_path,
+):
+    """Three times a subscriber process is SIGKILLed while a publisher streams, and a new
+    one starts: the publisher never waits on the dead peer, a subscriber in good health
+    misses nothing, and the publisher's threads and fds end where they began."""
+    dev_ca = DevCA.create("example.org")
+    dev_ca.save(tmp_path / "ca")
+    ca, registry = str(tmp_path / "ca"), f"dir://{tmp_path}/registry?lease=2s"
+    policy = zmeshlib.Policy.from_dict(json.loads(POLICY))
+    publisher = zmeshlib.Mesh(dev_ca.issue("spiffe://example.org/ns/shop/sa/payment"),
+                              policy, registry)  # fmt: skip
+    listener = zmeshlib.Mesh(dev_ca.issue("spiffe://example.org/ns/shop/sa/checkout"),
+                             policy, registry)  # fmt: skip
+    pub = publisher.socket(zmq.PUB)
+    pub.bind("tcp://127.0.0.1:0", service="ticks")
+    sub = listener.socket(zmq.SUB)
+    sub.connect(service="ticks")
+    sub.subscribe("ticks.")
+    heard: list[int] = []
+    stop = threading.Event()
+    slowest = [0.0]
+
+    def stream() -> None:
+        n = 0
+        while not stop.wait(0.001):
+            t = time.perf_counter()
+            pub.send(b"%d" % n, topic="ticks.p")
+            slowest[0] = max(slowest[0], time.perf_counter() - t)
+            n += 1
+
+    def listen() -> None:
+        while not stop.is_set():
+            try:
+                heard.append(int(sub.recv(timeout=0.1).payload))
+            except zmeshlib.Timeout:
+                continue
+
+    threads = [threading.Thread(target=stream), threading.Thread(target=listen)]
+    for t in threads:
+        t.start()
+    wait_until = time.monotonic() + 10
+    while not heard:
+        assert time.monotonic() < wait_until, "the healthy subscriber heard nothing"
+        time.sleep(0.01)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    kills = 0
+    try:
+        for _ in range(3):
+            victim = start("subscriber", ca, registry, POLICY)  # READY: it is hearing us
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+            _close_pipes(victim)  # the test's own fds, not the publisher's
+            kills += 1
+        survivor = start("subscriber", ca, registry, POLICY)  # a new one is heard again
+        survivor.terminate()
+        survivor_code = survivor.wait(10)
+        _close_pipes(survivor)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    # the dead peers' connections go (TCP reset): fds come back to where they were
+    deadline = time.monotonic() + 10
+    while len(os.listdir("/proc/self/fd")) > fds_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fds_after = len(os.listdir("/proc/self/fd"))
+    gaps = sum(b - a - 1 for a, b in itertools.pairwise(heard) if b != a + 1)
+    print(f"\n{kills} subscribers killed mid-stream; the healthy one heard {len(heard)} "
+          f"publications, {gaps} missing; slowest send {slowest[0] * 1e3:.1f} ms; publisher "
+          f"fds {fds_before} -> {fds_after}; survivor exit {survivor_code}")  # fmt: skip
+    publisher.close()
+    listener.close()
+    assert kills == 3 and gaps == 0 and heard == sorted(heard)
+    assert slowest[0] < 0.5  # a send never waits on a dead peer (generous: a loaded CI box)
+    assert fds_after <= fds_before
+
+
+def _close_pipes(proc: subprocess.Popen[str]) -> None:
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            pipe.close()
