@@ -74,7 +74,8 @@ Rules this module keeps:
   ``card-key-mismatch`` (``curve_secret`` is not the secret of the CURVE
   public key), ``card-svid-expired`` (an empty window) or ``card-key-type``.
 
-Signature algorithms, by the leaf certificate's public key:
+Signature algorithms, by the leaf certificate's public key (the field codec and these
+algorithms are :mod:`zmeshlib.identity._signed`'s, shared with signed policy documents):
 
 =================  ============================================================
 leaf key           card signature
@@ -103,21 +104,20 @@ from __future__ import annotations
 import math
 import struct
 import time
-import warnings
 from collections.abc import Iterable, Mapping
 
 import attrs
 import zmq
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from zmq.utils import z85
 
 from .._exceptions import IdentityError
 from .._models import Endpoint, Peer
 from . import _xeddsa
+from ._signed import Reader, Writer, sign_with, validity, verify_with
 from .spiffe_id import SpiffeId
 from .svid import Bundles, X509Svid, verify_chain
 
@@ -145,12 +145,6 @@ _MAX_CERTS = 8
 _MAX_CERT = 16 * 1024
 _MAX_SIGNATURE = 1024
 _MAX_MS = 2**63 - 1
-
-_RSA_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
-_ECDSA_HASH: dict[str, type[hashes.HashAlgorithm]] = {
-    "secp256r1": hashes.SHA256,
-    "secp384r1": hashes.SHA384,
-}
 
 
 def _malformed(why: str) -> IdentityError:
@@ -232,67 +226,6 @@ def _certificates(value: Iterable[x509.Certificate]) -> tuple[x509.Certificate, 
 # -- the canonical encoding --------------------------------------------------------
 
 
-class _Writer:
-    """Appends length-prefixed fields, enforcing each field's bound."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def raw(self, data: bytes) -> None:
-        self.parts.append(data)
-
-    def uint(self, fmt: str, value: int, what: str) -> None:
-        try:
-            self.parts.append(struct.pack(fmt, value))
-        except struct.error as e:
-            raise _malformed(f"{what} ({value!r}) is out of range") from e
-
-    def blob(self, fmt: str, data: bytes, what: str, lo: int, hi: int) -> None:
-        if not lo <= len(data) <= hi:
-            raise _malformed(f"{what} is {len(data)} bytes, the limit is {lo}..{hi}")
-        self.parts.append(struct.pack(fmt, len(data)))
-        self.parts.append(data)
-
-    def text(self, fmt: str, value: object, what: str, lo: int, hi: int) -> None:
-        if not isinstance(value, str):
-            raise _malformed(f"{what} must be a str, not {type(value).__name__}")
-        self.blob(fmt, value.encode("utf-8"), what, lo, hi)
-
-    def count(self, n: int, what: str, hi: int) -> None:
-        if n > hi:
-            raise _malformed(f"{n} {what}, at most {hi} are allowed")
-        self.parts.append(struct.pack(">B", n))
-
-
-class _Reader:
-    """Reads what :class:`_Writer` wrote; any shortfall is ``card-malformed``."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int, what: str) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
-            raise _malformed(f"truncated in {what}")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
-
-    def uint(self, fmt: str, what: str) -> int:
-        (value,) = struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
-        return value
-
-    def blob(self, fmt: str, what: str) -> bytes:
-        return self.take(self.uint(fmt, what), what)
-
-    def text(self, fmt: str, what: str) -> str:
-        try:
-            return self.blob(fmt, what).decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise _malformed(f"{what} is not UTF-8") from e
-
-
 def _to_ms(t: float, what: str) -> int:
     if not isinstance(t, (int, float)) or not math.isfinite(t):
         raise _malformed(f"{what} must be a finite number of epoch seconds")
@@ -303,38 +236,12 @@ def _to_ms(t: float, what: str) -> int:
 
 
 def _sign_with(private_key: object, data: bytes) -> bytes:
-    if isinstance(private_key, ed25519.Ed25519PrivateKey):
-        return private_key.sign(data)
-    if isinstance(private_key, ec.EllipticCurvePrivateKey):
-        digest = _ECDSA_HASH.get(private_key.curve.name)
-        if digest is not None:
-            return private_key.sign(data, ec.ECDSA(digest()))
-    if isinstance(private_key, rsa.RSAPrivateKey) and private_key.key_size >= 2048:
-        return private_key.sign(data, _RSA_PSS, hashes.SHA256())
-    raise IdentityError(
-        f"cannot sign a card with a {type(private_key).__name__}: use an Ed25519, "
-        "EC P-256/P-384 or RSA (>= 2048 bit) SVID key",
-        rule="card-key-type",
-    )
+    return sign_with(private_key, data, what="a card", rule="card-key-type")
 
 
 def _verify_with(public_key: object, signature: bytes, data: bytes) -> None:
     """Raise InvalidSignature, or IdentityError(card-key-type) for a key with no algorithm."""
-    if isinstance(public_key, ed25519.Ed25519PublicKey):
-        public_key.verify(signature, data)
-        return
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        digest = _ECDSA_HASH.get(public_key.curve.name)
-        if digest is not None:
-            public_key.verify(signature, data, ec.ECDSA(digest()))
-            return
-    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size >= 2048:
-        public_key.verify(signature, data, _RSA_PSS, hashes.SHA256())
-        return
-    raise IdentityError(
-        f"the SVID's {type(public_key).__name__} has no card signature algorithm",
-        rule="card-key-type",
-    )
+    verify_with(public_key, signature, data, what="card", rule="card-key-type")
 
 
 def chain_window(certificates: Iterable[x509.Certificate]) -> tuple[float, float]:
@@ -342,9 +249,7 @@ def chain_window(certificates: Iterable[x509.Certificate]) -> tuple[float, float
     certs = tuple(certificates)
     if not certs:
         raise _malformed("the card carries no certificate")
-    start = max(c.not_valid_before_utc.timestamp() for c in certs)
-    end = min(c.not_valid_after_utc.timestamp() for c in certs)
-    return start, end
+    return validity(certs)
 
 
 # -- the card ----------------------------------------------------------------------
@@ -465,7 +370,7 @@ class Card:
 
     def _content_bytes(self) -> bytes:
         _check_version(self.version)
-        w = _Writer()
+        w = Writer(_malformed)
         w.raw(MAGIC)
         w.uint(">B", self.version, "version")
         w.text(">H", str(self.spiffe_id), "spiffe_id", 1, _MAX_ID)
@@ -498,7 +403,7 @@ class Card:
 
     def to_bytes(self) -> bytes:
         """The card as stored and sent: :meth:`signed_bytes`, then the signature."""
-        w = _Writer()
+        w = Writer(_malformed)
         w.raw(self.signed_bytes())
         w.blob(">H", self.signature, "signature", 1, _MAX_SIGNATURE)
         data = b"".join(w.parts)
@@ -522,7 +427,7 @@ class Card:
                 f"identity card is {len(data)} bytes, more than the {max_size} allowed",
                 rule="card-too-large",
             )
-        r = _Reader(data)
+        r = Reader(data, _malformed)
         if r.take(len(MAGIC), "magic") != MAGIC:
             raise _malformed("it does not start with the zmeshlib card magic")
         version = r.uint(">B", "version")
@@ -540,17 +445,11 @@ class Card:
             address = r.text(">H", "endpoint address")
             kind = r.text(">B", "endpoint kind")
             endpoints.append(Endpoint(address, kind, r.text(">B", "endpoint service")))
-        certificates = []
+        certificates: list[x509.Certificate] = []
         for _ in range(r.uint(">B", "certificate count")):
-            der = r.blob(">H", "certificate")
-            try:
-                with warnings.catch_warnings():
-                    # cryptography still parses some invalid encodings with a deprecation
-                    # warning; from the network such a certificate is simply malformed
-                    warnings.simplefilter("error", CryptographyDeprecationWarning)
-                    certificates.append(x509.load_der_x509_certificate(der))
-            except (ValueError, x509.InvalidVersion, CryptographyDeprecationWarning) as e:
-                raise _malformed(f"certificate {len(certificates)} is not DER X.509: {e}") from e
+            certificates.append(
+                r.certificate(">H", "certificate", f"certificate {len(certificates)}")
+            )
         key_proof = r.take(KEY_PROOF_SIZE, "key proof")
         signature = r.blob(">H", "signature")
         if r.pos != len(data):
