@@ -303,3 +303,90 @@ def _gone(msg: zmeshlib.Message, rep: object) -> bool:
     """Reply to ``msg`` again (nothing is raised either way) until the drop is counted."""
     msg.reply(b"late")
     return bool(rep.stats.get("drop.reply-unroutable"))  # type: ignore[attr-defined]
+
+
+HALF_OPEN = """
+import selectors, socket, sys, time
+host, port, count, greeting = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), bytes.fromhex(sys.argv[4])
+held, t0 = [], time.monotonic()
+for i in range(count):
+    held.append(socket.create_connection((host, port), timeout=5))
+t1 = time.monotonic()
+for s in held[1::2]:  # half say nothing at all, half stall after the greeting
+    s.sendall(greeting)
+print("held", len(held), round(t1 - t0, 1), round(time.monotonic() - t1, 1), flush=True)
+sys.stdin.readline()  # the server's figures are taken meanwhile
+start, open_, sel = time.monotonic(), count, selectors.DefaultSelector()
+for s in held:
+    sel.register(s, selectors.EVENT_READ)
+while open_ and time.monotonic() - start < 30:  # until the server drops every one
+    for key, _ in sel.select(0.5):
+        try:
+            gone = not key.fileobj.recv(65536)
+        except OSError:
+            gone = True
+        if gone:
+            sel.unregister(key.fileobj)
+            open_ -= 1
+print("dropped", count - open_, round(time.monotonic() - start, 1), flush=True)
+"""
+
+
+def _fd_count() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+def test_thousands_of_half_open_handshakes_are_dropped_and_cost_honest_callers_little(
+    mesh_factory, monkeypatch
+):
+    """2,000 connections that never finish their handshake (1,000 silent, 1,000 stalled
+    after the ZMTP greeting) at a server: honest requests meanwhile all succeed, the
+    memory they hold is stated, and the server drops every one of them by its
+    handshake interval (2 s here; 10 s by default), giving its fds back."""
+    import zmeshlib.sockets.mesh as mesh_module
+
+    monkeypatch.setattr(mesh_module, "HANDSHAKE_IVL_MS", 2000)
+    server = mesh_factory(PUBLISHER)
+    rep = server.socket(zmq.REP)
+    address = rep.bind("tcp://127.0.0.1:0", service="payment")
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    stop = threading.Event()
+    serving = threading.Thread(
+        target=rep.serve, args=(lambda m: b"ok",), kwargs={"stop": stop.is_set}
+    )
+    serving.start()
+    req = mesh_factory(READER).socket(zmq.REQ)
+    req.connect(service="payment")
+    assert req.request(b"", method="get", timeout=5).payload == b"ok"
+    fds_before, rss_before = _fd_count(), _rss_mib()
+    attacker = subprocess.Popen(
+        [sys.executable, "-c", HALF_OPEN, host, port, "2000", _zmtp_greeting(b"CURVE").hex()],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        held, count, connecting, greeting = attacker.stdout.readline().split()  # type: ignore[union-attr]
+        assert (held, count) == ("held", "2000")
+        fds_held = _fd_count() - fds_before
+        slowest = 0.0
+        for _ in range(200):  # honest calls while every connection is held
+            t = time.perf_counter()
+            assert req.request(b"", method="get", timeout=5).payload == b"ok"
+            slowest = max(slowest, time.perf_counter() - t)
+        grown = _rss_mib() - rss_before
+        attacker.stdin.write("go\n")  # type: ignore[union-attr]
+        attacker.stdin.flush()  # type: ignore[union-attr]
+        _, dropped, seconds = attacker.stdout.readline().split()  # type: ignore[union-attr]
+        assert attacker.wait(10) == 0
+    finally:
+        if attacker.poll() is None:
+            attacker.kill()
+            attacker.wait()
+        stop.set()
+        serving.join(10)
+    print(f"\n2,000 half-open handshakes (connected in {connecting} s, greeted in {greeting} s): server held {fds_held} fds "
+          f"and +{grown:.1f} MiB; "
+          f"honest slowest call {slowest * 1e3:.1f} ms over 200; {dropped} dropped by the "
+          f"server within {seconds} s; fds after {_fd_count() - fds_before:+d}")  # fmt: skip
+    assert int(dropped) == 2000
+    assert float(seconds) < 10  # the handshake interval (2 s), with room for a loaded box
+    assert slowest < 1.0 and grown < 200

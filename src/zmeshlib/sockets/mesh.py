@@ -78,6 +78,10 @@ log = logging.getLogger("zmeshlib.mesh")
 KEEPER_INTERVAL = 0.2  # seconds between renewal checks
 CARD_CHECK_INTERVAL = 2.0  # seconds between checks that the store still holds our card
 HANDSHAKE_IVL_MS = 10_000  # a connection that has not finished its handshake by then is dropped
+# libzmq listens with a backlog of 100: a burst of connections (a fleet reconnecting to a
+# restarted server) overflowed it whenever the I/O thread was late to accept, and each
+# connection refused that way waits a second for its SYN to be sent again
+LISTEN_BACKLOG = 1024
 
 _KINDS = {
     zmq.PUB: SocketKind.PUB,
@@ -242,6 +246,7 @@ class Mesh:
             limits.max_message_bytes, limits.max_envelope_bytes + MAX_TOPIC_BYTES + 1
         )
         sock.handshake_ivl = HANDSHAKE_IVL_MS
+        sock.backlog = LISTEN_BACKLOG
 
     def _log_limited(self, kind: str, message: str, *args: Any) -> None:
         """A WARNING at most once a second per kind (a flood must not flood the log)."""
