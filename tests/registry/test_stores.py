@@ -6,6 +6,7 @@ import errno
 import os
 import socket
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,11 +21,16 @@ from zmeshlib.registry import (
 )
 
 
-@pytest.fixture(params=["memory", "dir"])
-def store(request, tmp_path) -> CardStore:
+@pytest.fixture(params=["memory", "dir", "redis"])
+def store(request, tmp_path) -> Iterator[CardStore]:
     if request.param == "memory":
-        return MemoryStore()
-    return DirStore(tmp_path / "cards")
+        yield MemoryStore()
+    elif request.param == "dir":
+        yield DirStore(tmp_path / "cards")
+    else:
+        redis_store = open_store(request.getfixturevalue("redis_url"))
+        yield redis_store
+        redis_store.close()
 
 
 def test_put_get_replace_delete_scan(store):
@@ -150,7 +156,7 @@ def test_open_store_urls(tmp_path, monkeypatch):
     assert named is not shared and open_store("memory://test-open-store-urls") is named
 
 
-@pytest.mark.parametrize("url", ["redis://localhost", "/tmp/cards", "dir://", "file:///tmp/x", ""])
+@pytest.mark.parametrize("url", ["/tmp/cards", "dir://", "file:///tmp/x", "", "http://localhost"])
 def test_open_store_rejects_unknown_urls_with_a_hint(url):
     with pytest.raises(RegistryError, match="dir:///"):
         open_store(url)

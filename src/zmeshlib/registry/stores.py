@@ -27,6 +27,11 @@ URL                 store
                     named one); every opener in the process shares it
 ``dir:///abs/path`` a directory of ``<key_id>.card`` files, shared by every
 ``dir://rel/path``  process that can reach it (created when missing)
+``redis://h:p/db``  a Redis database (:mod:`~zmeshlib.registry.redis_store`),
+``rediss://h:p/db`` shared by every process that reaches the server; rediss
+``unix:///path``    is TLS, unix a local socket (``?db=N``); ``?prefix=NAME``
+                    sets the key prefix (default ``zmeshlib:``); needs
+                    ``pip install 'zmeshlib[redis]'``
 ==================  ===========================================================
 
 Every URL takes ``?lease=DURATION`` (default 15 s, between 1 s and 24 h): how
@@ -360,6 +365,15 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+# the parameters each scheme takes (any other takes lease= alone)
+_PARAMETERS = {
+    "redis": ("lease", "prefix"),
+    "rediss": ("lease", "prefix"),
+    "unix": ("lease", "prefix", "db"),
+}
+
+
 def split_url(url: str) -> tuple[str, float]:
     """A registry URL's store part and its lease (``dir:///p?lease=15s``: module docstring).
 
@@ -367,17 +381,30 @@ def split_url(url: str) -> tuple[str, float]:
     it every third of the lease), so a workload that dies without closing leaves lookups
     within one lease, whatever the store.
     """
+    base, lease, _ = _parse_url(url)
+    return base, lease
+
+
+def _parse_url(url: str) -> tuple[str, float, dict[str, str]]:
+    """The store part, the lease and the store's other parameters of a registry URL."""
     if not isinstance(url, str):
         raise RegistryError(f"a registry URL is a str, not {type(url).__name__}")
     base, _, query = url.partition("?")
-    lease = DEFAULT_LEASE
+    allowed = _PARAMETERS.get(base.partition("://")[0], ("lease",))
+    params: dict[str, str] = {}
     for part in filter(None, query.split("&")):
         name, eq, value = part.partition("=")
-        if name != "lease" or not eq:
-            raise RegistryError(
-                f"unknown registry URL parameter {part!r} in {url!r}: the one parameter is "
-                "lease=DURATION (e.g. ?lease=15s)"
+        if name not in allowed or not eq or name in params:
+            hint = (
+                "the one parameter is lease=DURATION (e.g. ?lease=15s)"
+                if allowed == ("lease",)
+                else "the parameters are " + ", ".join(_HINTS[p] for p in allowed) + ", once each"
             )
+            raise RegistryError(f"unknown registry URL parameter {part!r} in {url!r}: {hint}")
+        params[name] = value
+    lease = DEFAULT_LEASE
+    if "lease" in params:
+        value = params.pop("lease")
         m = _DURATION.fullmatch(value)
         if m is None:
             raise RegistryError(
@@ -389,12 +416,19 @@ def split_url(url: str) -> tuple[str, float]:
                 f"lease={value} in {url!r} is out of range: between 1s and 24h (renewal runs "
                 "every third of it)"
             )
-    return base, lease
+    return base, lease, params
+
+
+_HINTS = {
+    "lease": "lease=DURATION (e.g. 15s)",
+    "prefix": "prefix=NAME (the key prefix, default zmeshlib:)",
+    "db": "db=N (the database)",
+}
 
 
 def open_store(url: str) -> CardStore:
     """Open the store a registry URL names (see the module docstring's table)."""
-    url, _ = split_url(url)
+    url, lease, params = _parse_url(url)
     scheme, sep, rest = url.partition("://")
     if sep and scheme == "memory":
         with _MEMORY_LOCK:
@@ -406,7 +440,24 @@ def open_store(url: str) -> CardStore:
                 "or dir://relative/path"
             )
         return DirStore(rest)
+    if sep and scheme in _REDIS_SCHEMES:
+        from .redis_store import DEFAULT_PREFIX, RedisStore
+
+        db = params.get("db")
+        if db is not None and not db.isdigit():
+            raise RegistryError(f"db={db!r} in {url!r} is not a database number: write e.g. db=0")
+        if scheme == "unix" and not rest.startswith("/"):
+            raise RegistryError(
+                f"registry URL {url!r} names no socket path: write unix:///path/to/redis.sock"
+            )
+        return RedisStore(
+            url,
+            prefix=params.get("prefix", DEFAULT_PREFIX),
+            lease=lease,
+            db=None if db is None else int(db),
+        )
     raise RegistryError(
         f"unsupported registry URL {url!r}: use 'dir:///absolute/path' (a directory shared "
-        "by the processes of one host), 'dir://relative/path', or 'memory://' (one process)"
+        "by the processes of one host), 'dir://relative/path', 'memory://' (one process), or "
+        "'redis://host:port/db' ('rediss://' with TLS, 'unix:///path/to/redis.sock?db=N')"
     )

@@ -1,0 +1,459 @@
+"""A card store in Redis, shared by every process that can reach the server.
+
+Rules this store keeps, beside the :class:`~zmeshlib.registry.CardStore` ones:
+
+* Keys: ``<prefix>card:<key_id>`` for each card (a string, set with a TTL of
+  one lease: garbage collection for workloads that died without a goodbye;
+  the card's own window stays the source of truth), ``<prefix>policy`` for
+  the signed policy (no TTL). Nothing else under the prefix is written, and a
+  key under ``<prefix>card:`` that is no key id is never listed.
+* Every write is one ``MULTI``: the ``SET`` or ``DEL`` and a ``PUBLISH`` on
+  ``<prefix>changes``, so no change reaches Redis without its notification.
+* ``version()`` does no I/O: it reads a counter that a listener thread bumps
+  for every message on ``<prefix>changes`` and every keyspace event under the
+  prefix, and that this store's own writes bump at once. While the listener is
+  not subscribed (starting, or Redis away) it returns a fresh object at each
+  call, so a reader rescans rather than trusting a token nobody keeps.
+* Reads are bounded: a value is fetched with ``GETRANGE 0 max_value_size``
+  (at most one byte past the limit, so the registry still rejects it as too
+  large), never whole. A key holding a hash, a list, ... is an
+  ``Unreadable("not-a-file")`` (``MGET`` would answer nil for it as for a
+  missing key, and send any value whole: hence ``GETRANGE``).
+* Only an unreachable or refusing server raises :class:`~zmeshlib.RegistryError`,
+  naming the URL (password hidden), the cause and the fix. After a failure to
+  connect, calls fail at once, without I/O, until the listener is subscribed
+  again or a second has passed: a Redis that is away costs a handshake
+  (the ZAP handler asks the registry for each) one failed connect, not one
+  per call.
+
+Theory of operation. Commands go through one redis-py client (a thread-safe
+connection pool) with a bounded ``Retry`` (two retries, exponential backoff
+of 25-100 ms), so a restarted server is reconnected to within the call that
+finds it gone. The listener thread owns a second, single connection: it
+``SUBSCRIBE``s to ``<prefix>changes`` and ``PSUBSCRIBE``s to
+``__keyspace@<db>__:<prefix>*`` (those events fire only when the server has
+``notify-keyspace-events`` enabled; they add writes made outside zmeshlib and
+TTL expiries). It waits in ``select`` on that connection and on a wake-up
+pipe that :meth:`RedisStore.close` writes, so waiting costs no CPU and close
+is prompt. Every ``resync`` seconds (10 s) it bumps the counter anyway (a
+safety net for writes made outside zmeshlib with keyspace events off) and
+pings the server. On any error it drops the connection and tries again after
+a capped exponential backoff (50 ms to 1 s). Each subscription it is
+confirmed bumps the counter: whatever changed while it was away is then
+found by a rescan. On a re-subscription it also writes back, with ``SET NX``
+and their remaining TTL, the cards this store put and has not deleted, so a
+Redis restarted empty holds the live workloads' cards again within about a
+second (the Mesh would re-publish within its card check otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import select
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from .._exceptions import RegistryError
+from .stores import DEFAULT_LEASE, Unreadable, check_key_id
+
+if TYPE_CHECKING:
+    import redis
+
+log = logging.getLogger("zmeshlib.registry")
+
+DEFAULT_PREFIX = "zmeshlib:"
+DEFAULT_RESYNC = 10.0  # seconds between safety-net bumps of version()
+MAX_VALUE_SIZE = 1 << 20  # as DirStore's max_file_size
+SCAN_COUNT = 1000  # keys per SCAN step (a hint to the server)
+FETCH_BATCH = 256  # values per pipelined round trip of scan()
+FAIL_FAST = 1.0  # seconds a failed connect answers later calls without I/O
+_PREFIX = re.compile(r"[A-Za-z0-9_.:{}/-]{1,64}")
+_KEY_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+_BACKOFF_MIN, _BACKOFF_MAX = 0.05, 1.0
+_T = TypeVar("_T")
+
+
+def _redis() -> Any:
+    """The redis module, imported on first use so zmeshlib imports without it."""
+    try:
+        import redis
+    except ImportError as e:
+        raise RegistryError(
+            "a redis:// registry needs the redis package: pip install 'zmeshlib[redis]'"
+        ) from e
+    return redis
+
+
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a safe key prefix (no glob characters: it is a pattern too)."""
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+        raise RegistryError(
+            f"invalid Redis key prefix {prefix!r}: use 1-64 letters, digits or '_ . : {{ }} / -' "
+            f"(the default is {DEFAULT_PREFIX!r})"
+        )
+    return prefix
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _cause(e: BaseException) -> tuple[str, str]:
+    """The root cause of a connection failure as a sentence, and the fix to suggest."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            text = seen.strerror
+            break
+        seen = seen.__cause__ or seen.__context__
+    else:
+        text = str(e) or type(e).__name__
+    if "certificate" in text.lower() or "ssl" in type(seen).__name__.lower():
+        return text, "check the server's TLS certificate and the CA the client trusts"
+    if "timed out" in text.lower() or "timeout" in type(e).__name__.lower():
+        return text, "is the host reachable and the server answering?"
+    return text, "is redis-server running?"
+
+
+class RedisStore:
+    """Cards in one Redis database, under a key prefix (module docstring). Thread-safe.
+
+    ``url`` is a redis-py URL without zmeshlib's parameters (``redis://host:port/db``,
+    ``rediss://...``, ``unix:///path``); ``db`` selects the database of a ``unix://``
+    URL. ``options`` go to ``redis.Redis.from_url`` (``ssl_ca_certs=``, ``password=``...).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        lease: float = DEFAULT_LEASE,
+        db: int | None = None,
+        resync: float = DEFAULT_RESYNC,
+        max_value_size: int = MAX_VALUE_SIZE,
+        connect_timeout: float = 1.0,
+        timeout: float = 2.0,
+        **options: Any,
+    ) -> None:
+        r = _redis()
+        from redis.backoff import ExponentialBackoff, NoBackoff
+        from redis.retry import Retry
+
+        self.url = url
+        self.prefix = check_prefix(prefix)
+        self.lease = lease
+        self.resync = resync
+        self.max_value_size = max_value_size
+        self._shown = shown_url(url)
+        if db is not None:
+            options["db"] = db
+        common = {"socket_connect_timeout": connect_timeout, "socket_timeout": timeout, **options}
+        try:
+            self._client: redis.Redis = r.Redis.from_url(
+                url, retry=Retry(ExponentialBackoff(cap=0.1, base=0.025), 2), **common
+            )
+            # the listener's own connection: it backs off by itself, so no retries here
+            self._listen_client: redis.Redis = r.Redis.from_url(
+                url, retry=Retry(NoBackoff(), 0), **common
+            )
+        except (ValueError, TypeError) as e:
+            raise RegistryError(
+                f"registry URL {self._shown!r} is not a Redis URL redis-py accepts ({e}); write "
+                "redis://host:port/db, rediss://host:port/db or unix:///path/to/redis.sock"
+            ) from e
+        self.db = int(self._client.connection_pool.connection_kwargs.get("db") or 0)
+        self._cards = f"{prefix}card:"
+        self._policy = f"{prefix}policy"
+        self._channel = f"{prefix}changes"
+        self._pattern = f"__keyspace@{self.db}__:{prefix}*"
+        self._lock = threading.Lock()
+        self._changes = 0
+        self._subscribed = False
+        self._down: tuple[float, str] | None = None  # (monotonic time, message) of a failure
+        self._own: dict[str, tuple[bytes, float]] = {}  # cards put here: bytes, expiry
+        self._closed = False
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self._listener = threading.Thread(
+            target=self._listen, name="zmeshlib-redis-listener", daemon=True
+        )
+        self._listener.start()
+
+    # -- the CardStore protocol ----------------------------------------------------
+
+    def put(self, key_id: str, data: bytes) -> None:
+        key = self._cards + check_key_id(key_id)
+        ttl_ms = max(1, round(self.lease * 1000))
+        data = bytes(data)
+
+        def write() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(key, data, px=ttl_ms)
+                pipe.publish(self._channel, f"put {key_id}")
+                pipe.execute()
+
+        self._call(f"write card {key_id}", write)
+        with self._lock:
+            self._own[key_id] = (data, time.monotonic() + self.lease)
+            self._changes += 1
+
+    def delete(self, key_id: str) -> None:
+        key = self._cards + check_key_id(key_id)
+
+        def remove() -> int:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.publish(self._channel, f"delete {key_id}")
+                return int(pipe.execute()[0])
+
+        removed = self._call(f"delete card {key_id}", remove)
+        with self._lock:
+            self._own.pop(key_id, None)
+            if removed:
+                self._changes += 1
+
+    def get(self, key_id: str) -> bytes | Unreadable | None:
+        key = self._cards + check_key_id(key_id)
+        return self._call(f"read card {key_id}", lambda: self._fetch([key])[0])
+
+    def scan(self) -> Iterator[tuple[str, bytes | Unreadable]]:
+        def read_all() -> list[tuple[str, bytes | Unreadable]]:
+            names: dict[str, bytes] = {}
+            for raw in self._client.scan_iter(match=self._cards + "*", count=SCAN_COUNT):
+                key_id = _key_id(raw, len(self._cards))
+                if key_id is not None:
+                    names[key_id] = raw  # SCAN may return a key twice
+            order = sorted(names)
+            found: list[tuple[str, bytes | Unreadable]] = []
+            for start in range(0, len(order), FETCH_BATCH):
+                batch = order[start : start + FETCH_BATCH]
+                values = self._fetch([names[k] for k in batch])
+                found += [(k, v) for k, v in zip(batch, values, strict=True) if v is not None]
+            return found
+
+        return iter(self._call("list the cards", read_all))
+
+    def put_policy(self, data: bytes) -> None:
+        def write() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(self._policy, bytes(data))
+                pipe.publish(self._channel, "policy")
+                pipe.execute()
+
+        self._call("write the signed policy", write)
+        with self._lock:
+            self._changes += 1
+
+    def get_policy(self) -> bytes | Unreadable | None:
+        return self._call("read the signed policy", lambda: self._fetch([self._policy])[0])
+
+    def version(self) -> object:
+        with self._lock:
+            if not self._subscribed:
+                return object()  # nobody is listening: always "changed"
+            return self._changes
+
+    def close(self) -> None:
+        """Stop the listener (joined) and drop the connections. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        os.write(self._wake_w, b"x")
+        if threading.current_thread() is not self._listener:
+            self._listener.join(5)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._client.close()
+        self._listen_client.close()
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self._shown!r}, prefix={self.prefix!r})"
+
+    # -- reading values, bounded -----------------------------------------------------
+
+    def _fetch(self, keys: list[bytes | str]) -> list[bytes | Unreadable | None]:
+        """Each key's value (at most ``max_value_size + 1`` bytes), Unreadable, or None."""
+        r = _redis()
+        with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.getrange(key, 0, self.max_value_size)
+            values: list[Any] = pipe.execute(raise_on_error=False)
+        for v in values:
+            if isinstance(v, r.ResponseError) and not str(v).startswith("WRONGTYPE"):
+                raise v
+        # "" is a missing key or an empty value; WRONGTYPE a key that holds no string
+        unsure = [i for i, v in enumerate(values) if isinstance(v, r.ResponseError) or not v]
+        if unsure:
+            with self._client.pipeline(transaction=False) as pipe:
+                for i in unsure:
+                    pipe.type(keys[i])
+                kinds = pipe.execute()
+            for i, kind in zip(unsure, kinds, strict=True):
+                kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+                key = keys[i]
+                name = key if isinstance(key, str) else key.decode(errors="replace")
+                if kind == "none":
+                    values[i] = None  # removed since listing
+                elif kind == "string":
+                    values[i] = b""
+                else:
+                    values[i] = Unreadable(
+                        "not-a-file", f"Redis key {name} holds a {kind}, not a string"
+                    )
+        return values
+
+    # -- errors ---------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], _T]) -> _T:
+        """``fn()``, with every Redis failure turned into a RegistryError that says what to do."""
+        r = _redis()
+        with self._lock:
+            if self._closed:
+                raise RegistryError(f"this Redis store ({self._shown}) is closed; open a new one")
+            down = self._down
+            if down is not None and (
+                not self._subscribed or time.monotonic() - down[0] < FAIL_FAST
+            ):
+                raise RegistryError(down[1])
+        try:
+            return fn()
+        except r.AuthenticationError as e:
+            raise RegistryError(
+                f"Redis at {self._shown} refused the credentials ({e}); check the user and "
+                "password in the URL (redis://USER:PASSWORD@host:port/db)"
+            ) from e
+        except (r.ConnectionError, r.TimeoutError) as e:
+            cause, fix = _cause(e)
+            message = f"cannot reach Redis at {self._shown}: {cause}; {fix}"
+            with self._lock:
+                self._down = (time.monotonic(), message)
+            raise RegistryError(message) from e
+        except r.ResponseError as e:
+            text = str(e)
+            if text.split(" ", 1)[0] in ("MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN"):
+                fix = "Redis Cluster is not supported: use a single node or a Sentinel primary"
+            elif text.startswith("NOAUTH"):
+                fix = "put the password in the URL (redis://:PASSWORD@host:port/db)"
+            elif text.startswith("READONLY"):
+                fix = "the URL names a replica: point it at the primary"
+            else:
+                fix = "see the server's log"
+            raise RegistryError(f"Redis at {self._shown} refused to {what}: {text}; {fix}") from e
+        except r.RedisError as e:
+            raise RegistryError(f"Redis at {self._shown} failed to {what}: {e}") from e
+
+    # -- the listener ------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        backoff = _BACKOFF_MIN
+        failing = False
+        subscriptions = 0  # confirmed (re)subscriptions so far
+        while not self._stop.is_set():
+            pubsub = self._listen_client.pubsub()
+            try:
+                pubsub.subscribe(self._channel)
+                pubsub.psubscribe(self._pattern)
+                for confirmed in self._serve(pubsub):
+                    subscriptions += 1
+                    if failing:
+                        log.info("Redis at %s is reachable again", self._shown)
+                    failing, backoff = False, _BACKOFF_MIN
+                    if subscriptions > 1 and confirmed:
+                        self._restore()  # a re-subscription: Redis may have restarted
+            except Exception as e:  # any failure: drop the connection, back off, try again
+                if not failing and not self._stop.is_set():
+                    log.warning(
+                        "lost the change feed of Redis at %s (%s); reconnecting", self._shown, e
+                    )
+                failing = True
+            finally:
+                with self._lock:
+                    self._subscribed = False
+                try:
+                    pubsub.close()
+                except Exception:
+                    pass
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _serve(self, pubsub: Any) -> Iterator[bool]:
+        """Read messages until close; yields at each confirmed subscription (True: both)."""
+        want = {b"subscribe", b"psubscribe"}
+        confirmed: set[bytes] = set()
+        next_tick = time.monotonic() + self.resync
+        while not self._stop.is_set():
+            message = pubsub.get_message(timeout=0)
+            if message is not None:
+                kind = message["type"]
+                kind = kind if isinstance(kind, bytes) else str(kind).encode()
+                if kind in want:
+                    confirmed.add(kind)
+                    with self._lock:
+                        self._changes += 1
+                        if confirmed == want:
+                            self._subscribed = True
+                            self._down = None
+                    if confirmed == want:
+                        yield True
+                        confirmed = set()  # a reconnect inside redis-py confirms again
+                elif kind in (b"message", b"pmessage"):
+                    with self._lock:
+                        self._changes += 1
+                continue
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + self.resync
+                with self._lock:
+                    self._changes += 1
+                pubsub.ping()  # a dead connection shows itself on write
+                continue
+            sock = getattr(pubsub.connection, "_sock", None)
+            if sock is None:
+                raise _redis().ConnectionError("the change feed's connection is closed")
+            readable, _, _ = select.select([sock, self._wake_r], [], [], next_tick - now)
+            if self._wake_r in readable:
+                return
+
+    def _restore(self) -> None:
+        """Write back the cards this store put, where Redis lost them (a restart)."""
+        now = time.monotonic()
+        with self._lock:
+            self._own = {k: v for k, v in self._own.items() if v[1] > now}
+            own = dict(self._own)
+        if not own:
+            return
+        try:
+            with self._listen_client.pipeline(transaction=True) as pipe:
+                for key_id, (data, until) in own.items():
+                    ttl_ms = max(1, round((until - now) * 1000))
+                    pipe.set(self._cards + key_id, data, px=ttl_ms, nx=True)
+                pipe.publish(self._channel, "restored")
+                restored = sum(bool(ok) for ok in pipe.execute()[:-1])
+        except Exception as e:  # the Mesh's card check publishes them again in any case
+            log.warning("could not write back this store's cards to %s: %s", self._shown, e)
+            return
+        if restored:
+            log.info("wrote back %d card(s) Redis at %s had lost", restored, self._shown)
+
+
+def _key_id(raw: bytes, skip: int) -> str | None:
+    """The key id of a Redis card key name (bytes), or None when it names no valid key id."""
+    try:
+        key_id = raw[skip:].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return key_id if _KEY_ID.fullmatch(key_id) else None

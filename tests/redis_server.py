@@ -1,0 +1,124 @@
+"""A real redis-server for tests: started in a tmp dir on a free 127.0.0.1 port or a unix
+socket, without persistence, stopped at teardown, restartable on the same address.
+
+``RedisServer(directory).start()``; ``.url`` (``redis://127.0.0.1:PORT/0``, or
+``unix://...?db=0``), ``.client()`` a raw redis-py client, ``.stop()``,
+``.restart()`` (stopped and started again, empty, same address). A missing
+binary fails the test with how to install it: the Redis store is tested on a
+real server or not at all.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+START_TIMEOUT = 10.0  # seconds a server may take to answer PING
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    def __init__(self, directory: Path, *, unix: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail(
+                "redis-server is not installed: the Redis store's tests run a real one. "
+                "Install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install "
+                "redis), or run `make test`, which installs it when run as root",
+                pytrace=False,
+            )
+        self.binary = binary
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.unix = unix
+        self.port = 0 if unix else free_port()
+        self.socket_path = directory / "redis.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        if self.unix:
+            return f"unix://{self.socket_path}?db=0"
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> Any:
+        import redis
+
+        if self.unix:
+            return redis.Redis(unix_socket_path=str(self.socket_path))
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
+    def start(self, *, same_address: bool = False) -> RedisServer:
+        """Start the server and wait (polling PING, with a deadline) until it answers.
+
+        Another free port is tried if this one was taken meanwhile, unless ``same_address``.
+        """
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.directory),
+            "--logfile", str(self.directory / "redis.log"),
+            "--daemonize", "no",
+        ]  # fmt: skip
+        if self.unix:
+            args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        for attempt in range(5):
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if self._wait_ready():
+                return self
+            if not self.unix and not same_address and attempt < 4:  # the port was taken meanwhile: another one
+                self.port = free_port()
+                args[2] = str(self.port)
+        log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+        pytest.fail(f"redis-server did not start on {self.url}:\n{log}", pytrace=False)
+
+    def _wait_ready(self) -> bool:
+        assert self.proc is not None
+        client = self.client()
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    return False
+                try:
+                    if client.ping():
+                        return True
+                except Exception:
+                    time.sleep(0.005)  # polling a starting server, bounded by the deadline
+            self.proc.kill()
+            self.proc.wait()
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM: without persistence it exits at once) and wait for it."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same address: an empty server."""
+        self.stop()
+        self.start(same_address=True)
