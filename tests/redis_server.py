@@ -3,13 +3,17 @@ socket, without persistence, stopped at teardown, restartable on the same addres
 
 ``RedisServer(directory).start()``; ``.url`` (``redis://127.0.0.1:PORT/0``, or
 ``unix://...?db=0``), ``.client()`` a raw redis-py client, ``.stop()``,
-``.restart()`` (stopped and started again, empty, same address). A missing
+``.restart()`` (stopped and started again, empty, same address); ``tls=True``
+serves TLS only (``rediss://``, a certificate for 127.0.0.1 from a CA of its
+own, ``.ca_file``). A missing
 binary fails the test with how to install it: the Redis store is tested on a
 real server or not at all.
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import shutil
 import socket
 import subprocess
@@ -18,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 START_TIMEOUT = 10.0  # seconds a server may take to answer PING
 
@@ -28,8 +36,55 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def write_tls_files(directory: Path) -> None:
+    """A CA (``ca.pem``) and a server certificate for IP 127.0.0.1 (``server.pem``/``.key``)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, server_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "zmeshlib test Redis CA")])
+
+    def certificate(
+        subject: x509.Name, key: ec.EllipticCurvePrivateKey, ca: bool
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+        else:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return builder.sign(ca_key, hashes.SHA256())
+
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(certificate(ca_name, ca_key, True).public_bytes(pem))
+    (directory / "server.pem").write_bytes(
+        certificate(server_name, server_key, False).public_bytes(pem)
+    )
+    (directory / "server.key").write_bytes(
+        server_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+
 class RedisServer:
-    def __init__(self, directory: Path, *, unix: bool = False) -> None:
+    def __init__(self, directory: Path, *, unix: bool = False, tls: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail(
@@ -42,6 +97,10 @@ class RedisServer:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.unix = unix
+        self.tls = tls
+        self.ca_file = directory / "ca.pem"
+        if tls:
+            write_tls_files(directory)
         self.port = 0 if unix else free_port()
         self.socket_path = directory / "redis.sock"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -50,13 +109,17 @@ class RedisServer:
     def url(self) -> str:
         if self.unix:
             return f"unix://{self.socket_path}?db=0"
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def client(self) -> Any:
         import redis
 
         if self.unix:
             return redis.Redis(unix_socket_path=str(self.socket_path))
+        if self.tls:
+            return redis.Redis(
+                host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=str(self.ca_file)
+            )
         return redis.Redis(host="127.0.0.1", port=self.port)
 
     def start(self, *, same_address: bool = False) -> RedisServer:
@@ -66,7 +129,7 @@ class RedisServer:
         """
         args = [
             self.binary,
-            "--port", str(self.port),
+            "--tls-port" if self.tls else "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
@@ -76,11 +139,21 @@ class RedisServer:
         ]  # fmt: skip
         if self.unix:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        if self.tls:
+            args += [
+                "--port", "0",
+                "--tls-cert-file", str(self.directory / "server.pem"),
+                "--tls-key-file", str(self.directory / "server.key"),
+                "--tls-ca-cert-file", str(self.ca_file),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         for attempt in range(5):
             self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if self._wait_ready():
                 return self
-            if not self.unix and not same_address and attempt < 4:  # the port was taken meanwhile: another one
+            if (
+                not self.unix and not same_address and attempt < 4
+            ):  # the port was taken meanwhile: another one
                 self.port = free_port()
                 args[2] = str(self.port)
         log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]

@@ -331,7 +331,10 @@ class RedisStore:
                 raise RegistryError(down[1])
         try:
             return fn()
-        except r.AuthenticationError as e:
+        except (
+            r.AuthenticationError,
+            getattr(r, "AuthorizationError", r.AuthenticationError),
+        ) as e:
             raise RegistryError(
                 f"Redis at {self._shown} refused the credentials ({e}); check the user and "
                 "password in the URL (redis://USER:PASSWORD@host:port/db)"
@@ -343,16 +346,9 @@ class RedisStore:
                 self._down = (time.monotonic(), message)
             raise RegistryError(message) from e
         except r.ResponseError as e:
-            text = str(e)
-            if text.split(" ", 1)[0] in ("MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN"):
-                fix = "Redis Cluster is not supported: use a single node or a Sentinel primary"
-            elif text.startswith("NOAUTH"):
-                fix = "put the password in the URL (redis://:PASSWORD@host:port/db)"
-            elif text.startswith("READONLY"):
-                fix = "the URL names a replica: point it at the primary"
-            else:
-                fix = "see the server's log"
-            raise RegistryError(f"Redis at {self._shown} refused to {what}: {text}; {fix}") from e
+            raise RegistryError(
+                f"Redis at {self._shown} refused to {what}: {_refusal(r, e)}"
+            ) from e
         except r.RedisError as e:
             raise RegistryError(f"Redis at {self._shown} failed to {what}: {e}") from e
 
@@ -448,6 +444,28 @@ class RedisStore:
             return
         if restored:
             log.info("wrote back %d card(s) Redis at %s had lost", restored, self._shown)
+
+
+_PIPELINE_NOTE = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
+_CLUSTER_ERRORS = ("AskError", "ClusterDownError", "ClusterCrossSlotError", "TryAgainError")
+
+
+def _refusal(r: Any, e: Exception) -> str:
+    """A server's refusal and its fix, without the command (a card's bytes) redis-py adds."""
+    text = _PIPELINE_NOTE.sub("", str(e))
+    exceptions = r.exceptions
+    if isinstance(
+        e, tuple(getattr(exceptions, n) for n in _CLUSTER_ERRORS if hasattr(exceptions, n))
+    ):
+        return (
+            f"{text}; Redis Cluster is not supported: use a single node or a Sentinel-managed "
+            "primary"
+        )
+    if isinstance(e, exceptions.ReadOnlyError):
+        return f"{text}; the URL names a replica: point it at the primary"
+    if isinstance(e, getattr(exceptions, "NoPermissionError", ())):
+        return f"{text}; the Redis user needs its ACL to allow the prefix's keys and channel"
+    return f"{text}; see the server's log"
 
 
 def _key_id(raw: bytes, skip: int) -> str | None:

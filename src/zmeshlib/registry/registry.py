@@ -71,7 +71,9 @@ renews every third of a lease) is never read again.
 
 Theory of operation: :meth:`by_key` reads one entry (one file for a
 :class:`~zmeshlib.registry.DirStore`) per call and serves its verdict from the
-cache. :meth:`by_service` and :meth:`by_endpoint` read an index of the whole
+cache; when the store cannot be read, it answers with the newest card of that
+key it holds a verdict on, while that card is inside its window (so a Redis
+restart does not refuse the handshakes of known peers). :meth:`by_service` and :meth:`by_endpoint` read an index of the whole
 store, rebuilt only when the store's ``version()`` token or the bundles
 change, and look only through its verified entries (the rejected ones are
 counted once, when the index is installed); each rebuild is tagged with a sequence number taken under the lock
@@ -355,13 +357,33 @@ class Registry:
             self._check_open()
             bundles, _ = self._current_bundles()
             index = self._index
-        data = self.store.get(key_id)
+        try:
+            data = self.store.get(key_id)
+        except RegistryError:
+            card = self._last_known(key_id, bundles, index)
+            if card is None:
+                raise
+            return card  # the store is away: what was verified keeps working in its window
         if data is None:
             return None
         now = self._clock()
         entry = self._verdict(key_id, data, bundles, now, index.by_digest)
         with self._lock:
             return self._usable(key_id, entry, now)
+
+    def _last_known(self, key_id: str, bundles: Bundles, index: _Index) -> Card | None:
+        """The newest card of ``key_id`` verified under ``bundles`` and usable now, if any."""
+        now = self._clock()
+        with self._lock:
+            known = [*self._cache.values(), *(entry for _, entry in index.verified)]
+        cards = [
+            e.card
+            for e in known
+            if e.card is not None and not e.problem and e.bundles is bundles
+            and e.card.key_id == key_id and not e.lapsed(now)
+            and e.card.not_before <= now < e.card.not_after
+        ]  # fmt: skip
+        return max(cards, key=lambda card: card.not_before, default=None)
 
     def by_service(self, service: str, kind: str | None = None) -> list[Card]:
         """Verified cards serving ``service`` (with an endpoint of socket ``kind`` when given).
