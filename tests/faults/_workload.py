@@ -6,7 +6,7 @@ Usage: python _workload.py replica NAME ADDRESS CA_DIR REGISTRY_URL POLICY_JSON
 
 A replica serves ``payment`` at ADDRESS, answering each request with its NAME,
 publishes a number every 5 ms on ``ticks.NAME`` (service ``ticks``), and
-prints ``READY``. The client connects to ``payment``, prints ``READY`` once
+prints ``READY`` and the address it serves at. The client connects to ``payment``, prints ``READY`` once
 it has three upstreams, then sends one idempotent request after another until
 its standard input closes; at its end it prints ``RESULT`` and one JSON object:
 each answer as ``[wall time, replica]``, each failure as ``[wall time, error]``,
@@ -39,7 +39,7 @@ def replica(name: str, address: str, ca_dir: str, registry: str, policy: str) ->
     with zmeshlib.Mesh(identity=identity, registry=registry,
                        policy=zmeshlib.Policy.from_dict(json.loads(policy))) as mesh:  # fmt: skip
         rep = mesh.socket(zmq.REP)
-        rep.bind(address, service="payment")
+        serving = rep.bind(address, service="payment")
         pub = mesh.socket(zmq.PUB)
         pub.bind(address, service="ticks")
         stop = threading.Event()
@@ -52,7 +52,7 @@ def replica(name: str, address: str, ca_dir: str, registry: str, policy: str) ->
 
         ticker = threading.Thread(target=tick)
         ticker.start()
-        print("READY", flush=True)
+        print("READY", serving, flush=True)
         threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
         rep.serve(lambda msg: name.encode(), stop=stop.is_set)
         ticker.join()

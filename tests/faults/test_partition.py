@@ -18,7 +18,8 @@ with nftables inside its namespace: nothing is lost either.
 Needs root and network namespaces (CI runs as root); skipped with the reason
 where the kernel or the user cannot make them. ``tc netem`` is not used: this
 kernel has no netem module, so a partition is a link down, loss is an
-nftables rule, and added latency is not tested.
+nftables rule, and latency is a relay (``_relay.py``) that an nftables redirect
+puts in front of one replica.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def start(ns: str, *args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
     line = proc.stdout.readline()  # type: ignore[union-attr]
     assert line.startswith("READY"), line
+    proc.ready = line.split()[1:]  # type: ignore[attr-defined]  # what READY said after it
     return proc
 
 
@@ -259,4 +261,73 @@ def test_a_replica_losing_packets_costs_no_request_and_no_publication(tmp_path):
     assert during["r0"] > 0 and during["r2"] > 0
     assert after["r1"] > 0
     assert holes == 0  # TCP carries every publication through the loss
+    assert result["end"] == result["start"]
+
+
+RELAY = Path(__file__).with_name("_relay.py")
+
+
+def test_a_replica_behind_a_slow_link_is_avoided_and_costs_no_request(tmp_path):
+    """Replica 1's link adds 50 ms each way (a delaying relay behind an nftables redirect
+    in its namespace: this kernel has no netem). With ``peak_ewma`` balancing the client
+    sends it a small share of the requests, and none fails."""
+    reason = _can_make_namespaces()
+    if reason:
+        pytest.skip(reason)
+    if shutil.which("nft") is None:
+        pytest.fail("nft is missing: install Debian's nftables package (make test does)")
+    DevCA.create("example.org").save(tmp_path / "ca")
+    registry = f"dir://{tmp_path}/registry"
+    policy = json.loads(json.dumps(POLICY))
+    policy["traffic"]["payment"]["load_balancer"] = "peak_ewma"
+    policy = json.dumps(policy)
+    net = Net(3)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for i, ns in enumerate(net.replicas):
+            procs.append(start(ns, "replica", f"r{i}", f"tcp://{net.address(i)}:0",
+                               str(tmp_path / "ca"), registry, policy))  # fmt: skip
+        port = int(procs[1].ready[0].rsplit(":", 1)[1])  # type: ignore[attr-defined]
+        relay_port = port + 1 if port < 65535 else port - 1
+        ns = net.replicas[1]
+        _nft(ns, "add", "table", "ip", "slow")
+        _nft(ns, "add", "chain", "ip", "slow", "pre",
+             "{ type nat hook prerouting priority -100; }")  # fmt: skip
+        _nft(ns, "add", "rule", "ip", "slow", "pre", "tcp", "dport", str(port), "redirect",
+             "to", f":{relay_port}")  # fmt: skip
+        relay = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, str(RELAY), net.address(1),
+             str(relay_port), net.address(1), str(port), "50"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        procs.append(relay)
+        assert relay.stdout.readline().startswith("READY")  # type: ignore[union-attr]
+        client = start(net.client, "client", str(tmp_path / "ca"), registry, policy)
+        procs.append(client)
+        began = time.time()
+        time.sleep(3.0)  # the schedule of the experiment: three seconds of traffic
+        client.stdin.close()  # type: ignore[union-attr]
+        out = client.stdout.read()  # type: ignore[union-attr]
+        client.wait(30)
+        assert client.returncode == 0, out
+    finally:
+        for p in procs:
+            if p.stdin is not None and p.poll() is None and not p.stdin.closed:
+                p.stdin.close()
+        for p in procs:
+            if p.args[-1] == "50":  # the relay runs until killed
+                p.kill()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        net.close()
+    result: dict[str, Any] = json.loads(out.split("RESULT\n", 1)[1])
+    share = Counter(r for t, r in result["answers"] if t >= began)
+    print(f"\nr1 behind +100 ms of round trip: served {dict(share)}; failures "
+          f"{len(result['failures'])} of {len(result['answers']) + len(result['failures'])}; "
+          f"threads and fds {result['start']} -> {result['end']}")  # fmt: skip
+    assert result["failures"] == [], result["failures"][:5]
+    assert share["r1"] > 0  # still probed, as peak_ewma tries every endpoint now and then
+    assert share["r1"] * 10 < min(share["r0"], share["r2"])
     assert result["end"] == result["start"]
