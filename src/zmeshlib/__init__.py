@@ -19,6 +19,7 @@ from ._exceptions import (
     RegistryError,
     RemoteError,
     ResourceExhausted,
+    SignedPolicyError,
     Timeout,
     Unauthenticated,
     Unavailable,
@@ -37,7 +38,7 @@ from ._models import (
 )
 from .identity import Bundles, DevCA, Identity, SpiffeId, TrustBundle, X509Svid, verify_chain
 from .identity.card import Card
-from .policy import Policy, PolicyWatcher
+from .policy import Policy, PolicyFollower, PolicyWatcher, SignedPolicy, publish_policy
 from .registry import Registry
 from .sockets import Mesh
 from .wire.envelope import Limits
@@ -67,12 +68,15 @@ __all__ = [
     "PermissionDenied",
     "Policy",
     "PolicyError",
+    "PolicyFollower",
     "PolicyWatcher",
     "ProtocolError",
     "Registry",
     "RegistryError",
     "RemoteError",
     "ResourceExhausted",
+    "SignedPolicy",
+    "SignedPolicyError",
     "SocketKind",
     "SpiffeId",
     "StatusCode",
@@ -84,5 +88,6 @@ __all__ = [
     "Unimplemented",
     "X509Svid",
     "error_for_status",
+    "publish_policy",
     "verify_chain",
 ]

@@ -63,6 +63,21 @@ class PolicyError(MeshError):
         self.problems = problems
 
 
+class SignedPolicyError(MeshError):
+    """A signed policy document was refused (decoded, verified, signed or published).
+
+    ``reason`` is a stable name (``"malformed"``, ``"untrusted"``, ``"bad-signature"``,
+    ``"not-a-signer"``, ``"older"``...; the table is in
+    :mod:`zmeshlib.policy.distribution`), the label of the refusal counters.
+    """
+
+    status_name = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class Closed(MeshError):
     """The socket or Mesh was closed (by this thread or another) before or during the operation."""
 

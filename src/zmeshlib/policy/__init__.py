@@ -3,7 +3,8 @@
 ``Policy`` is the document (peer authentication, services and secure naming,
 authorization, traffic, telemetry); ``Policy.authorizer()`` is the compiled
 ``Authorizer`` the sockets ask on every operation; ``PolicyWatcher`` reloads a
-policy file live; ``analyze(policy)`` lists what is valid but likely a mistake
+policy file live; ``SignedPolicy``, ``publish_policy`` and ``PolicyFollower``
+carry a signed policy through the registry to every workload that follows it; ``analyze(policy)`` lists what is valid but likely a mistake
 (routes that can never be chosen). See docs/policy.md and docs/authorization.md.
 """
 
@@ -18,6 +19,8 @@ from .authz import (
     register_provider,
     unregister_provider,
 )
+from .distribution import SignedPolicy, Signers, Verified, publish_policy
+from .follower import PolicyFollower
 from .model import (
     LOAD_BALANCERS,
     AbortFault,
@@ -72,6 +75,7 @@ __all__ = [
     "OutlierDetection",
     "PeerAuthentication",
     "Policy",
+    "PolicyFollower",
     "PolicyWatcher",
     "PoolSpec",
     "RetryBudget",
@@ -80,13 +84,17 @@ __all__ = [
     "RouteMatch",
     "Rule",
     "ServiceSpec",
+    "SignedPolicy",
+    "Signers",
     "Source",
     "SplitDestination",
     "Subset",
     "TelemetrySpec",
     "TracingSpec",
     "TrafficSpec",
+    "Verified",
     "analyze",
+    "publish_policy",
     "register_provider",
     "unregister_provider",
 ]

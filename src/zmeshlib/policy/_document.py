@@ -114,6 +114,23 @@ def parse_policy_text(text: str, fmt: str, *, source: str = "<policy>") -> Polic
     return build_policy(document, source=source)
 
 
+def as_policy(policy: object) -> Policy:
+    """What ``Mesh(policy=...)`` takes, as a Policy: None (the default policy), a Policy, a
+    policy file path (:func:`load_policy`) or a mapping (:func:`build_policy`)."""
+    if policy is None:
+        return Policy()
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, (str, PathLike)):
+        return load_policy(policy)
+    if isinstance(policy, Mapping):
+        return build_policy(policy)
+    raise PolicyError(
+        f"policy= takes a zmeshlib.Policy, a policy file path or a mapping, "
+        f"not {type(policy).__name__}"
+    )
+
+
 def build_policy(document: Mapping[str, Any], *, source: str = "") -> Policy:
     problems: list[str] = []
     root = Reader(problems)

@@ -529,8 +529,7 @@ class Policy:
         """A short content hash of the normalized policy: the "policy version" in logs and metrics."""
         rev = self._memo.get("revision")
         if rev is None:
-            canonical = json.dumps(_canonical(self), sort_keys=True, separators=(",", ":"))
-            rev = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+            rev = hashlib.sha256(canonical_bytes(self)).hexdigest()[:12]
             self._memo["revision"] = rev
         return rev
 
@@ -555,6 +554,13 @@ class Policy:
         if not providers:
             return default
         return Authorizer(default.compiled, self.revision, providers=providers)
+
+
+def canonical_bytes(policy: Policy) -> bytes:
+    """The normalized policy as compact JSON with sorted keys: what :attr:`Policy.revision`
+    hashes, and what a signed policy document carries (``zmeshlib.policy._rebuild`` makes
+    the :class:`Policy` again from it)."""
+    return json.dumps(_canonical(policy), sort_keys=True, separators=(",", ":")).encode()
 
 
 def _canonical(value: Any) -> Any:

@@ -43,7 +43,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import zmq
@@ -54,7 +54,8 @@ from ..identity.card import Card, chain_window
 from ..identity.source import Identity
 from ..identity.spiffe_id import SpiffeId
 from ..identity.svid import Bundles
-from ..policy import Policy, PolicyWatcher
+from ..policy import Policy, PolicyFollower, PolicyWatcher
+from ..policy._document import as_policy as _as_policy
 from ..registry import Registry
 from ..telemetry import MeshMetrics
 from ..telemetry.access import AccessLog
@@ -153,7 +154,7 @@ class Mesh:
         self._limited = LimitedLog(log)
         self._endpoints: list[Endpoint] = []
         self._sockets: weakref.WeakSet[MeshSocket] = weakref.WeakSet()
-        self._watchers: list[PolicyWatcher] = []
+        self._watchers: list[PolicyWatcher | PolicyFollower] = []
         self._policy_updates = 0
         self._policy_rejected = 0
         self.card: Card | None = None
@@ -387,7 +388,8 @@ class Mesh:
 
     @property
     def policy_version(self) -> str:
-        """The revision (content hash) of the active policy."""
+        """The revision (content hash) of the active policy (a signed document's ``version``
+        orders documents; this names the content: see :meth:`follow_policy`)."""
         return self._in_force.policy.revision
 
     def update_policy(self, policy: Policy) -> None:
@@ -417,6 +419,35 @@ class Mesh:
             self.update_policy(watcher.policy)
         self._watchers.append(watcher)
         return watcher
+
+    def follow_policy(self, signers: Iterable[str], *, interval: float = 0.1) -> PolicyFollower:
+        """Apply each newer signed policy the registry holds from one of ``signers``
+        (principal patterns), verified against this workload's trust; the document there
+        now applies before this returns. Refusals keep the current policy. Stops when the
+        Mesh closes. See docs/policy.md, "Signed policy distribution"."""
+        if self.identity is None:
+            raise IdentityError(
+                "follow_policy verifies documents against this workload's trust bundles, "
+                "and a Mesh without identity has none: pass identity=",
+                rule="no-identity",
+            )
+
+        def refused(error: MeshError) -> None:
+            self.metrics.policy_refused.add(1, {"reason": getattr(error, "reason", "")})
+
+        follower = PolicyFollower(
+            self.registry.store,
+            signers,
+            bundles=self._bundles,
+            apply=self.update_policy,
+            interval=interval,
+            on_refused=refused,
+        )
+        with self._lock:
+            if self._closed:
+                raise Closed("this Mesh is closed")
+            self._watchers.append(follower)
+        return follower.start()
 
     # -- sockets -------------------------------------------------------------------
 
@@ -497,18 +528,3 @@ class Mesh:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _as_policy(policy: object) -> Policy:
-    if policy is None:
-        return Policy()
-    if isinstance(policy, Policy):
-        return policy
-    if isinstance(policy, (str, os.PathLike)):
-        return Policy.load(policy)
-    if isinstance(policy, Mapping):
-        return Policy.from_dict(policy)
-    raise PolicyError(
-        f"policy= takes a zmeshlib.Policy, a policy file path or a mapping, "
-        f"not {type(policy).__name__}"
-    )

@@ -17,6 +17,9 @@ instrument                         kind         attributes
                                                 policy in force
 ``zmeshlib.policy.updates``        counter      ``revision`` (the new one)
 ``zmeshlib.policy.rejected``       counter      ``path``: a watched file that failed to load
+``zmeshlib.policy.refused``        counter      ``reason`` (``not-a-signer``, ``older``,
+                                                ``untrusted``...): a signed policy document
+                                                ``follow_policy`` refused
 ``zmeshlib.handshakes``            obs counter  ``outcome`` (verified, anonymous,
                                                 unknown-key, mechanism, refused...)
 ``zmeshlib.faults.injected``       obs counter  ``destination.service``, ``fault``
@@ -256,6 +259,12 @@ class MeshMetrics:
             "zmeshlib.policy.rejected",
             unit="{file}",
             description="watched policy files that failed to load (the last good policy stays)",
+        )
+        self.policy_refused = meter.create_counter(
+            "zmeshlib.policy.refused",
+            unit="{document}",
+            description="signed policy documents follow_policy refused, by reason "
+            "(the policy in force stays)",
         )
         _observed(provider, meter).members.add(self)
         self._istio = IstioMetrics(meter, str(mesh.spiffe_id or ""), mesh.labels)
