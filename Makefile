@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint format bench fuzz docs clean
+.PHONY: demo test lint format bench fuzz docs clean redis-server
 
 FUZZ_SECONDS ?= 60
 
@@ -23,7 +23,25 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard src/zmeshlib/*.c src/zmes
 demo: $(VENV)/.installed
 	$(BIN)/zmesh demo
 
-test: $(VENV)/.installed-dev
+# the Redis store's tests start real redis-server processes: install Debian's package when
+# it is missing and we may (root, apt-get), else say what to do
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "redis-server is missing: installing Debian's package for the Redis store's tests"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q redis-server >/dev/null 2>&1 \
+	      || { apt-get update -q && apt-get install -y -q redis-server; } \
+	      || exit 1; \
+	  else \
+	    echo "make test needs redis-server (the Redis store's tests run a real one): install it" \
+	      "(Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)," \
+	      "or run make test as root on Debian to have it installed" >&2; \
+	    exit 1; \
+	  fi; }
+	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is not on PATH" >&2; exit 1; }
+
+test: $(VENV)/.installed-dev redis-server
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests examples benchmarks
 	$(BIN)/mypy
