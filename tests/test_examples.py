@@ -124,6 +124,26 @@ def test_zmesh_demo_runs_both(capsys: pytest.CaptureFixture[str]) -> None:
     assert stamps == sorted(stamps)  # one transcript, in time order across processes
 
 
+def test_zmesh_demo_runs_on_redis(capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
+    import redis
+
+    assert main(["demo", "--registry", redis_url]) == 0
+    out = capsys.readouterr().out
+    assert_pubsub(out)
+    assert_reqrep(out)
+    url = re.search(r"registry (redis://\S+)", out).group(1)  # type: ignore[union-attr]
+    prefix = url.split("prefix=")[1]
+    # the workloads found each other in Redis, under a prefix of the run's own (so only
+    # there), and every one withdrew its card when it closed
+    assert prefix.startswith("zmesh-demo-")
+    assert redis.Redis.from_url(redis_url).keys(f"{prefix}card:*") == []
+
+
+def test_zmesh_demo_on_an_unreachable_registry_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--registry", "redis://127.0.0.1:1/0"]) == 1
+    assert "cannot reach Redis" in capsys.readouterr().err
+
+
 def test_demo_rejects_unknown_scenario(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["demo", "chaos"])

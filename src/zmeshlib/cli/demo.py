@@ -3,7 +3,8 @@
 Rules this module keeps:
 
 * Everything is real: a dev CA and a ``dir://`` registry in a temporary
-  directory, one policy file every workload loads, one OS process per
+  directory (or, with ``--registry``, a key prefix of the run's own in that
+  store, e.g. Redis), one policy file every workload loads, one OS process per
   workload (the same interpreter, started with ``spawn``), CURVE handshakes
   over loopback TCP. Nothing is mocked, so the demo doubles as a smoke test.
 * Each workload proves what it claims: an expected refusal that does not
@@ -43,6 +44,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import secrets
 import sys
 import tempfile
 import time
@@ -55,9 +57,10 @@ import attrs
 import yaml
 import zmq
 
-from .._exceptions import MeshError, PermissionDenied, Timeout
+from .._exceptions import MeshError, PermissionDenied, RegistryError, Timeout
 from ..identity.devca import DevCA
 from ..policy import Policy
+from ..registry import open_store
 from ..sockets import Mesh
 
 TRUST_DOMAIN = "example.org"
@@ -117,16 +120,35 @@ class Stage:
     policy_file: str
 
     @classmethod
-    def build(cls, directory: str | os.PathLike[str], policy: Mapping[str, Any]) -> Stage:
-        """A fresh dev CA, an empty ``dir://`` registry and the policy file, under ``directory``."""
+    def build(
+        cls,
+        directory: str | os.PathLike[str],
+        policy: Mapping[str, Any],
+        registry: str | None = None,
+    ) -> Stage:
+        """A fresh dev CA and the policy file under ``directory``, and an empty registry:
+        a ``dir://`` one there, or, given a ``registry`` URL (``redis://...``), a key prefix
+        of its own in that store, so runs never see each other's cards."""
         root = Path(directory)
-        ca_dir, registry_dir = root / "ca", root / "registry"
+        ca_dir = root / "ca"
         DevCA.create(TRUST_DOMAIN).save(ca_dir)
-        registry_dir.mkdir()
         policy_file = root / "mesh.yaml"
         Policy.from_dict(policy)  # a bad document fails here, once, not in every process
         policy_file.write_text(yaml.safe_dump(dict(policy), sort_keys=False))
-        return cls(str(ca_dir), f"dir://{registry_dir}", str(policy_file))
+        if registry is None:
+            (root / "registry").mkdir()
+            url = f"dir://{root / 'registry'}"
+        elif "prefix=" in registry.partition("?")[2]:
+            url = registry  # the caller chose the run's prefix
+        else:
+            glue = "&" if "?" in registry else "?"
+            url = f"{registry}{glue}prefix=zmesh-demo-{secrets.token_hex(4)}:"
+            store = open_store(url)
+            try:
+                store.get_policy()  # an unreachable store fails here, once, with its reason
+            finally:
+                store.close()
+        return cls(str(ca_dir), url, str(policy_file))
 
     def join(self, spiffe_id: str) -> Mesh:
         """Join the mesh as ``spiffe_id``: an SVID from the dev CA, the shared policy and registry."""
@@ -402,10 +424,16 @@ def run(
     out: Callable[[str], None] = print,
     timeout: float = RUN_TIMEOUT,
     log_level: int = logging.ERROR,
+    registry: str | None = None,
 ) -> int:
-    """:func:`perform` on a fresh stage in a temporary directory, removed afterwards."""
+    """:func:`perform` on a fresh stage in a temporary directory, removed afterwards
+    (on ``registry``, a store URL, when given: see :meth:`Stage.build`)."""
     with tempfile.TemporaryDirectory(prefix=f"zmesh-{scenario.name}-") as tmp:
-        stage = Stage.build(tmp, POLICY)
+        try:
+            stage = Stage.build(tmp, POLICY, registry)
+        except RegistryError as e:
+            print(f"zmesh demo: error: {e}", file=sys.stderr)
+            return 1
         out(f"{'':7} dev CA for {TRUST_DOMAIN}, registry {stage.registry}")
         return perform(scenario, stage, out=out, timeout=timeout, log_level=log_level)
 
@@ -422,9 +450,17 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--timeout", type=float, default=RUN_TIMEOUT, help="seconds (30)")
     parser.add_argument("-v", "--verbose", action="store_true", help="workloads log at INFO")
+    parser.add_argument(
+        "--registry",
+        metavar="URL",
+        help="run on this store (e.g. redis://127.0.0.1:6379/0) instead of a temporary "
+        "dir:// registry; the run uses a key prefix of its own",
+    )
     parser.set_defaults(func=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
     level = logging.INFO if args.verbose else logging.ERROR
-    return run(SCENARIOS[args.scenario], timeout=args.timeout, log_level=level)
+    return run(
+        SCENARIOS[args.scenario], timeout=args.timeout, log_level=level, registry=args.registry
+    )
