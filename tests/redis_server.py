@@ -12,11 +12,14 @@ real server or not at all.
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import ipaddress
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -83,6 +86,14 @@ def write_tls_files(directory: Path) -> None:
     )
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the process that started it ends, however it
+    ends (a test process killed, a docs page's ``os._exit``), so no server is left behind."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class RedisServer:
     def __init__(self, directory: Path, *, unix: bool = False, tls: bool = False) -> None:
         binary = shutil.which("redis-server")
@@ -94,15 +105,15 @@ class RedisServer:
                 pytrace=False,
             )
         self.binary = binary
-        self.directory = directory
+        self.directory = directory.resolve()  # redis-server changes to --dir before it logs
         self.directory.mkdir(parents=True, exist_ok=True)
         self.unix = unix
         self.tls = tls
-        self.ca_file = directory / "ca.pem"
+        self.ca_file = self.directory / "ca.pem"
         if tls:
-            write_tls_files(directory)
+            write_tls_files(self.directory)
         self.port = 0 if unix else free_port()
-        self.socket_path = directory / "redis.sock"
+        self.socket_path = self.directory / "redis.sock"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -148,7 +159,12 @@ class RedisServer:
                 "--tls-auth-clients", "no",
             ]  # fmt: skip
         for attempt in range(5):
-            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                args,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
             if self._wait_ready():
                 return self
             if (
@@ -156,7 +172,8 @@ class RedisServer:
             ):  # the port was taken meanwhile: another one
                 self.port = free_port()
                 args[2] = str(self.port)
-        log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+        log_file = self.directory / "redis.log"
+        log = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else "(no log)"
         pytest.fail(f"redis-server did not start on {self.url}:\n{log}", pytrace=False)
 
     def _wait_ready(self) -> bool:

@@ -15,6 +15,7 @@ import pytest
 
 from redis_server import RedisServer, free_port
 from zmeshlib._exceptions import RegistryError
+from zmeshlib.identity.svid import Bundles
 from zmeshlib.registry import Registry, Unreadable, open_store
 from zmeshlib.registry.redis_store import RedisStore
 
@@ -148,6 +149,8 @@ def test_a_card_lives_one_lease_in_redis_and_the_policy_for_ever(redis_server, s
     store.put("aa", b"renewed")  # a renewal sets the TTL afresh
     assert raw.pttl("zmeshlib:card:aa") > 4000
     raw.close()
+    # a Registry over the store object signs cards for the store's lease, so TTL = window
+    assert Registry(store, bundles=Bundles()).lease == 5.0
 
 
 def test_junk_written_into_redis_is_skipped_and_counted_while_cards_resolve(

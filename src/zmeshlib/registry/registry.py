@@ -289,9 +289,12 @@ class Registry:
             )
         self._owns_store = isinstance(store, str)
         self.store: CardStore = open_store(store) if isinstance(store, str) else store
-        #: How long a Mesh's card is valid unless renewed (``?lease=`` in the URL).
+        #: How long a Mesh's card is valid unless renewed (``?lease=`` in the URL, else the
+        #: store's own ``lease``: a RedisStore's TTL must not be shorter).
         self.lease: float = lease or (
-            split_url(store)[1] if isinstance(store, str) else DEFAULT_LEASE
+            split_url(store)[1]
+            if isinstance(store, str)
+            else float(getattr(store, "lease", DEFAULT_LEASE))
         )
         if callable(bundles):
             self._bundles_fn: Callable[[], Bundles] = bundles
