@@ -482,7 +482,7 @@ def publish_policy(
     else:
         store = registry
     try:
-        stored = _stored_version(store)
+        stored = _stored_version(store, required=version is None)
         if version is None:
             version = 1 if stored is None else stored + 1
         _check_version(version)
@@ -505,7 +505,9 @@ def publish_policy(
     return version
 
 
-def _stored_version(store: CardStore) -> int | None:
+def _stored_version(store: CardStore, *, required: bool) -> int | None:
+    """The stored document's version; None when there is none, or when it cannot be read
+    and the caller gave a version (not ``required``)."""
     from ..registry import Unreadable
 
     data = store.get_policy()
@@ -518,6 +520,8 @@ def _stored_version(store: CardStore) -> int | None:
             return SignedPolicy.from_bytes(data).version
         except SignedPolicyError as e:
             why = str(e)
+    if not required:
+        return None
     raise SignedPolicyError(
         f"the registry holds a signed policy that cannot be read ({why}), so the next version "
         "cannot be told: give version= (the CLI's --version), greater than any published",
