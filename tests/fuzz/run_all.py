@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 TARGETS = ("spiffe_id", "svid_parse", "bundle_pem", "verify_chain", "card",
-           "envelope", "policy", "trace_context")  # fmt: skip
+           "envelope", "policy", "trace_context", "signed_policy")  # fmt: skip
 
 
 def run(target: str, seconds: int) -> dict[str, object]:
