@@ -217,7 +217,8 @@ def test_trust_domain_names_the_bundles_domain(fleet):
     [
         (["--registry", "dir:///nonexistent/zmesh-cards"], "no such registry directory"),
         (["--registry", "memory://"], "lives inside one process"),
-        (["--registry", "redis://localhost"], "unsupported registry URL"),
+        (["--registry", "redis://127.0.0.1:1/0"], "cannot reach Redis at redis://127.0.0.1:1/0"),
+        (["--registry", "ftp://x"], "unsupported registry URL"),
         (["--trust-domain", "example.org"], "--trust-domain names the domain of --trust-bundle"),
         (["--trust-bundle", "/nonexistent/root.pem"], "cannot read trust bundle"),
     ],

@@ -358,3 +358,46 @@ def test_close_stops_the_listener_promptly_and_leaves_no_fds(redis_server):
     assert took < 0.5, f"closing four stores took {took:.2f}s"
     with pytest.raises(RegistryError, match="closed"):
         up[0].get("aa")
+
+
+def _listeners() -> int:
+    return sum(t.name == LISTENER for t in threading.enumerate())
+
+
+def test_the_meshes_of_a_process_share_one_store_per_url(redis_url):
+    """One connection pool and one change feed per process and URL, whatever the number
+    of registries on it; a use closed twice gives back one use; the last closes it."""
+    before = _listeners()
+    first, second = open_store(redis_url), open_store(redis_url)
+    assert first.store is second.store and _listeners() == before + 1
+    other = open_store(redis_url + "?prefix=other:")  # other settings: a store of its own
+    assert other.store is not first.store and _listeners() == before + 2
+    other.close()
+    first.close()
+    first.close()  # closing a use again changes nothing for the other users
+    second.put("aa", b"still open")
+    assert second.get("aa") == b"still open"
+    second.close()
+    eventually(lambda: _listeners() == before, "the last use to stop the listener")
+    with pytest.raises(RegistryError, match="closed"):
+        second.get("aa")
+    third = open_store(redis_url)  # a new store once the last use closed
+    assert third.store is not second.store and third.get("aa") == b"still open"
+    third.close()
+
+
+def test_the_policy_token_ignores_card_renewals_but_not_a_policy_written_elsewhere(
+    stores, redis_url
+):
+    reader, writer = RedisStore(redis_url), RedisStore(redis_url)  # as two processes
+    try:
+        eventually(lambda: subscribed(reader), "the reader's feed")
+        token, cards = reader.policy_version(), reader.version()
+        writer.put("aa", b"renewed card")
+        eventually(lambda: reader.version() != cards, "the card change to reach the reader")
+        assert reader.policy_version() == token
+        writer.put_policy(b"signed v2")
+        eventually(lambda: reader.policy_version() != token, "the policy change to arrive")
+    finally:
+        reader.close()
+        writer.close()

@@ -6,6 +6,7 @@ import errno
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -260,3 +261,19 @@ def test_the_policy_slot_is_kept_apart_from_the_cards_and_moves_the_version(stor
     store.put_policy(b"signed policy v2")
     assert store.get_policy() == b"signed policy v2"
     assert list(store.scan()) == [("aa", b"card")]  # never listed as a card
+
+
+def test_the_policy_token_moves_with_the_policy_and_not_with_cards(store):
+    deadline = time.monotonic() + 5
+    while store.policy_version() != store.policy_version():  # Redis: until it listens
+        assert time.monotonic() < deadline, "the policy token never settled"
+        time.sleep(0.01)
+    first = store.policy_version()
+    store.put("aa", b"card")
+    store.delete("aa")
+    assert store.policy_version() == first  # cards leave it alone
+    store.put_policy(b"v1")
+    moved = store.policy_version()
+    assert moved != first
+    store.put_policy(b"v2")
+    assert store.policy_version() != moved

@@ -13,8 +13,10 @@ Rules this module keeps:
   it reads again.
 * A late joiner catches up at once: :meth:`PolicyFollower.start` reads the
   store and applies the document there before it returns.
-* Cheap when nothing changes: a poll asks the store's ``version()`` token (a
-  ``stat`` for ``dir://``, a counter for ``memory://``), and reads the document
+* Cheap when nothing changes: a poll asks the store's ``policy_version()``
+  token (a ``stat`` of one file for ``dir://``, a counter for ``memory://`` and
+  for Redis, whose listener moves it; card writes leave it alone, so a fleet's
+  lease renewals cost its followers nothing), and reads the document
   only when the token moved; it verifies only bytes it has not judged yet,
   judged bytes again only when the trust bundles changed (a new bundles object)
   or, for ``not-yet-valid``, once their signing time is near. Bytes already
@@ -163,7 +165,7 @@ class PolicyFollower:
                 return False
             bundles = self._bundles()
             try:
-                token = self._store.version()
+                token = self._store.policy_version()
                 if token == self._token and not self._judge_again(bundles):
                     return False
                 data = self._store.get_policy()

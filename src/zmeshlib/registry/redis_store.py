@@ -14,6 +14,9 @@ Rules this store keeps, beside the :class:`~zmeshlib.registry.CardStore` ones:
   prefix, and that this store's own writes bump at once. While the listener is
   not subscribed (starting, or Redis away) it returns a fresh object at each
   call, so a reader rescans rather than trusting a token nobody keeps.
+  ``policy_version()`` is the same for the policy key alone (our ``policy``
+  note, its keyspace events, and every resubscription and resync), so a
+  fleet's card renewals never make its policy followers read.
 * Reads are bounded: a value is fetched with ``GETRANGE 0 max_value_size``
   (at most one byte past the limit, so the registry still rejects it as too
   large), never whole. A key holding a hash, a list, ... is an
@@ -76,6 +79,8 @@ _PREFIX = re.compile(r"[A-Za-z0-9_.:{}/-]{1,64}")
 _KEY_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 1.0
 _T = TypeVar("_T")
+_SHARED: dict[object, RedisStore] = {}  # RedisStore.shared: one store per URL and settings
+_SHARED_LOCK = threading.Lock()
 
 
 def _redis() -> Any:
@@ -178,12 +183,16 @@ class RedisStore:
         self._policy = f"{prefix}policy"
         self._channel = f"{prefix}changes"
         self._pattern = f"__keyspace@{self.db}__:{prefix}*"
+        self._policy_event = f"__keyspace@{self.db}__:{self._policy}".encode()
         self._lock = threading.Lock()
         self._changes = 0
+        self._policy_changes = 0  # the same, for the policy key alone
         self._subscribed = False
         self._down: tuple[float, str] | None = None  # (monotonic time, message) of a failure
         self._own: dict[str, tuple[bytes, float]] = {}  # cards put here: bytes, expiry
         self._closed = False
+        self._users = 1  # uses of a shared store (RedisStore.shared)
+        self._shared_key: object = None
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         self._listener = threading.Thread(
@@ -255,6 +264,7 @@ class RedisStore:
         self._call("write the signed policy", write)
         with self._lock:
             self._changes += 1
+            self._policy_changes += 1
 
     def get_policy(self) -> bytes | Unreadable | None:
         return self._call("read the signed policy", lambda: self._fetch([self._policy])[0])
@@ -264,6 +274,43 @@ class RedisStore:
             if not self._subscribed:
                 return object()  # nobody is listening: always "changed"
             return self._changes
+
+    def policy_version(self) -> object:
+        """As :meth:`version`, moving only for the policy key: the many card renewals of
+        a fleet do not make every follower read the policy again."""
+        with self._lock:
+            if not self._subscribed:
+                return object()
+            return self._policy_changes
+
+    @classmethod
+    def shared(cls, url: str, **kwargs: Any) -> SharedRedisStore:
+        """A use of the process's one store for ``url`` and these settings.
+
+        Every Mesh of a process on one Redis URL shares it, and so one connection pool
+        and one change feed: a feed per Mesh would have each process decode every card
+        change once per Mesh (a fleet of N renews N/5 cards a second at the default
+        lease). The store closes when the last use is closed.
+        """
+        key = (url, tuple(sorted(kwargs.items())))
+        with _SHARED_LOCK:
+            store = _SHARED.get(key)
+            if store is None:
+                store = _SHARED[key] = cls(url, **kwargs)
+                store._shared_key = key
+            else:
+                store._users += 1
+            return SharedRedisStore(store)
+
+    def _release(self) -> None:
+        """A use of a shared store ended: the last one closes it."""
+        with _SHARED_LOCK:
+            self._users -= 1
+            if self._users > 0:
+                return
+            if _SHARED.get(self._shared_key) is self:
+                del _SHARED[self._shared_key]
+        self.close()
 
     def close(self) -> None:
         """Stop the listener (joined) and drop the connections. Idempotent."""
@@ -371,7 +418,8 @@ class RedisStore:
                     if subscriptions > 1 and confirmed:
                         self._restore()  # a re-subscription: Redis may have restarted
             except Exception as e:  # any failure: drop the connection, back off, try again
-                if not failing and not self._stop.is_set():
+                # a feed never had is not "lost": the calls that need Redis say it is away
+                if not failing and subscriptions and not self._stop.is_set():
                     log.warning(
                         "lost the change feed of Redis at %s (%s); reconnecting", self._shown, e
                     )
@@ -400,6 +448,7 @@ class RedisStore:
                     confirmed.add(kind)
                     with self._lock:
                         self._changes += 1
+                        self._policy_changes += 1
                         if confirmed == want:
                             self._subscribed = True
                             self._down = None
@@ -407,14 +456,17 @@ class RedisStore:
                         yield True
                         confirmed = set()  # a reconnect inside redis-py confirms again
                 elif kind in (b"message", b"pmessage"):
+                    policy = self._about_policy(kind, message)
                     with self._lock:
                         self._changes += 1
+                        self._policy_changes += policy
                 continue
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + self.resync
                 with self._lock:
                     self._changes += 1
+                    self._policy_changes += 1
                 pubsub.ping()  # a dead connection shows itself on write
                 continue
             sock = getattr(pubsub.connection, "_sock", None)
@@ -423,6 +475,13 @@ class RedisStore:
             readable, _, _ = select.select([sock, self._wake_r], [], [], next_tick - now)
             if self._wake_r in readable:
                 return
+
+    def _about_policy(self, kind: bytes, message: dict[str, Any]) -> bool:
+        """Whether a change message may concern the policy key: our own ``policy`` note, or
+        a keyspace event on the policy key."""
+        if kind == b"message":
+            return bool(message.get("data") == b"policy")
+        return bool(message.get("channel") == self._policy_event)
 
     def _restore(self) -> None:
         """Write back the cards this store put, where Redis lost them (a restart)."""
@@ -444,6 +503,31 @@ class RedisStore:
             return
         if restored:
             log.info("wrote back %d card(s) Redis at %s had lost", restored, self._shown)
+
+
+class SharedRedisStore:
+    """One use of a :meth:`RedisStore.shared` store: everything but ``close`` is the
+    store's; closing a use twice gives back one use, so no user closes another's."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.store._release()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.store, name)
+
+    def __repr__(self) -> str:
+        return f"<a use of {self.store!r}>"
 
 
 _PIPELINE_NOTE = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)

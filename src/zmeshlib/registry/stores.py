@@ -13,8 +13,10 @@ Rules every store keeps:
   a missed one is not).
 * Beside the cards, a store keeps one more opaque value: the signed policy
   document (``put_policy`` / ``get_policy``, :mod:`zmeshlib.policy.distribution`
-  verifies it). Writing it moves ``version()`` like a card does; it is never
-  listed by ``scan``.
+  verifies it). Writing it moves ``version()`` like a card does, and
+  ``policy_version()``, a change token of the policy alone (the same rules as
+  ``version()``), which card writes leave alone; it is never listed by
+  ``scan``.
 * One bad entry never fails a read of the others: an entry that exists but
   cannot be read as bytes is returned as an :class:`Unreadable` naming why
   (``get`` and ``scan``), and the registry lists it as rejected. Only a store
@@ -153,6 +155,8 @@ class CardStore(Protocol):
 
     def get_policy(self) -> bytes | Unreadable | None: ...
 
+    def policy_version(self) -> object: ...
+
     def version(self) -> object: ...
 
     def close(self) -> None: ...
@@ -166,6 +170,7 @@ class MemoryStore:
         self._cards: dict[str, bytes] = {}
         self._policy: bytes | None = None
         self._version = 0
+        self._policy_version = 0
 
     def put(self, key_id: str, data: bytes) -> None:
         check_key_id(key_id)
@@ -193,6 +198,11 @@ class MemoryStore:
         with self._lock:
             self._policy = bytes(data)
             self._version += 1
+            self._policy_version += 1
+
+    def policy_version(self) -> object:
+        with self._lock:
+            return self._policy_version
 
     def get_policy(self) -> bytes | None:
         with self._lock:
@@ -245,6 +255,17 @@ class DirStore:
 
     def get_policy(self) -> bytes | Unreadable | None:
         return self._read(self.path / POLICY_FILE)
+
+    def policy_version(self) -> object:
+        """The policy file's identity: every write renames a new file over it (a new inode)."""
+        try:
+            st = os.stat(self.path / POLICY_FILE, follow_symlinks=False)
+        except FileNotFoundError:
+            self.version()  # no policy yet, or no directory: that one raises RegistryError
+            return None
+        except OSError:
+            return object()  # cannot tell: "changed", and the read says why
+        return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode)
 
     def _write(self, target: Path, what: str, data: bytes) -> None:
         tmp = self.path / f"{_TMP_PREFIX}{target.stem}-{os.getpid()}-{secrets.token_hex(6)}"
@@ -450,7 +471,7 @@ def open_store(url: str) -> CardStore:
             raise RegistryError(
                 f"registry URL {url!r} names no socket path: write unix:///path/to/redis.sock"
             )
-        return RedisStore(
+        return RedisStore.shared(
             url,
             prefix=params.get("prefix", DEFAULT_PREFIX),
             lease=lease,
