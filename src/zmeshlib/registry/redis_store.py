@@ -74,6 +74,7 @@ DEFAULT_RESYNC = 10.0  # seconds between safety-net bumps of version()
 MAX_VALUE_SIZE = 1 << 20  # as DirStore's max_file_size
 SCAN_COUNT = 1000  # keys per SCAN step (a hint to the server)
 FETCH_BATCH = 256  # values per pipelined round trip of scan()
+MAX_CONNECTIONS = 32  # per store (and so per process and URL: RedisStore.shared)
 FAIL_FAST = 1.0  # seconds a failed connect answers later calls without I/O
 _PREFIX = re.compile(r"[A-Za-z0-9_.:{}/-]{1,64}")
 _KEY_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
@@ -166,9 +167,16 @@ class RedisStore:
             options["db"] = db
         common = {"socket_connect_timeout": connect_timeout, "socket_timeout": timeout, **options}
         try:
-            self._client: redis.Redis = r.Redis.from_url(
-                url, retry=Retry(ExponentialBackoff(cap=0.1, base=0.025), 2), **common
+            # many threads (each Mesh's keeper and follower) share one store: they wait
+            # for a free connection rather than open one each ("Too many connections")
+            pool = r.BlockingConnectionPool.from_url(
+                url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=timeout,
+                retry=Retry(ExponentialBackoff(cap=0.1, base=0.025), 2),
+                **common,
             )
+            self._client: redis.Redis = r.Redis(connection_pool=pool)
             # the listener's own connection: it backs off by itself, so no retries here
             self._listen_client: redis.Redis = r.Redis.from_url(
                 url, retry=Retry(NoBackoff(), 0), **common
@@ -325,6 +333,7 @@ class RedisStore:
         os.close(self._wake_r)
         os.close(self._wake_w)
         self._client.close()
+        self._client.connection_pool.disconnect()  # a pool given to Redis() is ours to close
         self._listen_client.close()
 
     def __repr__(self) -> str:
@@ -333,34 +342,31 @@ class RedisStore:
     # -- reading values, bounded -----------------------------------------------------
 
     def _fetch(self, keys: list[bytes | str]) -> list[bytes | Unreadable | None]:
-        """Each key's value (at most ``max_value_size + 1`` bytes), Unreadable, or None."""
+        """Each key's value (at most ``max_value_size + 1`` bytes), Unreadable, or None.
+
+        The value and the key's type are read in one transaction: read apart, a key
+        written between the two (a first policy, a card) would pass for an empty string.
+        """
         r = _redis()
-        with self._client.pipeline(transaction=False) as pipe:
+        with self._client.pipeline(transaction=True) as pipe:
             for key in keys:
                 pipe.getrange(key, 0, self.max_value_size)
-            values: list[Any] = pipe.execute(raise_on_error=False)
-        for v in values:
+                pipe.type(key)
+            answers: list[Any] = pipe.execute(raise_on_error=False)
+        values: list[Any] = answers[0::2]
+        for v in answers:
             if isinstance(v, r.ResponseError) and not str(v).startswith("WRONGTYPE"):
                 raise v
-        # "" is a missing key or an empty value; WRONGTYPE a key that holds no string
-        unsure = [i for i, v in enumerate(values) if isinstance(v, r.ResponseError) or not v]
-        if unsure:
-            with self._client.pipeline(transaction=False) as pipe:
-                for i in unsure:
-                    pipe.type(keys[i])
-                kinds = pipe.execute()
-            for i, kind in zip(unsure, kinds, strict=True):
-                kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        for i, kind in enumerate(answers[1::2]):
+            kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+            if kind == "none":
+                values[i] = None
+            elif kind != "string":  # GETRANGE said WRONGTYPE: a hash, a list...
                 key = keys[i]
                 name = key if isinstance(key, str) else key.decode(errors="replace")
-                if kind == "none":
-                    values[i] = None  # removed since listing
-                elif kind == "string":
-                    values[i] = b""
-                else:
-                    values[i] = Unreadable(
-                        "not-a-file", f"Redis key {name} holds a {kind}, not a string"
-                    )
+                values[i] = Unreadable(
+                    "not-a-file", f"Redis key {name} holds a {kind}, not a string"
+                )
         return values
 
     # -- errors ---------------------------------------------------------------------
