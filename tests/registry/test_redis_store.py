@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from redis_server import RedisServer, free_port
+from zmeshlib import Mesh
 from zmeshlib._exceptions import RegistryError
 from zmeshlib.identity.svid import Bundles
 from zmeshlib.registry import Registry, Unreadable, open_store
@@ -401,3 +402,39 @@ def test_the_policy_token_ignores_card_renewals_but_not_a_policy_written_elsewhe
     finally:
         reader.close()
         writer.close()
+
+
+def test_a_mesh_cannot_start_on_an_unreachable_redis_and_leaves_nothing(ca):
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    before = _listeners()
+    with pytest.raises(RegistryError, match=f"cannot reach Redis at {url}: Connection refused"):
+        Mesh(identity=ca.issue("spiffe://example.org/ns/shop/sa/orders"), registry=url)
+    eventually(lambda: _listeners() == before, "the failed Mesh's store closed")
+
+
+def test_a_follower_on_redis_is_woken_by_a_push_instead_of_polling(redis_url):
+    """With an interval of a minute the follower would poll once a minute: it applies a
+    push at once because the store's change feed wakes it, and closes at once."""
+    from zmeshlib import DevCA, Policy, publish_policy
+    from zmeshlib.policy.follower import PolicyFollower
+
+    ca = DevCA.create("example.org")
+    control = ca.issue("spiffe://example.org/ns/mesh/sa/control")
+    store = open_store(redis_url)
+    eventually(lambda: subscribed(store), "the store's feed")
+    applied: list[Policy] = []
+    follower = PolicyFollower(store, ["example.org/ns/mesh/sa/control"],
+                              bundles=lambda: ca.bundles, apply=applied.append,
+                              interval=60.0).start()  # fmt: skip
+    try:
+        pushed = time.monotonic()
+        publish_policy({"traffic": {"sim": {"timeout": "2s"}}}, identity=control,
+                       registry=redis_url)  # fmt: skip
+        assert follower.wait(1, timeout=5.0)
+        took = time.monotonic() - pushed
+        assert took < 1.0 and len(applied) == 1, took
+    finally:
+        start = time.monotonic()
+        follower.close()
+        assert time.monotonic() - start < 1.0  # woken, not waiting out its recheck
+        store.close()

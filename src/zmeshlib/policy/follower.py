@@ -21,6 +21,10 @@ Rules this module keeps:
   judged bytes again only when the trust bundles changed (a new bundles object)
   or, for ``not-yet-valid``, once their signing time is near. Bytes already
   applied are never judged again.
+* A store that says when its policy moved (``wait_policy``: Redis, whose
+  change feed moves it) is waited on instead of polled: followers then cost
+  nothing between pushes and see one at once; they still look every
+  ``NOTIFIED_RECHECK`` seconds, for trust changes the store cannot see.
 * Waiting costs no CPU (an event wait between polls, a condition for
   :meth:`PolicyFollower.wait`); :meth:`PolicyFollower.close` stops the thread
   and joins it.
@@ -54,6 +58,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zmeshlib.policy")
 
+# with a store that notifies, the longest a follower sleeps between looks: trust bundles
+# change without the store knowing, and a document signed ahead of the clock ripens
+NOTIFIED_RECHECK = 1.0
 _NEVER = object()  # a token no store returns: the first poll always reads
 
 
@@ -194,6 +201,9 @@ class PolicyFollower:
         self._stop.set()
         with self._changed:
             self._changed.notify_all()
+        wake = getattr(self._store, "wake_policy_waiters", None)
+        if wake is not None:
+            wake()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=max(5.0, 2 * self.interval))
@@ -207,7 +217,14 @@ class PolicyFollower:
     # -- internals ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        notified = getattr(self._store, "wait_policy", None)
+        while True:
+            if notified is not None:  # the store says when the policy moved (Redis)
+                notified(self._token, NOTIFIED_RECHECK, self._stop.is_set)
+                if self._stop.is_set():
+                    return
+            elif self._stop.wait(self.interval):
+                return
             try:
                 self.poll()
             except Exception:  # never let the follower die silently

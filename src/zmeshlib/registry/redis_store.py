@@ -74,6 +74,7 @@ DEFAULT_RESYNC = 10.0  # seconds between safety-net bumps of version()
 MAX_VALUE_SIZE = 1 << 20  # as DirStore's max_file_size
 SCAN_COUNT = 1000  # keys per SCAN step (a hint to the server)
 FETCH_BATCH = 256  # values per pipelined round trip of scan()
+UNSUBSCRIBED_WAIT = 0.1  # seconds wait_policy waits while the change feed is down
 MAX_CONNECTIONS = 32  # per store (and so per process and URL: RedisStore.shared)
 FAIL_FAST = 1.0  # seconds a failed connect answers later calls without I/O
 _PREFIX = re.compile(r"[A-Za-z0-9_.:{}/-]{1,64}")
@@ -193,6 +194,7 @@ class RedisStore:
         self._pattern = f"__keyspace@{self.db}__:{prefix}*"
         self._policy_event = f"__keyspace@{self.db}__:{self._policy}".encode()
         self._lock = threading.Lock()
+        self._policy_moved = threading.Condition(self._lock)  # wait_policy's waiters
         self._changes = 0
         self._policy_changes = 0  # the same, for the policy key alone
         self._subscribed = False
@@ -273,6 +275,7 @@ class RedisStore:
         with self._lock:
             self._changes += 1
             self._policy_changes += 1
+            self._policy_moved.notify_all()
 
     def get_policy(self) -> bytes | Unreadable | None:
         return self._call("read the signed policy", lambda: self._fetch([self._policy])[0])
@@ -326,6 +329,7 @@ class RedisStore:
             if self._closed:
                 return
             self._closed = True
+            self._policy_moved.notify_all()
         self._stop.set()
         os.write(self._wake_w, b"x")
         if threading.current_thread() is not self._listener:
@@ -338,6 +342,32 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore({self._shown!r}, prefix={self.prefix!r})"
+
+    def wait_policy(self, token: object, timeout: float, stop: Callable[[], bool]) -> None:
+        """Return once :meth:`policy_version` may have moved from ``token``, ``stop()``
+        holds (after :meth:`wake_policy_waiters`), or ``timeout`` seconds passed.
+
+        A policy follower waits here instead of polling: a fleet's followers then cost
+        nothing between pushes and see one at once. While the feed is down (``token``
+        is then no count) it waits at most ``UNSUBSCRIBED_WAIT``: the follower polls.
+        """
+        with self._policy_moved:
+            if not self._subscribed or not isinstance(token, int):
+                self._policy_moved.wait_for(
+                    lambda: stop() or self._closed, min(timeout, UNSUBSCRIBED_WAIT)
+                )
+                return
+            self._policy_moved.wait_for(
+                lambda: (
+                    stop() or self._closed or not self._subscribed or self._policy_changes != token
+                ),
+                timeout,
+            )
+
+    def wake_policy_waiters(self) -> None:
+        """Wake every :meth:`wait_policy` so that each checks its ``stop`` (a follower closing)."""
+        with self._policy_moved:
+            self._policy_moved.notify_all()
 
     # -- reading values, bounded -----------------------------------------------------
 
@@ -433,6 +463,7 @@ class RedisStore:
             finally:
                 with self._lock:
                     self._subscribed = False
+                    self._policy_moved.notify_all()  # waiters go back to polling meanwhile
                 try:
                     pubsub.close()
                 except Exception:
@@ -455,6 +486,7 @@ class RedisStore:
                     with self._lock:
                         self._changes += 1
                         self._policy_changes += 1
+                        self._policy_moved.notify_all()
                         if confirmed == want:
                             self._subscribed = True
                             self._down = None
@@ -466,6 +498,8 @@ class RedisStore:
                     with self._lock:
                         self._changes += 1
                         self._policy_changes += policy
+                        if policy:
+                            self._policy_moved.notify_all()
                 continue
             now = time.monotonic()
             if now >= next_tick:
@@ -473,6 +507,7 @@ class RedisStore:
                 with self._lock:
                     self._changes += 1
                     self._policy_changes += 1
+                    self._policy_moved.notify_all()
                 pubsub.ping()  # a dead connection shows itself on write
                 continue
             sock = getattr(pubsub.connection, "_sock", None)
