@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint format bench fuzz docs clean redis-server
+.PHONY: demo test lint format bench fuzz docs clean redis-server nftables
 
 FUZZ_SECONDS ?= 60
 
@@ -41,7 +41,18 @@ redis-server:
 	  fi; }
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is not on PATH" >&2; exit 1; }
 
-test: $(VENV)/.installed-dev redis-server
+# the network-fault tests (root only: they make network namespaces) drop packets and
+# redirect them with nftables: as root, install Debian's package when it is missing
+nftables:
+	@if [ "$$(id -u)" = 0 ] && ! command -v nft >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	  echo "nft is missing: installing Debian's nftables package for the network-fault tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q nftables >/dev/null 2>&1 \
+	    || { apt-get update -q && apt-get install -y -q nftables; } \
+	    || exit 1; \
+	fi
+
+test: $(VENV)/.installed-dev redis-server nftables
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests examples benchmarks
 	$(BIN)/mypy

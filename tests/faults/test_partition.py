@@ -238,6 +238,9 @@ def test_a_replica_losing_packets_costs_no_request_and_no_publication(tmp_path):
     inside its namespace; this kernel has no netem for latency): TCP retransmits what
     it can, per-try timeouts and retries cover what it cannot in time, and nothing is
     lost; the replica serves at full share again after the loss ends."""
+    reason = _can_make_namespaces()
+    if reason:
+        pytest.skip(reason)
     if shutil.which("nft") is None:
         pytest.fail("nft is missing: install Debian's nftables package (make test does)")
     result, phases = _experiment(

@@ -24,8 +24,10 @@ POLICY_B = Policy.from_dict(
 
 
 #: Made when the tests are collected, so an instant a test module takes at import lies
-#: inside the CA's validity.
+#: inside the validity of the CA and of these two identities.
 CA = DevCA.create("example.org")
+CONTROL_IDENTITY = CA.issue(CONTROL)
+ROGUE_IDENTITY = CA.issue(ROGUE)
 
 
 @pytest.fixture(scope="session")
@@ -34,10 +36,10 @@ def ca() -> DevCA:
 
 
 @pytest.fixture(scope="session")
-def control(ca: DevCA) -> Identity:
-    return ca.issue(CONTROL)
+def control() -> Identity:
+    return CONTROL_IDENTITY
 
 
 @pytest.fixture(scope="session")
-def rogue(ca: DevCA) -> Identity:
-    return ca.issue(ROGUE)
+def rogue() -> Identity:
+    return ROGUE_IDENTITY

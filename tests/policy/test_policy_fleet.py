@@ -75,9 +75,12 @@ def column(answers: list[dict[str, Any]], key: str) -> list[Any]:
     return [value for a in answers for value in a[key]]
 
 
-@pytest.fixture(params=["dir"])
+@pytest.fixture(params=["dir", "redis"])
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The shared registry the fleet follows (one parameter per shared store kind)."""
+    """The shared registry the fleet follows (one parameter per shared store kind; redis://
+    is a real redis-server of the test's own)."""
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_url"))
     return f"dir://{tmp_path / 'registry'}"
 
 

@@ -43,7 +43,7 @@ def doc(control: Identity) -> SignedPolicy:
 
 @pytest.mark.parametrize("key", ["ec-p256", "ec-p384", "rsa-2048", "ed25519"])
 def test_round_trip_for_every_key_type(ca: DevCA, key: str) -> None:
-    svid = ca.issue_svid(CONTROL, key=key)
+    svid = ca.issue_svid(CONTROL, key=key, not_before=NOW)
     signed = SignedPolicy.sign(POLICY_B, svid, version=3, now=NOW)
     data = signed.to_bytes()
     assert data.startswith(dist.MAGIC + bytes([dist.FORMAT]))
@@ -188,10 +188,10 @@ def test_older_and_equal_versions_are_refused(doc: SignedPolicy, ca: DevCA) -> N
 
 
 def test_a_signature_of_other_bytes_is_refused(doc: SignedPolicy, ca: DevCA) -> None:
-    other = SignedPolicy.sign(POLICY_A, ca.issue_svid(CONTROL), version=7, now=NOW)
+    other = SignedPolicy.sign(POLICY_A, ca.issue_svid(CONTROL, not_before=NOW), version=7, now=NOW)
     assert reason(attrs.evolve(doc, signature=other.signature), ca.bundles) == "bad-signature"
     # the leaf's key signs, so another key's signature over the same bytes is refused too
-    stranger = ca.issue_svid(CONTROL)
+    stranger = ca.issue_svid(CONTROL, not_before=NOW)
     swapped = attrs.evolve(doc, signature=sign_with(stranger.private_key, doc.signed_bytes()))
     assert reason(swapped, ca.bundles) == "bad-signature"
 
