@@ -20,7 +20,10 @@ Rules this module keeps:
   (:mod:`zmeshlib.identity._signed`, as for cards), so it cannot be downgraded.
 * Pure: :meth:`SignedPolicy.verify` takes the trust bundles, the signer
   patterns, the version already applied and the clock; it reads nothing else.
-  Only :func:`publish_policy` does I/O.
+  Only :func:`publish_policy` does I/O. What follows from the bytes alone (the
+  signature, the chain at the signing time, the rebuild) is remembered per
+  process (:mod:`zmeshlib.policy._verdicts`): the Meshes of a process judge a
+  push once. The clock, the signers and the version are checked every call.
 * Decoding any bytes raises only :class:`~zmeshlib.SignedPolicyError`, and
   verifying any decoded document too; the policy inside is parsed only after
   its signature, chain and signer were accepted.
@@ -100,6 +103,7 @@ from ._patterns import PatternIndex, parse_pattern
 from ._reader import Reader as DocumentReader
 from ._reader import reported
 from ._rebuild import policy_from_canonical
+from ._verdicts import VERDICTS
 from .model import Policy, canonical_bytes, istio_form
 
 if TYPE_CHECKING:
@@ -370,29 +374,11 @@ class SignedPolicy:
             now = time.time()
         signers = Signers.coerce(signers)
         signed = self.signed_bytes()
-        try:
-            leaf_key = self.certificates[0].public_key()
-            verify_with(leaf_key, self.signature, signed, what="policy", rule="key-type")
-        except (InvalidSignature, IdentityError, ValueError, UnsupportedAlgorithm) as e:
-            raise SignedPolicyError(
-                "the signed policy's signature does not verify with its SVID's key: it was "
-                f"altered or signed by another key ({type(e).__name__})",
-                reason="bad-signature",
-            ) from None
-        try:
-            signer = verify_chain(self.certificates, bundles, at=self.signed_at)
-        except IdentityError as e:
-            if e.rule in ("expired", "not-yet-valid"):
-                raise SignedPolicyError(
-                    f"the SVID that signed policy version {self.version} was not valid when "
-                    f"the document says it was signed ({_iso(self.signed_at)}): {e}",
-                    reason="expired",
-                ) from None
-            raise SignedPolicyError(
-                f"the SVID that signed policy version {self.version} is not trusted here "
-                f"(rule {e.rule}): {e}",
-                reason="untrusted",
-            ) from None
+        signer = VERDICTS.judge(
+            ("chain", hashlib.sha256(signed + self.signature).digest()),
+            bundles,
+            lambda: self._authenticate(signed, bundles),
+        )
         if self.signed_at > now + MAX_CLOCK_SKEW:
             raise SignedPolicyError(
                 f"policy version {self.version} by {signer} says it was signed at "
@@ -412,6 +398,40 @@ class SignedPolicy:
                 f"{applied}, in force; to roll back, publish the old policy with a newer version",
                 reason="older",
             )
+        policy = VERDICTS.judge(
+            ("policy", hashlib.sha256(self.policy_bytes).digest() + str(signer).encode()),
+            None,
+            lambda: self._rebuild(signer),
+        )
+        return Verified(policy, self.version, signer, self.signed_at)
+
+    def _authenticate(self, signed: bytes, bundles: Bundles) -> SpiffeId:
+        """The signer, once the signature and the chain at the signing time verify."""
+        try:
+            leaf_key = self.certificates[0].public_key()
+            verify_with(leaf_key, self.signature, signed, what="policy", rule="key-type")
+        except (InvalidSignature, IdentityError, ValueError, UnsupportedAlgorithm) as e:
+            raise SignedPolicyError(
+                "the signed policy's signature does not verify with its SVID's key: it was "
+                f"altered or signed by another key ({type(e).__name__})",
+                reason="bad-signature",
+            ) from None
+        try:
+            return verify_chain(self.certificates, bundles, at=self.signed_at)
+        except IdentityError as e:
+            if e.rule in ("expired", "not-yet-valid"):
+                raise SignedPolicyError(
+                    f"the SVID that signed policy version {self.version} was not valid when "
+                    f"the document says it was signed ({_iso(self.signed_at)}): {e}",
+                    reason="expired",
+                ) from None
+            raise SignedPolicyError(
+                f"the SVID that signed policy version {self.version} is not trusted here "
+                f"(rule {e.rule}): {e}",
+                reason="untrusted",
+            ) from None
+
+    def _rebuild(self, signer: SpiffeId) -> Policy:
         try:
             policy = policy_from_canonical(self.policy_bytes)
         except PolicyError as e:
@@ -420,7 +440,7 @@ class SignedPolicy:
                 reason="invalid-policy",
             ) from None
         _check_lockout(policy, signer)
-        return Verified(policy, self.version, signer, self.signed_at)
+        return policy
 
 
 def _check_version(version: object) -> None:

@@ -21,6 +21,10 @@ Rules this module keeps:
   judged bytes again only when the trust bundles changed (a new bundles object)
   or, for ``not-yet-valid``, once their signing time is near. Bytes already
   applied are never judged again.
+* A store that can share one read among the process's followers
+  (``policy_at(token)``: Redis) is read through it: a push costs Redis one
+  read per process, and each follower judges the bytes through the process's
+  remembered verdicts (:mod:`zmeshlib.policy._verdicts`), so one verification.
 * A store that says when its policy moved (``wait_policy``: Redis, whose
   change feed moves it) is waited on instead of polled: followers then cost
   nothing between pushes and see one at once; they still look every
@@ -175,7 +179,7 @@ class PolicyFollower:
                 token = self._store.policy_version()
                 if token == self._token and not self._judge_again(bundles):
                     return False
-                data = self._store.get_policy()
+                data = self._read(token)
                 if data is not None and not isinstance(data, bytes):
                     raise RegistryError(
                         f"the store's signed policy cannot be read: {getattr(data, 'reason', data)}"
@@ -229,6 +233,12 @@ class PolicyFollower:
                 self.poll()
             except Exception:  # never let the follower die silently
                 log.exception("the signed policy follower failed to poll")
+
+    def _read(self, token: object) -> object:
+        """The store's document as of ``token``: shared with the process's other followers
+        where the store can (``policy_at``: Redis), else read."""
+        shared = getattr(self._store, "policy_at", None)
+        return shared(token) if shared is not None else self._store.get_policy()
 
     def _judge_again(self, bundles: Bundles) -> bool:
         """Whether the refused bytes deserve another verdict without a store change."""

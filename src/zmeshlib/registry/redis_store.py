@@ -197,6 +197,8 @@ class RedisStore:
         self._policy_moved = threading.Condition(self._lock)  # wait_policy's waiters
         self._changes = 0
         self._policy_changes = 0  # the same, for the policy key alone
+        self._policy_read: tuple[int, bytes | None] | None = None  # at which policy count
+        self._policy_read_lock = threading.Lock()
         self._subscribed = False
         self._down: tuple[float, str] | None = None  # (monotonic time, message) of a failure
         self._own: dict[str, tuple[bytes, float]] = {}  # cards put here: bytes, expiry
@@ -279,6 +281,26 @@ class RedisStore:
 
     def get_policy(self) -> bytes | Unreadable | None:
         return self._call("read the signed policy", lambda: self._fetch([self._policy])[0])
+
+    def policy_at(self, token: object) -> bytes | Unreadable | None:
+        """The stored document as of ``token`` (what :meth:`policy_version` returned) or
+        later: read from Redis once per move of the policy count while the change feed
+        runs, however many policy followers ask at once (the Meshes of a process sharing
+        this store read a push once between them, not once each); else
+        :meth:`get_policy`. A writer reads with :meth:`get_policy`, never from memory."""
+        with self._policy_read_lock:  # one read at a time: the others then find it
+            with self._lock:
+                current = self._policy_changes if self._subscribed else None
+                cached = self._policy_read
+            if current is None or not isinstance(token, int) or token > current:
+                return self.get_policy()
+            if cached is not None and cached[0] == current:
+                return cached[1]
+            value = self.get_policy()  # read after ``current`` was counted: a later
+            if not isinstance(value, Unreadable):  # write moves the count again
+                with self._lock:
+                    self._policy_read = (current, value)
+            return value
 
     def version(self) -> object:
         with self._lock:

@@ -351,6 +351,14 @@ class Registry:
             self._check_open()
         self.store.delete(key_id)
 
+    def holds(self, card: Card) -> bool:
+        """Whether the store holds exactly ``card`` (its bytes: a workload checking that its
+        own card is still there needs no verification). Raises RegistryError when the
+        store cannot be read, which is not the same as "gone"."""
+        with self._lock:
+            self._check_open()
+        return self.store.get(card.key_id) == card.to_bytes()
+
     # -- lookups -----------------------------------------------------------------
 
     def by_key(self, curve_key: bytes | str) -> Card | None:

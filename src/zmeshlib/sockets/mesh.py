@@ -48,7 +48,7 @@ from typing import Any
 
 import zmq
 
-from .._exceptions import Closed, IdentityError, MeshError, PolicyError
+from .._exceptions import Closed, IdentityError, MeshError, PolicyError, RegistryError
 from .._models import Endpoint, SocketKind
 from ..identity.card import Card, chain_window
 from ..identity.source import Identity
@@ -327,6 +327,7 @@ class Mesh:
         does not stop the lease: the card is renewed until the SVID itself ends.
         """
         next_card_check = time.monotonic() + CARD_CHECK_INTERVAL
+        store_retry_at = 0.0  # after the store refused a card write: not before then
         while not self._stop.wait(self._keeper_wait(next_card_check)):
             ident = self.identity
             if ident is None:
@@ -335,10 +336,24 @@ class Mesh:
                 if ident.renewal_due() and ident.renew():
                     log.info("SVID of %s rotated", ident.spiffe_id)  # on_rotate re-published
                 elif self._lease_renewal_at() <= time.time():
-                    self._publish_card()
+                    if time.monotonic() >= store_retry_at:
+                        self._publish_card()
                 elif time.monotonic() >= next_card_check:
                     next_card_check = time.monotonic() + CARD_CHECK_INTERVAL
                     self._check_card()
+            except RegistryError as e:
+                store_retry_at = time.monotonic() + CARD_CHECK_INTERVAL
+                self._limited.log(
+                    logging.WARNING,
+                    "card-renewal",
+                    "could not renew this workload's card in the registry (trying again "
+                    "every %.0f s; its lease ends %s): %s",
+                    CARD_CHECK_INTERVAL,
+                    time.strftime("%H:%M:%S", time.localtime(self.card.not_after))
+                    if self.card is not None
+                    else "now",
+                    e,
+                )
             except MeshError as e:
                 log.error("identity renewal failed, keeping the current SVID: %s", e)
 
@@ -372,7 +387,11 @@ class Mesh:
         card = self.card
         if card is None:
             return
-        if self.registry.by_key(self.curve_public) != card:
+        try:
+            held = self.registry.holds(card)
+        except RegistryError:
+            return  # the store is away, which is not "lost" (the registry says so itself)
+        if not held:
             log.warning("the registry lost this workload's card; publishing it again")
             self._publish_card()
 
