@@ -3,6 +3,7 @@
 Usage: python _workload.py replica NAME ADDRESS CA_DIR REGISTRY_URL POLICY_JSON
        python _workload.py client CA_DIR REGISTRY_URL POLICY_JSON
        python _workload.py subscriber CA_DIR REGISTRY_URL POLICY_JSON
+       python _workload.py writer CA_DIR REGISTRY_URL POLICY_JSON
 
 A replica serves ``payment`` at ADDRESS, answering each request with its NAME,
 publishes a number every 5 ms on ``ticks.NAME`` (service ``ticks``), and
@@ -14,6 +15,10 @@ each publication heard as ``[wall time, topic, number]``,
 and its threads and open file descriptors when it started and when it ended.
 A subscriber listens to ``ticks``, prints ``READY`` at its first publication
 and then reads until it is killed (it is there to die mid-stream).
+A writer writes to the registry until it is killed (it is there to die mid-write):
+it binds a REP socket of ``payment`` and closes it, over and over (each a card
+write), and every tenth time publishes the policy signed as the mesh's control
+workload, with the next version; it prints ``READY`` after its first round.
 """
 
 from __future__ import annotations
@@ -131,6 +136,24 @@ def subscriber(ca_dir: str, registry: str, policy: str) -> int:
             sub.recv(timeout=30)
 
 
+def writer(ca_dir: str, registry: str, policy: str) -> int:
+    ca = zmeshlib.DevCA.load(ca_dir)
+    control = ca.issue("spiffe://example.org/ns/mesh/sa/control")
+    document = zmeshlib.Policy.from_dict(json.loads(policy))
+    with zmeshlib.Mesh(identity=ca.issue("spiffe://example.org/ns/shop/sa/payment"),
+                       registry=registry, policy=document) as mesh:  # fmt: skip
+        for round in range(1_000_000):  # until killed
+            rep = mesh.socket(zmq.REP)
+            rep.bind("tcp://127.0.0.1:0", service="payment")
+            rep.close()
+            if round % 10 == 0:
+                zmeshlib.publish_policy(document, identity=control, registry=mesh.registry)
+            if round == 0:
+                print("READY", flush=True)
+    return 0
+
+
 if __name__ == "__main__":
     role, *args = sys.argv[1:]
-    sys.exit({"replica": replica, "client": client, "subscriber": subscriber}[role](*args))
+    roles = {"replica": replica, "client": client, "subscriber": subscriber, "writer": writer}
+    sys.exit(roles[role](*args))
