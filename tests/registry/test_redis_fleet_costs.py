@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import zmq
 
 from zmeshlib import DevCA, Mesh, Policy, publish_policy
 from zmeshlib.policy import distribution
@@ -109,3 +110,62 @@ def _holds(mesh: Mesh) -> bool:
         return mesh.card is not None and mesh.registry.holds(mesh.card)
     except Exception:
         return False
+
+
+def calls(redis_server: Any, command: str) -> int:
+    stats = redis_server.client().info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_an_index_is_patched_with_the_cards_that_changed_not_read_again(
+    redis_server, ca, svids, sign_card
+):
+    """A fleet renews its cards all the time: after a renewal and a withdrawal elsewhere,
+    a service lookup reads those two cards, not all 100; a change the feed cannot name
+    (cards written back after a restart) makes it read everything again."""
+    from zmeshlib.registry import Registry
+    from zmeshlib.registry.redis_store import RedisStore
+
+    from .conftest import ORDERS, PAYMENT
+
+    writer = RedisStore(redis_server.url)  # another process's store, as far as Redis knows
+    pairs = [zmq.curve_keypair() for _ in range(100)]
+
+    def card(i: int) -> Any:
+        labels = {"service": "orders"} if i % 10 == 0 else {}
+        return sign_card(svids[ORDERS if i % 10 == 0 else PAYMENT], *pairs[i], labels=labels,
+                         ttl=60)  # fmt: skip
+
+    cards = [card(i) for i in range(100)]
+    for c in cards:
+        writer.put(c.key_id, c.to_bytes())
+    reader_store = RedisStore(redis_server.url)
+    registry = Registry(reader_store, bundles=ca.bundles)
+    try:
+        eventually(lambda: reader_store.changed_keys(reader_store.version()) == frozenset(),
+                   "the reader's feed")  # fmt: skip
+        assert len(registry.by_service("orders")) == 10  # the first read: every card
+
+        renewed = card(10)
+        token = reader_store.version()
+        reads, scans = calls(redis_server, "getrange"), calls(redis_server, "scan")
+        writer.put(renewed.key_id, renewed.to_bytes())
+        writer.delete(cards[20].key_id)
+        eventually(lambda: reader_store.changed_keys(token) == {renewed.key_id,
+                   cards[20].key_id}, "both changes named by the feed")  # fmt: skip
+        found = registry.by_service("orders")
+        assert renewed in found and cards[10] not in found and cards[20] not in found
+        assert len(found) == 9
+        assert calls(redis_server, "getrange") - reads == 2  # the two cards, nothing else
+        assert calls(redis_server, "scan") == scans
+
+        token = reader_store.version()
+        redis_server.client().publish("zmeshlib:changes", "restored")  # names no card
+        eventually(lambda: reader_store.version() != token, "the note to arrive")
+        assert reader_store.changed_keys(token) is None
+        assert len(registry.by_service("orders")) == 9
+        assert calls(redis_server, "scan") > scans  # read again, whole
+    finally:
+        registry.close()
+        reader_store.close()  # a store given to a Registry stays its giver's to close
+        writer.close()

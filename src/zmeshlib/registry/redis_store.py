@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from .._exceptions import RegistryError
+from ._changes import NO_CARD, UNKNOWN, ChangeLog
 from .stores import DEFAULT_LEASE, Unreadable, check_key_id
 
 if TYPE_CHECKING:
@@ -193,10 +194,11 @@ class RedisStore:
         self._channel = f"{prefix}changes"
         self._pattern = f"__keyspace@{self.db}__:{prefix}*"
         self._policy_event = f"__keyspace@{self.db}__:{self._policy}".encode()
+        self._card_event = f"__keyspace@{self.db}__:{self._cards}".encode()
         self._lock = threading.Lock()
         self._policy_moved = threading.Condition(self._lock)  # wait_policy's waiters
-        self._changes = 0
-        self._policy_changes = 0  # the same, for the policy key alone
+        self._changes = ChangeLog()  # every change, and which card it touched
+        self._policy_changes = 0  # the same count, for the policy key alone
         self._policy_read: tuple[int, bytes | None] | None = None  # at which policy count
         self._policy_read_lock = threading.Lock()
         self._subscribed = False
@@ -228,7 +230,7 @@ class RedisStore:
         self._call(f"write card {key_id}", write)
         with self._lock:
             self._own[key_id] = (data, time.monotonic() + self.lease)
-            self._changes += 1
+            self._changes.moved(key_id)
 
     def delete(self, key_id: str) -> None:
         key = self._cards + check_key_id(key_id)
@@ -243,7 +245,7 @@ class RedisStore:
         with self._lock:
             self._own.pop(key_id, None)
             if removed:
-                self._changes += 1
+                self._changes.moved(key_id)
 
     def get(self, key_id: str) -> bytes | Unreadable | None:
         key = self._cards + check_key_id(key_id)
@@ -266,6 +268,25 @@ class RedisStore:
 
         return iter(self._call("list the cards", read_all))
 
+    def get_many(self, key_ids: list[str]) -> list[bytes | Unreadable | None]:
+        """The values of ``key_ids``, in order, in pipelined batches (as ``scan`` reads)."""
+        keys = [self._cards + check_key_id(k) for k in key_ids]
+
+        def read() -> list[bytes | Unreadable | None]:
+            found: list[bytes | Unreadable | None] = []
+            for start in range(0, len(keys), FETCH_BATCH):
+                found += self._fetch(list(keys[start : start + FETCH_BATCH]))
+            return found
+
+        return self._call("read cards", read)
+
+    def changed_keys(self, token: object) -> frozenset[str] | None:
+        """The card key ids written or deleted after ``token`` (what :meth:`version`
+        returned), or None when that cannot be told (the feed was down, a resync,
+        cards written back after a restart, changes older than the store keeps)."""
+        with self._lock:
+            return self._changes.since(token) if self._subscribed else None
+
     def put_policy(self, data: bytes) -> None:
         def write() -> None:
             with self._client.pipeline(transaction=True) as pipe:
@@ -275,7 +296,7 @@ class RedisStore:
 
         self._call("write the signed policy", write)
         with self._lock:
-            self._changes += 1
+            self._changes.moved(NO_CARD)
             self._policy_changes += 1
             self._policy_moved.notify_all()
 
@@ -306,7 +327,7 @@ class RedisStore:
         with self._lock:
             if not self._subscribed:
                 return object()  # nobody is listening: always "changed"
-            return self._changes
+            return self._changes.count
 
     def policy_version(self) -> object:
         """As :meth:`version`, moving only for the policy key: the many card renewals of
@@ -506,7 +527,7 @@ class RedisStore:
                 if kind in want:
                     confirmed.add(kind)
                     with self._lock:
-                        self._changes += 1
+                        self._changes.moved(UNKNOWN)  # what changed while away is unknown
                         self._policy_changes += 1
                         self._policy_moved.notify_all()
                         if confirmed == want:
@@ -517,8 +538,9 @@ class RedisStore:
                         confirmed = set()  # a reconnect inside redis-py confirms again
                 elif kind in (b"message", b"pmessage"):
                     policy = self._about_policy(kind, message)
+                    touched = NO_CARD if policy else self._touched(kind, message)
                     with self._lock:
-                        self._changes += 1
+                        self._changes.moved(touched)
                         self._policy_changes += policy
                         if policy:
                             self._policy_moved.notify_all()
@@ -527,7 +549,7 @@ class RedisStore:
             if now >= next_tick:
                 next_tick = now + self.resync
                 with self._lock:
-                    self._changes += 1
+                    self._changes.moved(UNKNOWN)  # a write outside zmeshlib may be anywhere
                     self._policy_changes += 1
                     self._policy_moved.notify_all()
                 pubsub.ping()  # a dead connection shows itself on write
@@ -545,6 +567,19 @@ class RedisStore:
         if kind == b"message":
             return bool(message.get("data") == b"policy")
         return bool(message.get("channel") == self._policy_event)
+
+    def _touched(self, kind: bytes, message: dict[str, Any]) -> str | None:
+        """The key id a card change message names (``put ID``, ``delete ID``, a keyspace
+        event on a card key), or UNKNOWN (``restored``, anything else)."""
+        if kind == b"message":
+            verb, _, key_id = bytes(message.get("data") or b"").partition(b" ")
+            if verb in (b"put", b"delete"):
+                return _key_id(key_id, 0) or UNKNOWN
+            return UNKNOWN
+        channel = message.get("channel")
+        if isinstance(channel, bytes) and channel.startswith(self._card_event):
+            return _key_id(channel, len(self._card_event)) or UNKNOWN
+        return UNKNOWN
 
     def _restore(self) -> None:
         """Write back the cards this store put, where Redis lost them (a restart)."""
