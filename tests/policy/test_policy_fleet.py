@@ -121,11 +121,14 @@ def test_a_signed_policy_reaches_40_workloads_in_two_processes_within_a_second(
 
     store = open_store(registry_url)
     old = store.get_policy()
+    store.close()
     assert isinstance(old, bytes)
     assert publish_policy(second, identity=control, registry=registry_url) == 2
     assert column(ask_all(fleet, wait=2, timeout=10.0), "revisions") == [second.revision] * 40
 
+    store = open_store(registry_url)
     store.put_policy(old)  # version 1 again, genuinely signed: a replay
+    store.close()
     refused = ask_all(fleet, refused="older", count=1, timeout=10.0)
     assert [c.get("older") for c in column(refused, "counts")] == [1] * 40
     assert column(refused, "versions") == [2] * 40
