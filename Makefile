@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# mkdocs-material prints a banner about its successor at every build: not in our output
+export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: demo test lint format bench fuzz docs clean redis-server nftables
 
