@@ -284,7 +284,9 @@ def test_redis_writers_killed_mid_write_leave_only_whole_cards_and_policies(tmp_
             f"{len(cards)} live cards, all verified; the stored policy is version "
             f"{verified.version}, whole; rejected: {reg.rejected()}"
         )
-        assert reg.rejected() == {}  # nothing half-written, nothing that fails to verify
+        # nothing half-written, nothing that fails to verify: at most a card whose window
+        # closed a moment before Redis's TTL removed it (it was signed just before written)
+        assert set(reg.rejected().values()) <= {"card-expired"}, reg.rejected()
         assert verified.version >= kills  # each writer published at least once
         deadline = time.monotonic() + 2.0 + 2.0  # the lease, and the slack the issue allows
         while reg.by_service("payment"):
