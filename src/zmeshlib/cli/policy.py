@@ -5,6 +5,8 @@ line for each finding of :func:`~zmeshlib.policy.analyze` (exit status 0), or
 every problem with its path (exit status 1), so it fits in CI before a rollout.
 ``zmesh policy decide FILE PRINCIPAL ACTION SERVICE RESOURCE`` prints the
 decision and the sentence that explains it (exit status 1 when denied).
+``zmesh policy explain`` (same arguments) adds every authorization policy's part
+in the decision and, for a call, the route and the settings the request gets.
 
 ``zmesh policy push FILE --registry URL`` signs FILE and puts it in the
 registry, where every ``Mesh.follow_policy`` that lists the signer applies it
@@ -38,6 +40,7 @@ from ..identity.source import Identity
 from ..identity.spiffe_id import SpiffeId
 from ..policy import ACTIONS, Policy, analyze, publish_policy
 from ..policy.distribution import MAX_VERSION
+from ..policy.explain import explain
 from .ca import BUNDLE_FILE, SVID_FILE, SVID_KEY_FILE, _duration
 
 #: How long the SVID ``push --dir`` issues for the signer lives (it signs once).
@@ -60,6 +63,19 @@ def register(subparsers: Any) -> None:
     decide.add_argument("resource", help="topic (publish, subscribe) or method (call)")
     decide.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
     decide.set_defaults(func=decide_command)
+
+    explain = sub.add_parser(
+        "explain",
+        help="explain one decision: every authorization policy's part, and for a call the "
+        "route, split, retries and timeouts it would get",
+    )
+    explain.add_argument("file", help="policy file (.yaml, .yml, .toml or .json)")
+    explain.add_argument("principal", help="SPIFFE ID of the peer, or 'anonymous'")
+    explain.add_argument("action", choices=ACTIONS)
+    explain.add_argument("service", help="service whose socket the operation goes through")
+    explain.add_argument("resource", help="topic (publish, subscribe) or method (call)")
+    explain.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
+    explain.set_defaults(func=explain_command)
 
     push = sub.add_parser(
         "push", help="sign a policy file and publish it to the registry (follow_policy)"
@@ -150,6 +166,20 @@ def decide_command(args: argparse.Namespace) -> int:
     if decision.audited:
         print(f"  audited by: {', '.join(decision.audited)}")
     return 0 if decision.allowed else 1
+
+
+def explain_command(args: argparse.Namespace) -> int:
+    try:
+        policy = Policy.load(args.file)
+        principal = None if args.principal == "anonymous" else SpiffeId.coerce(args.principal)
+    except (PolicyError, IdentityError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    headers = dict(h.partition("=")[::2] for h in args.header)
+    found = explain(policy, principal, args.action, args.service, args.resource, headers)
+    for line in found.lines():
+        print(line)
+    return 0 if found.decision.allowed else 1
 
 
 def _push_error(message: str) -> int:
