@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
 pytestmark = pytest.mark.slow
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -95,5 +100,10 @@ def test_the_install_and_make_commands_are_the_ones_the_repository_has():
     assert all(
         re.search(rf"^{target}:", makefile, re.M) for target in ("demo", "test", "bench", "docs")
     )
-    assert commands(1) == ["pip install .", "pip install '.[spiffe]'"]
-    assert "spiffe" in (root / "pyproject.toml").read_text()
+    installs = commands(1)
+    assert installs[:2] == ["pip install .", "pip install '.[spiffe]'"]
+    extras = [re.search(r"\[(\w+)\]", c).group(1) for c in installs[1:]]  # type: ignore[union-attr]
+    assert extras == ["spiffe", "redis", "prometheus", "dev"]
+    with open(root / "pyproject.toml", "rb") as f:
+        declared = tomllib.load(f)["project"]["optional-dependencies"]
+    assert sorted(declared) == sorted(extras)  # every extra is documented, and only those
