@@ -109,16 +109,24 @@ def test_nothing_is_fetched_from_the_network(site: Path, pages: dict[Path, Page]
 
 
 def test_code_is_highlighted_at_build_time(site: Path, pages: dict[Path, Page]) -> None:
-    for name in ("index.html", "sockets/index.html", "policy/index.html"):
+    for name in ("index.html", "sockets/index.html", "policy/index.html", "quickstart/index.html"):
         assert pages[site / name].token_spans > 20, f"{name} has no highlighted code"
 
 
 def test_the_search_index_covers_the_pages(site: Path) -> None:
     index = json.loads((site / "search" / "search_index.json").read_text(encoding="utf-8"))
     locations = {doc["location"].split("#")[0] for doc in index["docs"]}
-    for page in ("", "sockets/", "policy/", "operations/", "api/"):
+    for page in ("", "install/", "quickstart/", "concepts/", "sockets/", "policy/",
+                 "operations/", "troubleshooting/", "comparison/", "api/", "changelog/"):  # fmt: skip
         assert page in locations, page
     assert any("follow_policy" in doc["text"] for doc in index["docs"])
+    # the pages made of the README's sections hold them (the README's code runs in its test)
+    quickstart = next(d for d in index["docs"] if d["location"] == "quickstart/")
+    assert "zmesh ca init" in quickstart["text"] or any(
+        "zmesh ca init" in d["text"]
+        for d in index["docs"]
+        if d["location"].startswith("quickstart/")
+    )
 
 
 @pytest.mark.parametrize(
