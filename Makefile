@@ -19,7 +19,7 @@ $(VENV)/.installed-dev: pyproject.toml setup.py $(wildcard src/zmeshlib/*.c src/
 	touch $@
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard src/zmeshlib/*.c src/zmeshlib/*/*.c) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -8,6 +8,7 @@ the run to fail, which proves the checks can fail.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -113,8 +114,8 @@ def test_examples_on_the_pure_python_frame_mover(name: str) -> None:
     assert check.stdout.strip() == "False False", check.stderr
 
 
-def test_zmesh_demo_runs_both(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo"]) == 0
+def test_zmesh_demo_all_runs_both_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "all"]) == 0
     out = capsys.readouterr().out
     assert_pubsub(out)
     assert_reqrep(out)
@@ -127,7 +128,7 @@ def test_zmesh_demo_runs_both(capsys: pytest.CaptureFixture[str]) -> None:
 def test_zmesh_demo_runs_on_redis(capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
     import redis
 
-    assert main(["demo", "--registry", redis_url]) == 0
+    assert main(["demo", "all", "--registry", redis_url]) == 0
     out = capsys.readouterr().out
     assert_pubsub(out)
     assert_reqrep(out)
@@ -137,6 +138,68 @@ def test_zmesh_demo_runs_on_redis(capsys: pytest.CaptureFixture[str], redis_url:
     # there), and every one withdrew its card when it closed
     assert prefix.startswith("zmesh-demo-")
     assert redis.Redis.from_url(redis_url).keys(f"{prefix}card:*") == []
+
+
+BEHAVIOURS = (
+    "pub/sub by principal",
+    "request/reply by principal",
+    "work queue",
+    "rogue refused at each door",
+    "flaky replica retried and ejected",
+    "90/10 canary split",
+    "policy changed live",
+    "one trace across four services",
+)
+
+
+def test_zmesh_demo_is_the_coffee_shop_and_shows_every_behaviour(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The default demo: seven processes; it exits 0 only with every behaviour shown, and
+    writes the run's spans, in which one order's trace crosses four services."""
+    spans_file = tmp_path / "spans.json"
+    assert main(["demo", "--trace-out", str(spans_file)]) == 0
+    out = capsys.readouterr().out
+    for behaviour in BEHAVIOURS:
+        assert re.search(rf"^│ {re.escape(behaviour)}\s+│ yes ", out, re.M), behaviour
+    assert "coffee shop: every behaviour showed" in out
+    for door in ("subscribe orders.*", "call payment.charge", "push to brew"):
+        assert f"rogue      {door}: refused" in out
+    spans = json.loads(spans_file.read_text())
+    services: dict[str, set[str]] = {}
+    for span in spans:
+        services.setdefault(span["trace_id"], set()).add(span["service"])
+    assert any({"order", "inventory", "barista"} <= found and any(
+        s.startswith("payment-") for s in found) for found in services.values())  # fmt: skip
+
+
+def test_the_coffee_shop_draws_its_followed_trace(tmp_path: Path) -> None:
+    from zmeshlib.cli import coffee
+
+    picture = tmp_path / "trace.svg"
+    screen = coffee.Screen(live_table=False)
+    assert coffee.run(registry=None, timeout=60, log_level=40, trace_out=str(picture),
+                      screen=screen) == 0  # fmt: skip
+    svg = picture.read_text()
+    assert svg.startswith("<svg") and "order " in svg and "process brew" in svg
+
+
+def test_the_coffee_shop_runs_on_redis(capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
+    import redis
+
+    assert main(["demo", "--registry", redis_url]) == 0
+    out = capsys.readouterr().out
+    assert "coffee shop: every behaviour showed" in out
+    prefix = re.search(r"registry redis://\S+prefix=(\S+)", out).group(1)  # type: ignore[union-attr]
+    assert redis.Redis.from_url(redis_url).keys(f"{prefix}card:*") == []
+
+
+def test_a_behaviour_that_did_not_show_is_reported_and_fails_the_run() -> None:
+    from zmeshlib.cli import coffee
+
+    results = coffee.Tally().behaviours(None)  # nothing happened
+    assert [name for name, _, _ in results] == list(BEHAVIOURS)
+    assert not any(ok for _, ok, _ in results)
 
 
 def test_zmesh_demo_on_an_unreachable_registry_says_so(capsys: pytest.CaptureFixture[str]) -> None:

@@ -48,7 +48,7 @@ def test_the_wheel_holds_the_package_its_types_and_license_and_no_compiled_code(
     assert not [n for n in names if n.endswith(".so")]  # no compiler: nothing compiled
     assert meta["Version"] == zmeshlib.__version__
     assert meta["License-Expression"] == "Apache-2.0"
-    assert set(meta.get_all("Provides-Extra")) >= {"spiffe", "redis", "prometheus", "dev"}
+    assert set(meta.get_all("Provides-Extra")) >= {"spiffe", "redis", "prometheus", "demo", "dev"}
     assert "Typing :: Typed" in meta.get_all("Classifier")
 
 

@@ -103,7 +103,7 @@ def test_the_install_and_make_commands_are_the_ones_the_repository_has():
     installs = commands(1)
     assert installs[:2] == ["pip install .", "pip install '.[spiffe]'"]
     extras = [re.search(r"\[(\w+)\]", c).group(1) for c in installs[1:]]  # type: ignore[union-attr]
-    assert extras == ["spiffe", "redis", "prometheus", "dev"]
+    assert extras == ["spiffe", "redis", "prometheus", "demo", "dev"]
     with open(root / "pyproject.toml", "rb") as f:
         declared = tomllib.load(f)["project"]["optional-dependencies"]
     assert sorted(declared) == sorted(extras)  # every extra is documented, and only those

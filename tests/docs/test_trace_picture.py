@@ -23,6 +23,19 @@ def test_the_picture_is_the_rendering_of_the_spans():
     assert (ASSETS / "trace.svg").read_text() == waterfall_svg(spans, TITLE)
 
 
+def test_the_coffee_shop_picture_is_the_rendering_of_its_spans():
+    """docs/examples.md's picture: one order of ``zmesh demo``, whose charge was retried
+    from the flaky replica to a healthy one (spans written by ``--trace-out``)."""
+    from zmeshlib.cli.coffee import TRACE_TITLE
+
+    spans = json.loads((ASSETS / "coffee-trace.json").read_text())
+    assert len({s["trace_id"] for s in spans}) == 1
+    assert {"order", "inventory", "barista", "payment-a", "payment-b"} <= {
+        s["service"] for s in spans
+    }
+    assert (ASSETS / "coffee-trace.svg").read_text() == waterfall_svg(spans, TRACE_TITLE)
+
+
 def test_a_child_is_drawn_under_its_parent_and_an_orphan_is_a_root():
     spans = [
         {"name": "b", "kind": "CLIENT", "span_id": "2", "parent": "1", "start": 5, "end": 8},

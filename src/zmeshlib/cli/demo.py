@@ -446,9 +446,19 @@ def register(subparsers: Any) -> None:
         "demo", help="run a small mesh of several processes on this machine and narrate it"
     )
     parser.add_argument(
-        "scenario", nargs="?", choices=sorted(SCENARIOS), default="all", help="what to run (all)"
+        "scenario",
+        nargs="?",
+        choices=["coffee", *sorted(SCENARIOS)],
+        default="coffee",
+        help="what to run: the coffee shop (the default: seven workloads, a live table and a "
+        "summary), or the smaller pub/sub and request/reply meshes of examples/",
     )
-    parser.add_argument("--timeout", type=float, default=RUN_TIMEOUT, help="seconds (30)")
+    parser.add_argument(
+        "--timeout", type=float, help="seconds the run may take (coffee 60, the others 30)"
+    )
+    parser.add_argument(
+        "--trace-out", metavar="FILE", help="coffee: write every span of the run to FILE (JSON)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="workloads log at INFO")
     parser.add_argument(
         "--registry",
@@ -461,6 +471,18 @@ def register(subparsers: Any) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     level = logging.INFO if args.verbose else logging.ERROR
+    if args.scenario == "coffee":
+        from . import coffee
+
+        return coffee.run(
+            registry=args.registry,
+            timeout=args.timeout or coffee.RUN_TIMEOUT,
+            log_level=level,
+            trace_out=args.trace_out,
+        )
     return run(
-        SCENARIOS[args.scenario], timeout=args.timeout, log_level=level, registry=args.registry
+        SCENARIOS[args.scenario],
+        timeout=args.timeout or RUN_TIMEOUT,
+        log_level=level,
+        registry=args.registry,
     )
