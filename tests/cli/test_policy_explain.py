@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from zmeshlib import Policy, SpiffeId
+from zmeshlib.cli.coffee import POLICY as COFFEE
 from zmeshlib.cli.demo import POLICY as DEMO
 from zmeshlib.cli.main import main
 from zmeshlib.policy.explain import explain
@@ -55,7 +56,41 @@ def run(
     return code, out
 
 
-def test_the_demos_rogue_is_refused_by_the_allow_policy_of_payment(capsys, tmp_path):
+ORDER = "spiffe://example.org/ns/shop/sa/order"
+
+
+def test_the_coffee_shops_rogue_is_refused_at_each_door(capsys, tmp_path):
+    """``zmesh demo``'s own policy: the rogue's call, subscription and push each fall to no
+    rule of the ALLOW policy that selects the service."""
+    for action, service, resource, policy in (
+        ("call", "payment", "charge", "payment-callers"),
+        ("subscribe", "orders", "orders.", "orders-feed"),
+        ("publish", "brew", "brew", "brew-queue"),
+    ):
+        code, out = run(capsys, tmp_path, COFFEE, ROGUE, action, service, resource)
+        assert code == 1, out
+        assert out.startswith("DENIED (ALLOW)\n")
+        assert f"ALLOW policies select this service ('{policy}') and none matches" in out
+        assert f"  ALLOW  {policy}: no rule matches" in out
+
+
+def test_the_coffee_shops_order_may_charge_with_the_canary_split(capsys, tmp_path):
+    code, out = run(capsys, tmp_path, COFFEE, ORDER, "call", "payment", "charge")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "ALLOWED (ALLOW: payment-callers)"
+    assert "  ALLOW  payment-callers: rules[0] matches" in lines
+    assert lines[lines.index("traffic: the service's settings (no routes)") :] == [
+        "traffic: the service's settings (no routes)",
+        "  timeout: 3s",
+        "  retries: 3 attempts, per try 500ms, on unavailable, connect-failure, backoff 2ms..10ms",
+        "  split: v1 90%, v2 10%",
+        "  load balancer: least_request",
+        "  outlier detection: 2 consecutive errors eject for 60s, at most 50% ejected",
+    ]
+
+
+def test_the_examples_rogue_is_refused_by_the_allow_policy_of_payment(capsys, tmp_path):
     code, out = run(capsys, tmp_path, demo_with_traffic(), ROGUE, "call", "payment", "charge")
     assert code == 1
     assert out.splitlines()[:5] == [
@@ -69,7 +104,7 @@ def test_the_demos_rogue_is_refused_by_the_allow_policy_of_payment(capsys, tmp_p
     assert "traffic: the service's settings" in out  # what it would get, were it allowed
 
 
-def test_the_demos_checkout_may_charge_and_gets_the_services_settings(capsys, tmp_path):
+def test_the_examples_checkout_may_charge_and_gets_the_services_settings(capsys, tmp_path):
     code, out = run(capsys, tmp_path, demo_with_traffic(), CHECKOUT, "call", "payment", "charge")
     assert code == 0
     lines = out.splitlines()
@@ -91,7 +126,7 @@ def test_a_method_that_matches_a_route_gets_the_routes_settings(capsys, tmp_path
     assert "traffic: route 'status-fast' (routes[0])\n  timeout: 500ms\n" in out
 
 
-def test_the_demos_publisher_and_a_subscriber_it_does_not_allow(capsys, tmp_path):
+def test_the_examples_publisher_and_a_subscriber_it_does_not_allow(capsys, tmp_path):
     orders = "spiffe://example.org/ns/shop/sa/orders"
     code, out = run(capsys, tmp_path, DEMO, orders, "publish", "orders", "orders.new")
     assert code == 0 and "  ALLOW  orders-feed: rules[0] matches" in out
@@ -185,3 +220,12 @@ def test_bad_input_is_one_error_line_and_status_2(capsys, tmp_path):
     )
     out, err = capsys.readouterr()
     assert code == 2 and err.startswith("error: ") and "bad domain" in err
+
+
+def test_the_sample_in_the_policy_docs_is_what_explain_prints(capsys, tmp_path):
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "policy.md").read_text()
+    start = docs.index("$ zmesh policy explain mesh.yaml")
+    block = docs[start : docs.index("```", start)].splitlines()
+    command, shown = block[0].split()[4:], block[1:]
+    code, out = run(capsys, tmp_path, COFFEE, *command)
+    assert code == 1 and out.splitlines() == shown
