@@ -226,6 +226,6 @@ def test_the_sample_in_the_policy_docs_is_what_explain_prints(capsys, tmp_path):
     docs = (Path(__file__).resolve().parents[2] / "docs" / "policy.md").read_text()
     start = docs.index("$ zmesh policy explain mesh.yaml")
     block = docs[start : docs.index("```", start)].splitlines()
-    command, shown = block[0].split()[4:], block[1:]
+    command, shown = block[0].split()[5:], block[1:]  # after "$ zmesh policy explain FILE"
     code, out = run(capsys, tmp_path, COFFEE, *command)
     assert code == 1 and out.splitlines() == shown
