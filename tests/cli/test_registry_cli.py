@@ -252,3 +252,36 @@ def test_a_leaf_certificate_is_no_trust_bundle(fleet, tmp_path):
         "--trust-domain", "example.org",
     )  # fmt: skip
     assert done.returncode == 1 and "unusable trust bundle" in done.stderr
+
+
+def test_show_prints_one_workloads_entries_in_full(fleet):
+    done = zmesh("registry", "show", ORDERS, "--registry", fleet.url, "--trust-bundle", fleet.root)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"card {fleet.orders.key_id}"  # the whole key id
+    assert f"  spiffe_id  {ORDERS}" in lines and "  state      valid" in lines
+    assert "  services   orders, orders-admin" in lines
+    for ep in fleet.orders.endpoints:
+        assert f"  endpoint   {ep.address} {ep.kind} {ep.service}" in lines
+    assert not [line for line in lines if PAYMENT in line]  # only the one asked for
+
+
+def test_show_by_key_id_prefix_and_a_rejected_entry(fleet):
+    done = zmesh("registry", "show", fleet.payment.key_id[:12], "--registry", fleet.url,
+                 "--trust-bundle", fleet.root, "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert [c["key_id"] for c in doc["cards"]] == [fleet.payment.key_id]
+    rogue = zmesh("registry", "show", ROGUE, "--registry", fleet.url, "--trust-bundle", fleet.root)
+    assert rogue.returncode == 0, rogue.stderr
+    assert rogue.stdout.startswith(f"rejected {fleet.rogue.key_id}\n  rule       ")
+    assert f"  claims     {ROGUE}" in rogue.stdout
+
+
+def test_show_of_nothing_there_says_so_and_exits_1(fleet):
+    done = zmesh("registry", "show", "spiffe://example.org/ns/none/sa/x", "--registry", fleet.url,
+                 "--trust-bundle", fleet.root)  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip() == (
+        f"zmesh registry: no entry of {fleet.url} is spiffe://example.org/ns/none/sa/x"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import stat
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 
 from zmeshlib.cli import ca as ca_cli
 from zmeshlib.identity import DevCA, Identity, SpiffeId, X509Svid
@@ -188,3 +190,30 @@ def test_issue_refusal_through_the_installed_entry_point(ca_dir, tmp_path):
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and ORDERS in done.stderr and "--force" in done.stderr
     assert held(out) == ORDERS
+
+
+@pytest.mark.parametrize("intermediate", [False, True])
+def test_show_names_the_domain_and_each_certificate(tmp_path, capsys, intermediate):
+    ca_dir = tmp_path / "ca"
+    assert zmesh(["ca", "init", "--trust-domain", "example.org", "--dir", str(ca_dir)]
+                 + (["--intermediate"] if intermediate else [])) == 0  # fmt: skip
+    capsys.readouterr()
+    assert zmesh(["ca", "show", "--dir", str(ca_dir), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    ca = DevCA.load(ca_dir)
+    roles = ["root", "intermediate"] if intermediate else ["root"]
+    assert doc["trust_domain"] == "example.org"
+    assert [c["role"] for c in doc["certificates"]] == roles
+    assert doc["certificates"][0]["sha256"] == ca.root.fingerprint(hashes.SHA256()).hex(":")
+    assert doc["signs_svids_with"] == roles[-1]
+    assert zmesh(["ca", "show", "--dir", str(ca_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"dev CA for trust domain example.org in {ca_dir}"
+    assert lines[1].startswith("root: CN=root example.org")
+    assert f"  sha256 {doc['certificates'][0]['sha256']}" in lines
+
+
+def test_show_of_a_directory_without_a_ca_is_one_error_line(tmp_path, capsys):
+    assert zmesh(["ca", "show", "--dir", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("zmesh ca: error: ") and err.count("\n") == 1

@@ -1,5 +1,7 @@
 """``zmesh ca``: a development CA on disk.
 
+``zmesh ca show --dir P [--json]`` prints its trust domain and each certificate's
+subject, validity and SHA-256 fingerprint.
 ``zmesh ca init --trust-domain D --dir P [--intermediate] [--ttl 8760h]`` creates the CA
 (layout in :mod:`zmeshlib.identity.devca`); ``zmesh ca issue ID --dir P [--ttl 1h]
 [--out-dir Q] [--key ec-p256]`` writes ``svid.pem`` (leaf first, then any
@@ -27,9 +29,13 @@ refuses), so overwriting another ID's files would only break that workload.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from .._exceptions import IdentityError, PolicyError
 from ..identity.devca import KEY_TYPES, DevCA, write_file
@@ -80,6 +86,15 @@ def register(subparsers: Any) -> None:
         help="replace identity files of another SPIFFE ID (or unreadable ones) in --out-dir",
     )
     issue.set_defaults(func=_issue)
+
+    show = commands.add_parser(
+        "show",
+        help="show a dev CA: its trust domain and each certificate's subject, validity "
+        "and fingerprint",
+    )
+    show.add_argument("--dir", required=True, type=Path, help="the CA directory (zmesh ca init)")
+    show.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    show.set_defaults(func=_show)
 
 
 def _error(message: str) -> int:
@@ -137,4 +152,37 @@ def _issue(args: argparse.Namespace) -> int:
     print(f"issued {svid.spiffe_id} valid for {args.ttl:g}s")
     for path in paths:
         print(path)
+    return 0
+
+
+def _certificate(role: str, cert: x509.Certificate) -> dict[str, Any]:
+    return {
+        "role": role,
+        "subject": cert.subject.rfc4514_string(),
+        "not_before": cert.not_valid_before_utc.isoformat().replace("+00:00", "Z"),
+        "not_after": cert.not_valid_after_utc.isoformat().replace("+00:00", "Z"),
+        "sha256": cert.fingerprint(hashes.SHA256()).hex(":"),
+    }
+
+
+def _show(args: argparse.Namespace) -> int:
+    try:
+        ca = DevCA.load(args.dir)
+    except (IdentityError, OSError) as exc:
+        return _error(str(exc))
+    certificates = [_certificate("root", ca.root)]
+    if ca.intermediate is not None:
+        certificates.append(_certificate("intermediate", ca.intermediate))
+    document = {"trust_domain": ca.trust_domain, "dir": str(args.dir), "certificates": certificates,
+                "signs_svids_with": "intermediate" if ca.intermediate is not None else "root"}  # fmt: skip
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return 0
+    print(f"dev CA for trust domain {ca.trust_domain} in {args.dir}")
+    for cert in certificates:
+        print(f"{cert['role']}: {cert['subject']}")
+        print(f"  valid {cert['not_before']} .. {cert['not_after']}")
+        print(f"  sha256 {cert['sha256']}")
+    print(f"SVIDs are signed by the {document['signs_svids_with']}; trust bundle: "
+          f"{args.dir / 'root.pem'}")  # fmt: skip
     return 0

@@ -1,4 +1,8 @@
-"""``zmesh registry list``: what a card registry holds, and what of it is believed.
+"""``zmesh registry list|show``: what a card registry holds, and what of it is believed.
+
+``zmesh registry show ID_OR_KEY --registry URL [...]`` prints the entries of one
+workload (a SPIFFE ID) or one key id (or its start), every field in full, with
+the options of ``list``.
 
 ``zmesh registry list --registry URL [--trust-bundle PEM ...] [--trust-domain TD] [--json]``
 prints every card of the registry (SPIFFE ID, key id, services, endpoints with
@@ -77,23 +81,35 @@ def register(subparsers: Any) -> None:
     listing = sub.add_parser(
         "list", help="list every card and every rejected entry of a registry, with the reason"
     )
-    listing.add_argument(
+    _registry_options(listing)
+    listing.set_defaults(func=list_command)
+
+    show = sub.add_parser(
+        "show", help="show every entry of one workload (a SPIFFE ID) or one key id, in full"
+    )
+    show.add_argument("who", metavar="ID_OR_KEY", help="a SPIFFE ID, or a key id (or its start)")
+    _registry_options(show)
+    show.set_defaults(func=show_command)
+
+
+def _registry_options(parser: Any) -> None:
+    """The options ``list`` and ``show`` share: where the cards are, what to verify them with."""
+    parser.add_argument(
         "--registry", required=True, metavar="URL", help="the registry URL, e.g. dir:///var/zmesh"
     )
-    listing.add_argument(
+    parser.add_argument(
         "--trust-bundle",
         action="append",
         default=[],
         metavar="PEM",
         help="CA certificates to verify cards with (repeatable); without one nothing is verified",
     )
-    listing.add_argument(
+    parser.add_argument(
         "--trust-domain",
         metavar="TD",
         help="the trust domain of the bundles (default: read from each CA's spiffe:// URI SAN)",
     )
-    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    listing.set_defaults(func=list_command)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -277,16 +293,19 @@ def format_table(cards: list[dict[str, Any]], rejected: list[dict[str, Any]]) ->
     return lines
 
 
+def _listing(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The cards and rejected entries the options ask for (verified with --trust-bundle)."""
+    _check_url(args.registry)
+    if args.trust_bundle:
+        return verified_listing(args.registry, load_bundles(args.trust_bundle, args.trust_domain))
+    if args.trust_domain:
+        raise CliError("--trust-domain names the domain of --trust-bundle files; give one")
+    return unverified_listing(args.registry)
+
+
 def list_command(args: argparse.Namespace) -> int:
     try:
-        _check_url(args.registry)
-        if args.trust_bundle:
-            bundles = load_bundles(args.trust_bundle, args.trust_domain)
-            cards, rejected = verified_listing(args.registry, bundles)
-        else:
-            if args.trust_domain:
-                raise CliError("--trust-domain names the domain of --trust-bundle files; give one")
-            cards, rejected = unverified_listing(args.registry)
+        cards, rejected = _listing(args)
     except (CliError, MeshError) as e:
         print(f"zmesh registry: error: {e}", file=sys.stderr)
         return 1
@@ -305,4 +324,47 @@ def list_command(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         print("\n".join(format_table(cards, rejected)))
+    return 0
+
+
+def _matches(who: str, key_id: str, spiffe_id: str | None) -> bool:
+    if who.startswith("spiffe://") or "/" in who:
+        try:
+            return spiffe_id is not None and SpiffeId.coerce(who) == SpiffeId.coerce(spiffe_id)
+        except IdentityError:
+            return False
+    return key_id.startswith(who.lower())
+
+
+def show_command(args: argparse.Namespace) -> int:
+    try:
+        cards, rejected = _listing(args)
+    except (CliError, MeshError) as e:
+        print(f"zmesh registry: error: {e}", file=sys.stderr)
+        return 1
+    cards = [c for c in cards if _matches(args.who, c["key_id"], c["spiffe_id"])]
+    rejected = [r for r in rejected if _matches(args.who, r["key_id"], r["claims"])]
+    if not args.trust_bundle:
+        print(WARNING, file=sys.stderr)
+    if not cards and not rejected:
+        print(f"zmesh registry: no entry of {args.registry} is {args.who}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"cards": cards, "rejected": rejected}, indent=2, ensure_ascii=False))
+        return 0
+    for card in cards:
+        print(f"card {card['key_id']}")
+        print(f"  spiffe_id  {card['spiffe_id']}")
+        print(f"  state      {card['state']}")
+        print(f"  window     {card['not_before_utc']} .. {card['not_after_utc']}")
+        print(f"  services   {', '.join(card['services']) or '-'}")
+        for ep in card["endpoints"]:
+            print(f"  endpoint   {ep['address']} {ep['kind']} {ep['service']}")
+        for name, value in sorted(card["labels"].items()):
+            print(f"  label      {name}={value}")
+    for entry in rejected:
+        print(f"rejected {entry['key_id']}")
+        print(f"  rule       {entry['rule']}")
+        if entry["claims"]:
+            print(f"  claims     {entry['claims']}")
     return 0
