@@ -40,7 +40,7 @@ from ..identity.source import Identity
 from ..identity.spiffe_id import SpiffeId
 from ..policy import ACTIONS, Policy, analyze, publish_policy
 from ..policy.distribution import MAX_VERSION
-from ..policy.explain import explain
+from ..policy.explain import Explanation, decision_lines, explain
 from .ca import BUNDLE_FILE, SVID_FILE, SVID_KEY_FILE, _duration
 
 #: How long the SVID ``push --dir`` issues for the signer lives (it signs once).
@@ -149,34 +149,32 @@ def check_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def decide_command(args: argparse.Namespace) -> int:
+def _explained(args: argparse.Namespace) -> Explanation | None:
+    """The explanation ``decide`` and ``explain`` print; None (said on stderr) for a bad
+    file or principal."""
     try:
         policy = Policy.load(args.file)
         principal = None if args.principal == "anonymous" else SpiffeId.coerce(args.principal)
     except (PolicyError, IdentityError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return None
     headers = dict(h.partition("=")[::2] for h in args.header)
-    decision = policy.authorizer().check(
-        principal, args.action, args.service, args.resource, headers
-    )
-    verdict = "ALLOWED" if decision.allowed else "DENIED"
-    print(f"{verdict} ({decision.action}{': ' + decision.policy if decision.policy else ''})")
-    print(f"  {decision.reason}")
-    if decision.audited:
-        print(f"  audited by: {', '.join(decision.audited)}")
-    return 0 if decision.allowed else 1
+    return explain(policy, principal, args.action, args.service, args.resource, headers)
+
+
+def decide_command(args: argparse.Namespace) -> int:
+    found = _explained(args)
+    if found is None:
+        return 2
+    for line in decision_lines(found.decision):
+        print(line)
+    return 0 if found.decision.allowed else 1
 
 
 def explain_command(args: argparse.Namespace) -> int:
-    try:
-        policy = Policy.load(args.file)
-        principal = None if args.principal == "anonymous" else SpiffeId.coerce(args.principal)
-    except (PolicyError, IdentityError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    found = _explained(args)
+    if found is None:
         return 2
-    headers = dict(h.partition("=")[::2] for h in args.header)
-    found = explain(policy, principal, args.action, args.service, args.resource, headers)
     for line in found.lines():
         print(line)
     return 0 if found.decision.allowed else 1

@@ -293,22 +293,27 @@ def format_table(cards: list[dict[str, Any]], rejected: list[dict[str, Any]]) ->
     return lines
 
 
-def _listing(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The cards and rejected entries the options ask for (verified with --trust-bundle)."""
-    _check_url(args.registry)
-    if args.trust_bundle:
-        return verified_listing(args.registry, load_bundles(args.trust_bundle, args.trust_domain))
-    if args.trust_domain:
-        raise CliError("--trust-domain names the domain of --trust-bundle files; give one")
-    return unverified_listing(args.registry)
+def _listing(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """The cards and rejected entries the options ask for (verified with --trust-bundle);
+    None, said on stderr in one line, when the URL or a bundle file is unusable."""
+    try:
+        _check_url(args.registry)
+        if args.trust_bundle:
+            bundles = load_bundles(args.trust_bundle, args.trust_domain)
+            return verified_listing(args.registry, bundles)
+        if args.trust_domain:
+            raise CliError("--trust-domain names the domain of --trust-bundle files; give one")
+        return unverified_listing(args.registry)
+    except (CliError, MeshError) as e:
+        print(f"zmesh registry: error: {e}", file=sys.stderr)
+        return None
 
 
 def list_command(args: argparse.Namespace) -> int:
-    try:
-        cards, rejected = _listing(args)
-    except (CliError, MeshError) as e:
-        print(f"zmesh registry: error: {e}", file=sys.stderr)
+    listed = _listing(args)
+    if listed is None:
         return 1
+    cards, rejected = listed
     verified = bool(args.trust_bundle)
     if not verified:
         print(WARNING, file=sys.stderr)
@@ -337,11 +342,10 @@ def _matches(who: str, key_id: str, spiffe_id: str | None) -> bool:
 
 
 def show_command(args: argparse.Namespace) -> int:
-    try:
-        cards, rejected = _listing(args)
-    except (CliError, MeshError) as e:
-        print(f"zmesh registry: error: {e}", file=sys.stderr)
+    listed = _listing(args)
+    if listed is None:
         return 1
+    cards, rejected = listed
     cards = [c for c in cards if _matches(args.who, c["key_id"], c["spiffe_id"])]
     rejected = [r for r in rejected if _matches(args.who, r["key_id"], r["claims"])]
     if not args.trust_bundle:

@@ -50,19 +50,26 @@ class Explanation:
     def lines(self) -> list[str]:
         """The explanation as text, one line each (``zmesh policy explain`` prints them)."""
         d = self.decision
-        out = [f"{'ALLOWED' if d.allowed else 'DENIED'} ({d.action}"
-               f"{': ' + d.policy if d.policy else ''})", f"  {d.reason}"]  # fmt: skip
+        out = decision_lines(d)[:2]
         out.append("authorization policies, in document order:")
         if not self.parts:
             out.append("  (none: every operation is allowed)")
         for part in self.parts:
             out.append(f"  {part.action:<6} {part.name}: {part.outcome}")
-        if d.audited:
-            out.append(f"  audited by: {', '.join(d.audited)}")
+        out.extend(decision_lines(d)[2:])  # the audits, after the policies that made them
         if self.traffic is not None:
             out.append(f"traffic: {self.route}")
             out.extend(f"  {line}" for line in traffic_lines(self.traffic))
         return out
+
+
+def decision_lines(d: Decision) -> list[str]:
+    """A decision as ``zmesh policy decide`` prints it: the verdict, why, and the audits."""
+    lines = [f"{'ALLOWED' if d.allowed else 'DENIED'} ({d.action}"
+             f"{': ' + d.policy if d.policy else ''})", f"  {d.reason}"]  # fmt: skip
+    if d.audited:
+        lines.append(f"  audited by: {', '.join(d.audited)}")
+    return lines
 
 
 def explain(
