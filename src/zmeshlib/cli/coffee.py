@@ -374,9 +374,10 @@ class Tally:
             ("flaky replica retried and ejected", charged == total and ejected >= 1,
              f"payment-a failed {flaky} calls, each retried ({self.client.get('retries', 0)} "
              f"retries), then ejected; 0 charges lost"),
-            ("90/10 canary split", 0.02 <= self.share(1) <= 0.25,
+            # bounds a 90/10 and a 50/50 draw of 100 miss about once in 20,000 runs
+            ("90/10 canary split", 0.01 <= self.share(1) <= 0.30,
              f"v2 took {self.share(1):.0%} of {sum(self.split[1].values())} charges"),
-            ("policy changed live", self.share(2) >= 0.35,
+            ("policy changed live", self.share(2) >= 0.30,
              f"split set to 50/50 mid-run: v2 then took {self.share(2):.0%}"),
             ("one trace across four services", trace is not None and len(services) >= 4,
              f"trace {trace[0][:16]}... spans {', '.join(services)}" if trace else "none"),
