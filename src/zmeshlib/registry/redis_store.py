@@ -59,10 +59,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from .._exceptions import RegistryError
 from ._changes import NO_CARD, UNKNOWN, ChangeLog
+from ._redis_errors import redis_module as _redis
+from ._redis_errors import shown_url, translate
 from .stores import DEFAULT_LEASE, Unreadable, check_key_id
 
 if TYPE_CHECKING:
@@ -86,17 +87,6 @@ _SHARED: dict[object, RedisStore] = {}  # RedisStore.shared: one store per URL a
 _SHARED_LOCK = threading.Lock()
 
 
-def _redis() -> Any:
-    """The redis module, imported on first use so zmeshlib imports without it."""
-    try:
-        import redis
-    except ImportError as e:
-        raise RegistryError(
-            "a redis:// registry needs the redis package: pip install 'zmeshlib[redis]'"
-        ) from e
-    return redis
-
-
 def check_prefix(prefix: str) -> str:
     """Return ``prefix`` if it is a safe key prefix (no glob characters: it is a pattern too)."""
     if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
@@ -105,33 +95,6 @@ def check_prefix(prefix: str) -> str:
             f"(the default is {DEFAULT_PREFIX!r})"
         )
     return prefix
-
-
-def shown_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def _cause(e: BaseException) -> tuple[str, str]:
-    """The root cause of a connection failure as a sentence, and the fix to suggest."""
-    seen: BaseException | None = e
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.strerror:
-            text = seen.strerror
-            break
-        seen = seen.__cause__ or seen.__context__
-    else:
-        text = str(e) or type(e).__name__
-    if "certificate" in text.lower() or "ssl" in type(seen).__name__.lower():
-        return text, "check the server's TLS certificate and the CA the client trusts"
-    if "timed out" in text.lower() or "timeout" in type(e).__name__.lower():
-        return text, "is the host reachable and the server answering?"
-    return text, "is redis-server running?"
 
 
 class RedisStore:
@@ -457,26 +420,12 @@ class RedisStore:
                 raise RegistryError(down[1])
         try:
             return fn()
-        except (
-            r.AuthenticationError,
-            getattr(r, "AuthorizationError", r.AuthenticationError),
-        ) as e:
-            raise RegistryError(
-                f"Redis at {self._shown} refused the credentials ({e}); check the user and "
-                "password in the URL (redis://USER:PASSWORD@host:port/db)"
-            ) from e
-        except (r.ConnectionError, r.TimeoutError) as e:
-            cause, fix = _cause(e)
-            message = f"cannot reach Redis at {self._shown}: {cause}; {fix}"
-            with self._lock:
-                self._down = (time.monotonic(), message)
-            raise RegistryError(message) from e
-        except r.ResponseError as e:
-            raise RegistryError(
-                f"Redis at {self._shown} refused to {what}: {_refusal(r, e)}"
-            ) from e
         except r.RedisError as e:
-            raise RegistryError(f"Redis at {self._shown} failed to {what}: {e}") from e
+            error, unreachable = translate(r, e, what, self._shown)
+            if unreachable:
+                with self._lock:
+                    self._down = (time.monotonic(), str(error))
+            raise error from e
 
     # -- the listener ------------------------------------------------------------------
 
@@ -626,28 +575,6 @@ class SharedRedisStore:
 
     def __repr__(self) -> str:
         return f"<a use of {self.store!r}>"
-
-
-_PIPELINE_NOTE = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
-_CLUSTER_ERRORS = ("AskError", "ClusterDownError", "ClusterCrossSlotError", "TryAgainError")
-
-
-def _refusal(r: Any, e: Exception) -> str:
-    """A server's refusal and its fix, without the command (a card's bytes) redis-py adds."""
-    text = _PIPELINE_NOTE.sub("", str(e))
-    exceptions = r.exceptions
-    if isinstance(
-        e, tuple(getattr(exceptions, n) for n in _CLUSTER_ERRORS if hasattr(exceptions, n))
-    ):
-        return (
-            f"{text}; Redis Cluster is not supported: use a single node or a Sentinel-managed "
-            "primary"
-        )
-    if isinstance(e, exceptions.ReadOnlyError):
-        return f"{text}; the URL names a replica: point it at the primary"
-    if isinstance(e, getattr(exceptions, "NoPermissionError", ())):
-        return f"{text}; the Redis user needs its ACL to allow the prefix's keys and channel"
-    return f"{text}; see the server's log"
 
 
 def _key_id(raw: bytes, skip: int) -> str | None:
