@@ -10,16 +10,9 @@ import zmeshlib
 from zmeshlib import NotFound, PermissionDenied, Policy, ProtocolError, StatusCode
 from zmeshlib._models import Peer
 from zmeshlib.policy import register_provider, unregister_provider
-from zmeshlib.sockets.core import (
-    ClientCore,
-    Drops,
-    PeerBook,
-    Pending,
-    PolicyInForce,
-    PublisherCore,
-    ServerCore,
-    SubscriberCore,
-)
+from zmeshlib.sockets.core import Drops, PeerBook, PolicyInForce
+from zmeshlib.sockets.core_pubsub import PublisherCore, SubscriberCore
+from zmeshlib.sockets.core_reqrep import ClientCore, Pending, ServerCore
 from zmeshlib.wire import DEFAULT_LIMITS, Envelope, Kind, decode, encode, encode_request
 
 ME = zmeshlib.SpiffeId.parse("spiffe://example.org/ns/shop/sa/me")

@@ -64,7 +64,8 @@ from ..resilience.subsetting import keep
 from ..telemetry.access import trace_id_of
 from ..telemetry.tracing import body_size
 from .base import MeshSocket, Upstream, flags_timeout
-from .core import ClientCore, Payload, Pending
+from .core import Payload
+from .core_reqrep import ClientCore, Pending
 from .deadlines import remaining
 from .destinations import Destinations
 from .drivers import Op, Started, Wait

@@ -33,7 +33,8 @@ from ..telemetry.tracing import body_size
 from ..wire.envelope import Kind
 from .base import MeshSocket, flags_timeout, receive
 from .consume import serve_messages, serve_messages_async
-from .core import Payload, PushCore, SubscriberCore
+from .core import Payload
+from .core_pubsub import PushCore, SubscriberCore
 from .drivers import Op
 from .frames import send_message
 from .idioms import RecvIdioms, SendIdioms

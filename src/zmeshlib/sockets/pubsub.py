@@ -34,7 +34,8 @@ from ..telemetry.access import trace_id_of
 from ..telemetry.tracing import body_size
 from .base import MeshSocket, flags_timeout, receive
 from .consume import serve_messages, serve_messages_async
-from .core import MAX_TOPIC_BYTES, Payload, PublisherCore, SubscriberCore
+from .core import MAX_TOPIC_BYTES, Payload
+from .core_pubsub import PublisherCore, SubscriberCore
 from .frames import recv_message, send_message
 from .idioms import RecvIdioms, SendIdioms
 

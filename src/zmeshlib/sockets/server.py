@@ -30,7 +30,8 @@ from ..telemetry import tracing
 from ..telemetry.access import trace_id_of
 from ..telemetry.tracing import body_size
 from .base import MeshSocket, flags_timeout, receive
-from .core import Payload, ServerCore
+from .core import Payload
+from .core_reqrep import ServerCore
 from .deadlines import enter, leave
 from .drivers import REFRESH_INTERVAL, Op
 from .frames import send_message
