@@ -63,7 +63,7 @@ from ..resilience.routing import Plan
 from ..resilience.subsetting import keep
 from ..telemetry.access import trace_id_of
 from ..telemetry.tracing import body_size
-from .base import MeshSocket, Upstream, flags_timeout
+from .base import MeshSocket, Upstream
 from .core import Payload
 from .core_reqrep import ClientCore, Pending
 from .deadlines import remaining
@@ -71,6 +71,7 @@ from .destinations import Destinations
 from .drivers import Op, Started, Wait
 from .frames import send_message
 from .idioms import RecvIdioms, SendIdioms
+from .receiving import flags_timeout
 from .traffic import ServiceTraffic
 
 if TYPE_CHECKING:

@@ -31,13 +31,14 @@ from ..resilience.routing import choose_subset, select
 from ..telemetry.access import trace_id_of
 from ..telemetry.tracing import body_size
 from ..wire.envelope import Kind
-from .base import MeshSocket, flags_timeout, receive
+from .base import MeshSocket
 from .consume import serve_messages, serve_messages_async
 from .core import Payload
 from .core_pubsub import PushCore, SubscriberCore
 from .drivers import Op
 from .frames import send_message
 from .idioms import RecvIdioms, SendIdioms
+from .receiving import flags_timeout, receive
 
 if TYPE_CHECKING:
     from .mesh import Mesh

@@ -32,12 +32,13 @@ from .._exceptions import InvalidArgument, MeshError
 from .._models import Delivery, Message, Peer, SocketKind, TraceContext
 from ..telemetry.access import trace_id_of
 from ..telemetry.tracing import body_size
-from .base import MeshSocket, flags_timeout, receive
+from .base import MeshSocket
 from .consume import serve_messages, serve_messages_async
 from .core import MAX_TOPIC_BYTES, Payload
 from .core_pubsub import PublisherCore, SubscriberCore
 from .frames import recv_message, send_message
 from .idioms import RecvIdioms, SendIdioms
+from .receiving import flags_timeout, receive
 
 if TYPE_CHECKING:
     from .mesh import Mesh

@@ -29,13 +29,14 @@ from .._models import Message, Peer, SocketKind, StatusCode
 from ..telemetry import tracing
 from ..telemetry.access import trace_id_of
 from ..telemetry.tracing import body_size
-from .base import MeshSocket, flags_timeout, receive
+from .base import MeshSocket
 from .core import Payload
 from .core_reqrep import ServerCore
 from .deadlines import enter, leave
 from .drivers import REFRESH_INTERVAL, Op
 from .frames import send_message
 from .idioms import RecvIdioms, SendIdioms
+from .receiving import flags_timeout, receive
 
 if TYPE_CHECKING:
     from .mesh import Mesh
