@@ -73,3 +73,14 @@ def make_card(svids: dict[str, Any], clock: Clock) -> Callable[..., Card]:
         return _sign_card(svids[spiffe_id], **kw)
 
     return make
+
+
+def eventually(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    """Poll ``check`` (every 10 ms, with a deadline) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.01)  # polling another thread's or process's work, bounded by the deadline
+    pytest.fail(f"not within {timeout}s: {what}")

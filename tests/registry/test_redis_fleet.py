@@ -21,6 +21,8 @@ import zmq
 import zmeshlib
 from zmeshlib import DevCA, Mesh, Policy, RegistryError
 
+from .conftest import eventually
+
 pytestmark = pytest.mark.slow
 
 WORKER = Path(__file__).parents[1] / "sockets" / "_worker.py"
@@ -57,17 +59,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         return self.proc.wait()
-
-
-def eventually(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    """Poll ``check`` (every 10 ms, with a deadline) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.01)  # polling another process's work, bounded by the deadline
-    pytest.fail(f"not within {timeout}s: {what}")
 
 
 def lookup(mesh: Mesh) -> list[str]:

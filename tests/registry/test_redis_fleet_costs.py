@@ -5,11 +5,10 @@ whose store is away neither calls its card lost nor hammers the store."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
-import pytest
 import zmq
 
 from zmeshlib import DevCA, Mesh, Policy, publish_policy
@@ -18,18 +17,10 @@ from zmeshlib.policy._verdicts import VERDICTS
 from zmeshlib.policy.follower import PolicyFollower
 from zmeshlib.registry import open_store
 
+from .conftest import ORDERS, PAYMENT, eventually
+
 SIGNER = "spiffe://example.org/ns/mesh/sa/control"
 FOLLOWERS = 20
-
-
-def eventually(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.005)  # polling other threads' work, bounded
-    pytest.fail(f"not within {timeout}s: {what}")
 
 
 def getrange_calls(redis_server: Any) -> int:
@@ -126,8 +117,6 @@ def test_an_index_is_patched_with_the_cards_that_changed_not_read_again(
     from zmeshlib.registry import Registry
     from zmeshlib.registry.redis_store import RedisStore
 
-    from .conftest import ORDERS, PAYMENT
-
     writer = RedisStore(redis_server.url)  # another process's store, as far as Redis knows
     pairs = [zmq.curve_keypair() for _ in range(100)]
 
@@ -169,3 +158,66 @@ def test_an_index_is_patched_with_the_cards_that_changed_not_read_again(
         registry.close()
         reader_store.close()  # a store given to a Registry stays its giver's to close
         writer.close()
+
+
+def test_a_process_holds_at_most_33_connections_however_many_meshes_are_busy(redis_server):
+    """40 Meshes of one process on one URL, each publishing, renewing and looking up from
+    its own thread at once: one pool of 32 and one change feed, so at most 33 clients."""
+    ca = DevCA.create("example.org")
+    meshes = [Mesh(identity=ca.issue(f"spiffe://example.org/ns/shop/sa/w{i}"),
+                   registry=redis_server.url) for i in range(40)]  # fmt: skip
+    peak = 0
+    try:
+        stop = threading.Event()
+
+        def busy(mesh: Mesh) -> None:
+            while not stop.is_set():
+                mesh.registry.by_service("nothing")
+                mesh.registry.publish(mesh.card)  # type: ignore[arg-type]
+
+        threads = [threading.Thread(target=busy, args=(m,)) for m in meshes]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # sampling the server's client list, bounded
+            ours = [c for c in redis_server.client().client_list() if c["cmd"] != "client|list"]
+            peak = max(peak, len(ours))
+            time.sleep(0.02)
+        stop.set()
+        for t in threads:
+            t.join(10)
+    finally:
+        for m in meshes:
+            m.close()
+    print(f"\n40 busy Meshes in one process: at most {peak} connections to Redis")
+    assert 2 <= peak <= 33
+
+
+def test_a_fleet_sends_only_the_commands_the_operations_page_lists(redis_server):
+    """The ACL row of docs/operations.md: what an ACL user of the store must be allowed.
+    A fleet's whole life (publish, renew, look up, follow and push a policy, withdraw) on a
+    server whose command statistics were reset."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    row = next(line for line in page.splitlines() if "the store uses" in line)
+    listed = {c.lower() for c in re.findall(r"`([A-Z]+)`", row.split("the store uses")[1])}
+    raw = redis_server.client()
+    raw.config_resetstat()
+    ca = DevCA.create("example.org")
+    control = ca.issue(SIGNER)
+    client = Mesh(identity=ca.issue("spiffe://example.org/ns/shop/sa/a"), registry=redis_server.url)
+    server = Mesh(identity=ca.issue("spiffe://example.org/ns/shop/sa/b"), registry=redis_server.url)
+    try:
+        follower = client.follow_policy(signers=[SIGNER])
+        server.socket(zmq.REP).bind("tcp://127.0.0.1:0", service="svc")
+        eventually(lambda: client.registry.by_service("svc"), "the server's card")
+        publish_policy({"traffic": {}}, identity=control, registry=redis_server.url)
+        assert follower.wait(1, timeout=10.0)
+    finally:
+        server.close()
+        client.close()
+    sent = {name.removeprefix("cmdstat_") for name in raw.info("commandstats")}
+    sent -= {"config|resetstat", "info"}  # this test's own
+    assert sent and sent <= listed, sorted(sent - listed)

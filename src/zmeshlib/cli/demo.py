@@ -212,17 +212,22 @@ ORDERS = (
 )
 
 
+def announce_until(cue: Cue, pub: Any, signal: str, topic: str) -> None:
+    """Publish empty announcements on ``topic`` until ``signal`` (a subscriber heard one): a
+    subscription reaches a publisher a few ms after the subscriber connects (ZeroMQ's slow
+    joiner), so what is published before is not heard."""
+    deadline = time.monotonic() + WAIT
+    while not cue.signalled(signal, within=0.005):
+        if time.monotonic() > deadline:
+            raise Timeout(f"no subscriber heard the announcements on {topic} within {WAIT:g}s")
+        pub.send(b"", topic=topic)
+
+
 def orders_publisher(cue: Cue, mesh: Mesh) -> None:
     pub = mesh.socket(zmq.PUB)
     address = pub.bind("tcp://127.0.0.1:0", service="orders")
     cue.say(f"publishing service 'orders' on {address}")
-    # A subscription reaches a publisher a few ms after the subscriber connects
-    # (ZeroMQ's slow joiner): announce until inventory hears us, then publish.
-    deadline = time.monotonic() + WAIT
-    while not cue.signalled("inventory-listening", within=0.005):
-        if time.monotonic() > deadline:
-            raise Timeout("inventory never heard the announcements on orders.hello")
-        pub.send(b"", topic="orders.hello")
+    announce_until(cue, pub, "inventory-listening", "orders.hello")
     for order in ORDERS:
         pub.send(json.dumps(order).encode(), topic="orders.created", headers={"region": "eu"})
         cue.say(f"published orders.created {json.dumps(order)}")

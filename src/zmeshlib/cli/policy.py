@@ -56,12 +56,7 @@ def register(subparsers: Any) -> None:
     check.set_defaults(func=check_command)
 
     decide = sub.add_parser("decide", help="show the authorization decision for one operation")
-    decide.add_argument("file", help="policy file (.yaml, .yml, .toml or .json)")
-    decide.add_argument("principal", help="SPIFFE ID of the peer, or 'anonymous'")
-    decide.add_argument("action", choices=ACTIONS)
-    decide.add_argument("service", help="service whose socket the operation goes through")
-    decide.add_argument("resource", help="topic (publish, subscribe) or method (call)")
-    decide.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
+    _question(decide)
     decide.set_defaults(func=decide_command)
 
     explain = sub.add_parser(
@@ -69,12 +64,7 @@ def register(subparsers: Any) -> None:
         help="explain one decision: every authorization policy's part, and for a call the "
         "route, split, retries and timeouts it would get",
     )
-    explain.add_argument("file", help="policy file (.yaml, .yml, .toml or .json)")
-    explain.add_argument("principal", help="SPIFFE ID of the peer, or 'anonymous'")
-    explain.add_argument("action", choices=ACTIONS)
-    explain.add_argument("service", help="service whose socket the operation goes through")
-    explain.add_argument("resource", help="topic (publish, subscribe) or method (call)")
-    explain.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
+    _question(explain)
     explain.set_defaults(func=explain_command)
 
     push = sub.add_parser(
@@ -119,6 +109,16 @@ def register(subparsers: Any) -> None:
         help="the document's version, newer than the stored one (default: the stored one + 1)",
     )
     push.set_defaults(func=push_command)
+
+
+def _question(parser: Any) -> None:
+    """The arguments of one operation to decide (``decide`` and ``explain``)."""
+    parser.add_argument("file", help="policy file (.yaml, .yml, .toml or .json)")
+    parser.add_argument("principal", help="SPIFFE ID of the peer, or 'anonymous'")
+    parser.add_argument("action", choices=ACTIONS)
+    parser.add_argument("service", help="service whose socket the operation goes through")
+    parser.add_argument("resource", help="topic (publish, subscribe) or method (call)")
+    parser.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
 
 
 def _version(text: str) -> int:

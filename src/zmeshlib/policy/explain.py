@@ -35,7 +35,6 @@ class PolicyPart:
     name: str
     action: str  # ALLOW, DENY, AUDIT or CUSTOM
     outcome: str  # a sentence: "does not select payment", "rules[0] matches", ...
-    matched: bool  # one of its rules matched, conditions included
 
 
 @attrs.frozen
@@ -91,24 +90,23 @@ def explain(
     for pi, doc in enumerate(c.policies):
         bits = [b for b, owner in enumerate(c.rule_policy) if owner == pi]
         if not bits:
-            parts.append(PolicyPart(doc.name, doc.action, "has no rules: matches nothing", False))
+            parts.append(PolicyPart(doc.name, doc.action, "has no rules: matches nothing"))
             continue
         if not selected & (1 << bits[0]):
-            parts.append(PolicyPart(doc.name, doc.action, f"does not select {service}", False))
+            parts.append(PolicyPart(doc.name, doc.action, f"does not select {service}"))
             continue
         hits = [b for b in bits if matched & (1 << b)]
         holding = [b for b in hits if c.holds(b, headers)]
         if holding:
-            outcome, hit = f"rules[{c.rule_pos[holding[0]]}] matches", True
+            outcome = f"rules[{c.rule_pos[holding[0]]}] matches"
         elif hits:
             outcome = (
                 f"rules[{c.rule_pos[hits[0]]}] matches but its when conditions do not hold"
                 " (for these headers)"
             )
-            hit = False
         else:
-            outcome, hit = "no rule matches", False
-        parts.append(PolicyPart(doc.name, doc.action, outcome, hit))
+            outcome = "no rule matches"
+        parts.append(PolicyPart(doc.name, doc.action, outcome))
     route, traffic = None, None
     if action == "call":
         spec = policy.traffic_for(service)

@@ -222,26 +222,15 @@ class RedisStore:
                 if key_id is not None:
                     names[key_id] = raw  # SCAN may return a key twice
             order = sorted(names)
-            found: list[tuple[str, bytes | Unreadable]] = []
-            for start in range(0, len(order), FETCH_BATCH):
-                batch = order[start : start + FETCH_BATCH]
-                values = self._fetch([names[k] for k in batch])
-                found += [(k, v) for k, v in zip(batch, values, strict=True) if v is not None]
-            return found
+            values = self._fetch_batched([names[k] for k in order])
+            return [(k, v) for k, v in zip(order, values, strict=True) if v is not None]
 
         return iter(self._call("list the cards", read_all))
 
     def get_many(self, key_ids: list[str]) -> list[bytes | Unreadable | None]:
         """The values of ``key_ids``, in order, in pipelined batches (as ``scan`` reads)."""
-        keys = [self._cards + check_key_id(k) for k in key_ids]
-
-        def read() -> list[bytes | Unreadable | None]:
-            found: list[bytes | Unreadable | None] = []
-            for start in range(0, len(keys), FETCH_BATCH):
-                found += self._fetch(list(keys[start : start + FETCH_BATCH]))
-            return found
-
-        return self._call("read cards", read)
+        keys: list[bytes | str] = [self._cards + check_key_id(k) for k in key_ids]
+        return self._call("read cards", lambda: self._fetch_batched(keys))
 
     def changed_keys(self, token: object) -> frozenset[str] | None:
         """The card key ids written or deleted after ``token`` (what :meth:`version`
@@ -376,6 +365,13 @@ class RedisStore:
             self._policy_moved.notify_all()
 
     # -- reading values, bounded -----------------------------------------------------
+
+    def _fetch_batched(self, keys: list[bytes | str]) -> list[bytes | Unreadable | None]:
+        """:meth:`_fetch` of ``keys`` in pipelined batches of ``FETCH_BATCH``."""
+        found: list[bytes | Unreadable | None] = []
+        for start in range(0, len(keys), FETCH_BATCH):
+            found += self._fetch(keys[start : start + FETCH_BATCH])
+        return found
 
     def _fetch(self, keys: list[bytes | str]) -> list[bytes | Unreadable | None]:
         """Each key's value (at most ``max_value_size + 1`` bytes), Unreadable, or None.

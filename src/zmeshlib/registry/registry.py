@@ -420,13 +420,9 @@ class Registry:
         if index.gen == gen and index.token == token:
             if now <= index.next_lapse:
                 return index, now
-            lapsed = [i for i, (_, entry) in enumerate(index.entries) if entry.lapsed(now)]
-            if not lapsed:
+            if not any(entry.lapsed(now) for _, entry in index.entries):
                 return index, now
-            entries = list(index.entries)
-            for i in lapsed:
-                key_id, entry = entries[i]
-                entries[i] = (key_id, self._reverify(entry, bundles, now))
+            entries = self._reached_again(index.entries, bundles, now)
         else:
             changed = self._changed(index, gen)
             if changed is not None:  # patch the index with the cards that changed
@@ -453,7 +449,7 @@ class Registry:
     def _changed(self, index: _Index, gen: int) -> frozenset[str] | None:
         """The key ids changed since ``index`` was read, when the store can tell (Redis:
         its change feed names them) and they are few enough to read one by one."""
-        since = getattr(self.store, "changed_keys", None)
+        since = getattr(self.store, "changed_keys", None)  # with it, the store has get_many
         if since is None or index.gen != gen or index.token is None:
             return None
         changed: frozenset[str] | None = since(index.token)
@@ -467,17 +463,21 @@ class Registry:
         """``index``'s entries with those of ``changed`` read again, lapsed ones re-reached."""
         entries = dict(index.entries)
         order = sorted(changed)
-        read = getattr(self.store, "get_many", None)
-        values = read(order) if read is not None else [self.store.get(k) for k in order]
-        for key_id, data in zip(order, values, strict=True):
+        for key_id, data in zip(order, self.store.get_many(order), strict=True):  # type: ignore[attr-defined]
             if data is None:
                 entries.pop(key_id, None)
             else:
                 entries[key_id] = self._verdict(key_id, data, bundles, now, index.by_digest)
-        for key_id, entry in entries.items():
-            if entry.lapsed(now) and entry.card is not None:
-                entries[key_id] = self._reverify(entry, bundles, now)
-        return sorted(entries.items())
+        return self._reached_again(sorted(entries.items()), bundles, now)
+
+    def _reached_again(
+        self, entries: list[tuple[str, _Entry]], bundles: Bundles, now: float
+    ) -> list[tuple[str, _Entry]]:
+        """``entries`` with every lapsed verdict reached again at ``now``."""
+        return [
+            (key_id, self._reverify(entry, bundles, now) if entry.lapsed(now) else entry)
+            for key_id, entry in entries
+        ]
 
     def _reverify(self, entry: _Entry, bundles: Bundles, now: float) -> _Entry:
         """A lapsed verdict reached again at ``now`` (outside the lock)."""

@@ -60,14 +60,13 @@ from .core import Drops, PeerBook
 from .drivers import REFRESH_INTERVAL, WAIT_MS
 from .handshake import ZAP_DOMAIN
 from .readiness import Readiness
-from .receiving import Receiving
+from .receiving import _NOBLOCK, Receiving
 
 if TYPE_CHECKING:
     from .mesh import Mesh
 
 log = logging.getLogger("zmeshlib.sockets")
 
-_NOBLOCK = int(zmq.NOBLOCK)  # plain ints: enum arithmetic per frame is measurable
 _FAILURE_NAMES = {
     int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "no-detail",
     int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "protocol",

@@ -328,7 +328,7 @@ class Mesh:
         """
         next_card_check = time.monotonic() + CARD_CHECK_INTERVAL
         store_retry_at = 0.0  # after the store refused a card write: not before then
-        while not self._stop.wait(self._keeper_wait(next_card_check)):
+        while not self._stop.wait(self._keeper_wait(next_card_check, store_retry_at)):
             ident = self.identity
             if ident is None:
                 continue
@@ -369,16 +369,17 @@ class Mesh:
             return math.inf
         return card.not_after - self.registry.lease * 2 / 3
 
-    def _keeper_wait(self, next_card_check: float) -> float:
-        """Seconds until the keeper's next duty, between KEEPER_INTERVAL and CARD_CHECK_INTERVAL."""
+    def _keeper_wait(self, next_card_check: float, store_retry_at: float = 0.0) -> float:
+        """Seconds until the keeper's next duty, between KEEPER_INTERVAL and CARD_CHECK_INTERVAL
+        (a lease renewal the store refused is not due before ``store_retry_at``, monotonic)."""
         ident = self.identity
         if ident is None:
             return CARD_CHECK_INTERVAL
-        now = time.time()
+        now, mono = time.time(), time.monotonic()
         due = min(
             ident.renews_at - now,
-            self._lease_renewal_at() - now,
-            next_card_check - time.monotonic(),
+            max(self._lease_renewal_at() - now, store_retry_at - mono),
+            next_card_check - mono,
         )
         return min(max(due, KEEPER_INTERVAL), CARD_CHECK_INTERVAL)
 
