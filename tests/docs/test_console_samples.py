@@ -128,3 +128,10 @@ def test_the_console_sample_runs_as_shown(sample: Sample, tmp_path: Path) -> Non
         assert not missing, f"{sample.where}: `{command}`: {missing}; it printed:\n" + "\n".join(
             printed
         )
+
+
+def test_the_pages_console_samples_are_all_found():
+    """A parser that found nothing would pass every sample by running none."""
+    pages = {s.page for s in samples()}
+    assert {"docs/identity.md", "docs/policy.md", "docs/registry.md"} <= pages
+    assert sum(len(s.commands) for s in samples()) >= 8
